@@ -1,0 +1,70 @@
+"""Plain data records that flow between sources, the store, feeds and issues."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+def _require_aware(name: str, value: datetime | None) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+@dataclass(slots=True)
+class ArticleDraft:
+    """What a source read: fields as found, HTML not yet sanitised, links maybe relative."""
+
+    title: str
+    published: datetime
+    body_html: str
+    origin: str  # file path or feed URL, for messages
+    updated: datetime | None = None
+    authors: tuple[str, ...] = ()
+    section: str = ""
+    summary: str = ""
+    image: str = ""
+    image_credit: str = ""
+    slug: str = ""
+    url: str = ""  # canonical link when the source gives one
+    guid: str = ""  # upstream guid / atom id, or front matter `id`
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require_aware("published", self.published)
+        _require_aware("updated", self.updated)
+
+
+@dataclass(frozen=True, slots=True)
+class Article:
+    """A stored article: sanitised HTML, absolute links, stable identity."""
+
+    key: str  # identity: "guid:…", "link:…" or "hash:…" (first that applies)
+    title: str
+    link: str
+    published: datetime
+    updated: datetime
+    content_html: str
+    content_hash: str
+    source: str = ""
+    summary: str = ""
+    authors: tuple[str, ...] = ()
+    section: str = ""
+    tags: tuple[str, ...] = ()
+    image: str = ""
+    image_credit: str = ""
+    slug: str = ""
+    guid: str = ""  # what feeds publish as guid / id
+    id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        _require_aware("published", self.published)
+        _require_aware("updated", self.updated)
+        if not self.id:
+            object.__setattr__(self, "id", article_id(self.key))
+
+
+def article_id(key: str) -> str:
+    """Short, URL-safe and stable: the same identity key always gives the same id."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]

@@ -1,0 +1,1 @@
+"""Readers that turn files and upstream feeds into ArticleDraft records."""
