@@ -1,0 +1,97 @@
+"""Drafts become Articles: sanitised, absolute, with a stable identity; decide what is new."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from urllib.parse import urljoin
+
+from newsletter.models import Article, ArticleDraft
+from newsletter.sanitize import clean_html, first_paragraph, one_line, shorten, slugify
+from newsletter.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRules:
+    """How a local article's canonical link is built on the publication's site."""
+
+    base_url: str
+    article_path: str = "articles/{slug}/"
+
+    def link_for(self, slug: str) -> str:
+        return urljoin(self.base_url.rstrip("/") + "/", self.article_path.format(slug=slug))
+
+
+def content_hash(fields: dict[str, object]) -> str:
+    blob = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
+                  default_section: str = "") -> Article:
+    """Identity is the guid, else the canonical link, else a hash of the content."""
+    slug = slugify(draft.slug or draft.title) if (draft.slug or rules) else ""
+    if draft.url:
+        link = urljoin(rules.base_url if rules else draft.origin, draft.url)
+    elif rules:
+        link = rules.link_for(slug)
+    else:
+        link = ""
+    body = clean_html(draft.body_html, link or (rules.base_url if rules else draft.origin))
+    summary = shorten(one_line(draft.summary) or first_paragraph(body))
+    image = urljoin(link or draft.origin, draft.image) if draft.image else ""
+    fields = {
+        "title": one_line(draft.title), "link": link, "summary": summary, "content": body,
+        "authors": [one_line(a) for a in draft.authors if a.strip()],
+        "section": one_line(draft.section or default_section), "tags": [one_line(t) for t in draft.tags if t.strip()],
+        "image": image, "image_credit": one_line(draft.image_credit),
+        "published": draft.published.isoformat(),
+    }
+    digest = content_hash(fields)
+    if draft.guid:
+        key = "guid:" + draft.guid.strip()
+    elif link:
+        # Case and Unicode-form variants of one slug are the same article, not two.
+        key = "link:" + unicodedata.normalize("NFKC", link).casefold()
+    else:
+        key = "hash:" + digest
+    return Article(
+        key=key, title=fields["title"] or "(untitled)", link=link or draft.origin,
+        published=draft.published, updated=draft.updated or draft.published,
+        content_html=body, content_hash=digest, source=source, summary=summary,
+        authors=tuple(fields["authors"]), section=fields["section"], tags=tuple(fields["tags"]),
+        image=image, image_credit=fields["image_credit"], slug=slug,
+        guid=draft.guid.strip() or link,
+    )
+
+
+@dataclass(slots=True)
+class SaveResult:
+    new: list[Article] = field(default_factory=list)
+    updated: list[Article] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def save(store: Store, articles: Sequence[Article], now: datetime) -> SaveResult:
+    """Store what is new, update in place what changed (its `updated` time moves), skip the rest."""
+    result = SaveResult()
+    known = store.article_hashes(a.key for a in articles)
+    seen: set[str] = set()
+    for a in articles:
+        if a.key in seen:
+            continue
+        seen.add(a.key)
+        old = known.get(a.key)
+        if old is None:
+            result.new.append(a)
+        elif old[0] != a.content_hash:
+            # An edit without an explicit `updated` time is dated when we noticed it.
+            result.updated.append(replace(a, updated=max(a.updated, now)))
+        else:
+            result.unchanged += 1
+    store.save_articles(result.new, result.updated, now)
+    return result

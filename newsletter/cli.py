@@ -1,0 +1,168 @@
+"""The `newsletter` command line: parses options, calls the pipeline, prints results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from newsletter import log
+from newsletter.config import DEFAULT_CONFIG, Settings, effective_settings, load_settings
+from newsletter.errors import NewsletterError
+
+
+def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Operator errors become one line on stderr and exit status 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NewsletterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings(obj["config"])
+        except NewsletterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    return obj["settings"]
+
+
+@click.group()
+@click.option("--config", "config", envvar="NEWSLETTER_CONFIG", default=DEFAULT_CONFIG,
+              show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML configuration file (also NEWSLETTER_CONFIG).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.version_option(package_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, config: Path, log_level: str) -> None:
+    """Collect articles, publish feeds, and send the newsletter."""
+    ctx.obj = {"config": config}
+    log.setup(log_level)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the configuration and print the effective settings, secrets masked."""
+    settings = settings_of(ctx)
+    click.echo(f"# {settings.path}: valid")
+    click.echo(json.dumps(effective_settings(settings), indent=2, ensure_ascii=False))
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a commented configuration with every key and its default."""
+    from newsletter.config_docs import example_toml
+
+    click.echo(example_toml(), nl=False)
+
+
+def _print_collect(report: Any) -> None:
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    click.echo(f"collected: {report.new} new, {report.updated} updated, "
+               f"{report.unchanged} unchanged, {report.skipped_files} files unchanged on disk, "
+               f"{len(report.errors)} failed")
+
+
+@cli.command()
+@click.pass_context
+@fail_cleanly
+def collect(ctx: click.Context) -> None:
+    """Read every source once and store new or changed articles."""
+    from newsletter import pipeline
+
+    settings = settings_of(ctx)
+    store = pipeline.open_store(settings)
+    try:
+        report = pipeline.collect(settings, store)
+    finally:
+        store.close()
+    _print_collect(report)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.pass_context
+@fail_cleanly
+def feeds(ctx: click.Context) -> None:
+    """Write RSS, Atom and JSON feeds (main and per section) from the store."""
+    from newsletter import pipeline
+
+    settings = settings_of(ctx)
+    store = pipeline.open_store(settings)
+    try:
+        written = pipeline.publish_feeds(settings, store)
+    finally:
+        store.close()
+    click.echo(f"feeds: {len(written)} files changed in {settings.feeds_dir}/")
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from newsletter import pipeline
+
+    app = pipeline.web_app(settings)
+    host, port = host or settings.server.host, port or settings.server.port
+    click.echo(f"serving http://{host}:{port}/ (feeds from {settings.feeds_dir}/)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address (default from [server]).")
+@click.option("--port", default=None, type=int, help="Port (default from [server]).")
+@click.pass_context
+@fail_cleanly
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the feeds and the site over HTTP."""
+    _serve(settings_of(ctx), host, port)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address (default from [server]).")
+@click.option("--port", default=None, type=int, help="Port (default from [server]).")
+@click.pass_context
+@fail_cleanly
+def run(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """The main job: collect, publish the feeds, then serve them."""
+    from newsletter import pipeline
+
+    settings = settings_of(ctx)
+    store = pipeline.open_store(settings)
+    try:
+        _print_collect(pipeline.collect(settings, store))
+        pipeline.publish_feeds(settings, store)
+    finally:
+        store.close()
+    _serve(settings, host, port)
+
+
+def main() -> None:
+    cli(prog_name="newsletter")
+
+
+if __name__ == "__main__":
+    main()

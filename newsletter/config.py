@@ -1,0 +1,269 @@
+"""TOML settings: one table of typed keys with defaults and help, validated at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from functools import cache
+from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+from newsletter.errors import ConfigError
+
+DEFAULT_CONFIG = "config/newsletter.toml"
+
+
+def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
+        choices: tuple[str, ...] = (), minimum: float | None = None,
+        maximum: float | None = None) -> Any:
+    """A setting: its help text lives beside its default, so docs can be checked against it."""
+    meta = {"help": help, "secret": secret, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Publication:
+    name: str = opt("Publication name, shown in feeds and emails (required).")
+    base_url: str = opt("Absolute https URL of the site; every published link is built on it "
+                        "(required).")
+    language: str = opt("Language tag for feeds and emails.", "en")
+    description: str = opt("One-line description used in feeds.", "")
+    article_path: str = opt("Path of an article on the site, relative to base_url; {slug} is "
+                            "replaced.", "articles/{slug}/")
+    postal_address: str = opt("Postal address printed in every email footer.", "")
+
+
+@dataclass(frozen=True)
+class Storage:
+    database_url: str = opt("SQLAlchemy URL: sqlite:///path (embedded) or "
+                            "postgresql+psycopg://… (scale-out).", "sqlite:///var/newsletter.db")
+
+
+@dataclass(frozen=True)
+class Source:
+    type: str = opt("'folder' (Markdown articles and digest exports) or 'feed' (RSS/Atom URL).",
+                    choices=("folder", "feed"))
+    path: str = opt("Folder of articles (type = 'folder').", "")
+    url: str = opt("Upstream feed URL (type = 'feed').", "")
+    name: str = opt("Label used in logs and status; defaults to the path or URL.", "")
+    section: str = opt("Section given to articles from this source that name none.", "")
+
+
+@dataclass(frozen=True)
+class Collect:
+    allow_private_networks: bool = opt("Allow feed URLs (and redirects) that resolve to "
+                                       "loopback, link-local or private addresses.", False)
+    timeout: float = opt("Seconds to wait for each network operation.", 10.0, minimum=0.1)
+    deadline: float = opt("Seconds one feed fetch may take in all.", 30.0, minimum=0.1)
+    max_feed_bytes: int = opt("Largest feed body accepted, after decompression.",
+                              10_000_000, minimum=1024)
+    max_redirects: int = opt("Redirects followed per fetch.", 5, minimum=0, maximum=20)
+    concurrency: int = opt("Feeds fetched at once.", 8, minimum=1, maximum=64)
+    max_entries_per_feed: int = opt("Entries taken from one upstream feed.", 1000, minimum=1)
+    max_file_bytes: int = opt("Largest article file accepted.", 5_000_000, minimum=1024)
+
+
+@dataclass(frozen=True)
+class Feeds:
+    output_dir: str = opt("Folder the generated feeds are written to.", "feeds")
+    max_entries: int = opt("Entries per feed, newest first.", 50, minimum=1, maximum=10_000)
+    cache_max_age: int = opt("Cache-Control max-age, in seconds, for served feeds.", 300,
+                             minimum=0)
+    public_url: str = opt("Absolute URL the feeds folder is served at (self links); empty "
+                          "means base_url + 'feeds/'.", "")
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = opt("Address `newsletter serve` and `newsletter run` listen on.", "127.0.0.1")
+    port: int = opt("Port they listen on.", 8000, minimum=1, maximum=65535)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    secret_key: str = opt("Key that signs subscriber tokens (HMAC); set "
+                          "NEWSLETTER_SECRETS_SECRET_KEY in production.", "", secret=True)
+    admin_token: str = opt("Bearer token for the admin API and dashboard.", "", secret=True)
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str = opt("SMTP server host.", "localhost")
+    port: int = opt("SMTP server port.", 587, minimum=1, maximum=65535)
+    security: str = opt("'starttls', 'tls' (implicit) or 'none' (loopback tests only).",
+                        "starttls", choices=("starttls", "tls", "none"))
+    username: str = opt("SMTP AUTH user name; empty disables AUTH.", "")
+    password: str = opt("SMTP AUTH password (or NEWSLETTER_SMTP_PASSWORD).", "", secret=True)
+    concurrency: int = opt("SMTP connections used at once.", 4, minimum=1, maximum=256)
+    rate: float = opt("Messages per second at most; 0 means no limit.", 0.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    publication: Publication
+    storage: Storage = field(default_factory=Storage)
+    sources: list[Source] = field(default_factory=list)
+    collect: Collect = field(default_factory=Collect)
+    feeds: Feeds = field(default_factory=Feeds)
+    server: Server = field(default_factory=Server)
+    secrets: Secrets = field(default_factory=Secrets)
+    smtp: Smtp = field(default_factory=Smtp)
+    path: Path = field(default=Path(DEFAULT_CONFIG), compare=False)
+
+    @property
+    def feeds_dir(self) -> Path:
+        return Path(self.feeds.output_dir)
+
+    @property
+    def site_url(self) -> str:
+        return self.publication.base_url.rstrip("/") + "/"
+
+    @property
+    def feeds_url(self) -> str:
+        return (self.feeds.public_url or self.site_url + "feeds/").rstrip("/") + "/"
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _sections() -> dict[str, type]:
+    hints = _hints(Settings)
+    return {name: (get_args(t)[0] if get_origin(t) is list else t)
+            for name, t in hints.items() if name != "path"}
+
+
+def settings_table() -> list[tuple[str, str, Any, str, bool]]:
+    """(section, key, default, help, secret) for every setting, in declaration order."""
+    rows = []
+    for section, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((section, f.name, default, f.metadata["help"], f.metadata["secret"]))
+    return rows
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _coerce(where: str, kind: type, f: dataclasses.Field[Any], value: Any) -> Any:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {value!r}")
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{where}: expected at least {meta['min']}, got {value!r}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{where}: expected at most {meta['max']}, got {value!r}")
+    return value
+
+
+def _build(where: str, cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key (expected one of {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(f"{where}.{name}", _hints(cls)[name], f, data[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}: missing required key ({f.metadata['help']})")
+    return cls(**values)
+
+
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+    """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al."""
+    for section, cls in _sections().items():
+        if section == "sources":
+            continue
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"NEWSLETTER_{section}_{f.name}".upper())
+            if raw is None:
+                continue
+            kind = _hints(cls)[f.name]
+            where = f"environment NEWSLETTER_{section}_{f.name}".upper()
+            try:
+                value: Any = (raw.lower() in ("1", "true", "yes", "on")) if kind is bool \
+                    else kind(raw)
+            except ValueError:
+                raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {raw!r}") from None
+            data.setdefault(section, {})[f.name] = value
+
+
+def _check(settings: Settings, where: str) -> None:
+    parts = urlsplit(settings.publication.base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: publication.base_url: expected an absolute http(s) URL, "
+                          f"got {settings.publication.base_url!r}")
+    for i, src in enumerate(settings.sources):
+        need = "path" if src.type == "folder" else "url"
+        if not getattr(src, need):
+            raise ConfigError(f"{where}: sources[{i}].{need}: missing required key for a "
+                              f"{src.type} source")
+
+
+def load_settings(path: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Read, override from the environment, and validate; raise ConfigError with one line."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path or environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    _env_overrides(data, environ)
+    sections = _sections()
+    for key in data:
+        if key not in sections:
+            raise ConfigError(f"{where}: [{key}]: unknown section "
+                              f"(expected one of {', '.join(sections)})")
+    if "publication" not in data:
+        raise ConfigError(f"{where}: [publication]: missing required section")
+    values: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if name == "sources":
+            raw = data.get("sources", [])
+            if not isinstance(raw, list):
+                raise ConfigError(f"{where}: sources: expected [[sources]] tables")
+            values[name] = [_build(f"{where}: sources[{i}]", cls, item)
+                            for i, item in enumerate(raw)]
+        elif name in data:
+            values[name] = _build(f"{where}: {name}", cls, data[name])
+    settings = Settings(path=path, **values)
+    _check(settings, where)
+    return settings
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with every secret masked, for `config check`."""
+    out: dict[str, Any] = {}
+    for section in _sections():
+        value = getattr(settings, section)
+        items = value if isinstance(value, list) else [value]
+        rendered = []
+        for item in items:
+            row = {}
+            for f in dataclasses.fields(item):
+                v = getattr(item, f.name)
+                row[f.name] = ("********" if v else "(unset)") if f.metadata["secret"] else v
+            rendered.append(row)
+        out[section] = rendered if isinstance(value, list) else rendered[0]
+    return out

@@ -1,0 +1,74 @@
+"""HTML from feeds and Markdown made safe (nh3) with absolute links, and plain-text helpers."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from urllib.parse import urljoin, urlsplit
+
+import nh3
+
+_TAGS = set(nh3.ALLOWED_TAGS) | {"figure", "figcaption", "picture", "source", "del", "ins",
+                                 "sub", "sup", "hr", "table", "thead", "tbody", "tr", "th", "td"}
+_TAGS -= {"script", "style", "iframe", "object", "embed", "form", "input", "button"}
+_ATTRS = {k: set(v) for k, v in nh3.ALLOWED_ATTRIBUTES.items()}
+_ATTRS.setdefault("img", set()).update({"src", "alt", "title", "width", "height"})
+_ATTRS.setdefault("a", set()).update({"href", "title"})
+_ATTRS.setdefault("source", set()).update({"srcset", "type", "media"})
+_URL_ATTRS = {"href", "src"}
+_SCHEMES = {"http", "https", "mailto"}
+
+
+def clean_html(fragment: str, base_url: str) -> str:
+    """Strip scripts, handlers and unsafe URLs; make links absolute; drop `#` placeholder links."""
+
+    def keep(tag: str, attr: str, value: str) -> str | None:
+        if attr not in _URL_ATTRS:
+            return value
+        value = value.strip()
+        if not value or value.startswith("#"):
+            return None  # a bare fragment is a placeholder in exports, never a useful link
+        absolute = urljoin(base_url, value)
+        return absolute if urlsplit(absolute).scheme in _SCHEMES else None
+
+    return nh3.clean(fragment, tags=_TAGS, attributes=_ATTRS, attribute_filter=keep,
+                     url_schemes=_SCHEMES, clean_content_tags={"script", "style"},
+                     link_rel="noopener noreferrer")
+
+
+_TAG_RE = re.compile(r"<[^>]*>")
+_SPACE_RE = re.compile(r"\s+")
+_BLOCK_END_RE = re.compile(r"</(p|div|li|h[1-6]|blockquote|tr)>|<br\s*/?>", re.I)
+
+
+def plain_text(fragment: str) -> str:
+    """Visible text of an HTML fragment on one line (for summaries and titles)."""
+    text = nh3.clean(fragment, tags=set(), clean_content_tags={"script", "style"})
+    return one_line(html.unescape(text))
+
+
+def one_line(text: str) -> str:
+    """Collapse every run of whitespace, CR and LF included, to one space."""
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+def first_paragraph(fragment: str) -> str:
+    match = re.search(r"<p[^>]*>(.*?)</p>", fragment, re.S | re.I)
+    return plain_text(match.group(1) if match else fragment)
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """Cut at a word boundary and mark the cut with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:-–— ")
+    return cut + "…"
+
+
+def slugify(text: str, max_length: int = 80) -> str:
+    """Lower-case ASCII words joined by hyphens; equal for case and Unicode-form variants."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = text.encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    return text[:max_length].rstrip("-") or "article"

@@ -1,0 +1,96 @@
+"""The current database schema as SQLAlchemy Core tables (migrations build it step by step)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Dialect, Index, Integer,
+                        MetaData, String, Table, Text, TypeDecorator)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (no zone support) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime refused by the store: {value!r}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+articles = Table(
+    "articles", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key", Text, nullable=False, unique=True),
+    Column("source", Text, nullable=False, default=""),
+    Column("guid", Text, nullable=False, default=""),
+    Column("link", Text, nullable=False),
+    Column("slug", String(200), nullable=False, default=""),
+    Column("title", Text, nullable=False),
+    Column("summary", Text, nullable=False, default=""),
+    Column("content_html", Text, nullable=False, default=""),
+    Column("authors", Text, nullable=False, default="[]"),  # JSON list: portable, rarely queried
+    Column("section", String(200), nullable=False, default=""),
+    Column("tags", Text, nullable=False, default="[]"),
+    Column("image", Text, nullable=False, default=""),
+    Column("image_credit", Text, nullable=False, default=""),
+    Column("published", UTCDateTime, nullable=False),
+    Column("updated", UTCDateTime, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("collected_at", UTCDateTime, nullable=False),
+    Index("ix_articles_published", "published"),
+    Index("ix_articles_section_published", "section", "published"),
+)
+
+# Re-collecting an unchanged folder must not re-parse it: remember each file's stat.
+source_files = Table(
+    "source_files", metadata,
+    Column("path", Text, primary_key=True),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("article_key", Text, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
+feed_sources = Table(
+    "feed_sources", metadata,
+    Column("url", Text, primary_key=True),
+    Column("etag", Text, nullable=True),
+    Column("last_modified", Text, nullable=True),
+    Column("last_status", String(20), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_fetched_at", UTCDateTime, nullable=True),
+    Column("last_success_at", UTCDateTime, nullable=True),
+    Column("retry_after", UTCDateTime, nullable=True),
+    Column("gone", Boolean, nullable=False, default=False),
+)
+
+collect_runs = Table(
+    "collect_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("new", Integer, nullable=False),
+    Column("updated", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+)

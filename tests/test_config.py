@@ -1,0 +1,105 @@
+"""Configuration: validation errors name file, key and expectation; env overrides; docs in sync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import effective_settings, load_settings, settings_table
+from newsletter.config_docs import example_toml
+from newsletter.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = """
+[publication]
+name = "Test"
+base_url = "https://example.org/"
+"""
+GOOD = BASE + """
+[smtp]
+port = 2525
+password = "hunter2-file"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "n.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_embedded_default_and_example_are_valid() -> None:
+    assert load_settings(ROOT / "config/newsletter.toml", environ={}).sources
+    assert load_settings(ROOT / "config/newsletter.example.toml", environ={})
+
+
+def test_example_documents_every_setting() -> None:
+    text = (ROOT / "config/newsletter.example.toml").read_text(encoding="utf-8")
+    assert text == example_toml(), "run: newsletter config example > config/newsletter.example.toml"
+    for section, key, _default, help_text, _secret in settings_table():
+        assert help_text.strip(), f"{section}.{key} has no help"
+        assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key} undocumented"
+
+
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ('[smtp]\nport = "25"', "smtp.port: expected an integer, got '25'"),
+    ("[smtp]\nport = 70000", "smtp.port: expected at most 65535, got 70000"),
+    ("[smtp]\nrate = -1", "smtp.rate: expected at least 0, got -1.0"),
+    ("[smtp]\nsecurity = \"maybe\"", "smtp.security: expected one of starttls, tls, none"),
+    ("[feeds]\nmax_entry = 3", "feeds.max_entry: unknown key"),
+    ("[bogus]\nx = 1", "[bogus]: unknown section"),
+    ('[[sources]]\ntype = "feed"', "sources[0].url: missing required key"),
+    ('[[sources]]\npath = "x"', "sources[0].type: missing required key"),
+])
+def test_bad_values_give_one_clear_line(tmp_path: Path, snippet: str, expected: str) -> None:
+    path = write(tmp_path, BASE + "\n" + snippet + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    assert expected in message
+
+
+def test_missing_required_key_and_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"publication\.base_url: missing required key"):
+        load_settings(write(tmp_path, '[publication]\nname = "x"\n'), environ={})
+    with pytest.raises(ConfigError, match=r"\[publication\]: missing required section"):
+        load_settings(write(tmp_path, "[feeds]\nmax_entries = 3\n"), environ={})
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_settings(write(tmp_path, "[publication\nname="), environ={})
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_environment_overrides_and_secret_masking(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    env = {"NEWSLETTER_SMTP_PASSWORD": "from-env", "NEWSLETTER_SMTP_PORT": "465"}
+    settings = load_settings(path, environ=env)
+    assert settings.smtp.password == "from-env"
+    assert settings.smtp.port == 465
+    shown = effective_settings(settings)
+    assert shown["smtp"]["password"] == "********"
+    assert "from-env" not in repr(shown)
+    with pytest.raises(ConfigError, match="NEWSLETTER_SMTP_PORT: expected an integer"):
+        load_settings(path, environ={"NEWSLETTER_SMTP_PORT": "many"})
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    ok = subprocess.run([sys.executable, "-m", "newsletter.cli", "--config", str(path),
+                         "config", "check"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "hunter2-file" not in ok.stdout and '"password": "********"' in ok.stdout
+    bad = write(tmp_path, GOOD + "\n[feeds]\nmax_entries = \"x\"\n")
+    res = subprocess.run([sys.executable, "-m", "newsletter.cli", "--config", str(bad),
+                          "config", "check"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "feeds.max_entries: expected an integer" in res.stderr
