@@ -1,0 +1,66 @@
+"""Store: migrations build exactly the declared schema, keep data, and aware datetimes survive."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from newsletter import migrations
+from newsletter.models import Article
+from newsletter.schema import metadata
+from newsletter.store import Store
+
+
+def make_article(n: int, **kw: object) -> Article:
+    base = dict(key=f"link:https://example.org/a/{n}/", title=f"Article {n}",
+                link=f"https://example.org/a/{n}/",
+                published=datetime(2026, 11, 1, 9, n % 60, tzinfo=timezone(timedelta(hours=2))),
+                updated=datetime(2026, 11, 1, 9, n % 60, tzinfo=UTC),
+                content_html="<p>x</p>", content_hash=f"h{n}", authors=("Ann", "Bo"),
+                tags=("t1",), section="World")
+    base.update(kw)
+    return Article(**base)  # type: ignore[arg-type]
+
+
+def test_migrations_from_empty_match_declared_schema(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    with engine.connect() as conn:
+        assert migrations.migrate(conn) == [v for v, _, _ in migrations.MIGRATIONS]
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == [], diff
+        assert migrations.migrate(conn) == []  # idempotent
+    engine.dispose()
+
+
+def test_reopen_keeps_data_and_wal_mode(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sub' / 'n.db'}"
+    store = Store(url)
+    now = datetime.now(UTC)
+    store.save_articles([make_article(1), make_article(2)], [], now)
+    store.close()
+    store = Store(url)
+    got = store.latest_articles(10)
+    assert [a.title for a in got] == ["Article 2", "Article 1"]
+    assert got[0].authors == ("Ann", "Bo") and got[0].tags == ("t1",)
+    # Stored as UTC and read back aware: the same instant, whatever zone it came in.
+    assert got[0].published == make_article(2).published
+    assert got[0].published.tzinfo is not None
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
+def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'n.db'}")
+    try:
+        store.record_collect(datetime(2026, 1, 1), datetime.now(UTC), 0, 0, 0)
+    except sa.exc.StatementError as exc:
+        assert "naive datetime" in str(exc)
+    else:
+        raise AssertionError("naive datetime stored")
+    finally:
+        store.close()
