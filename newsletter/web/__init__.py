@@ -1,0 +1,43 @@
+"""Web application: the home page, the generated feeds and a health check, plus extra routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Route
+
+from newsletter.web.files import FeedFiles
+from newsletter.web.home import home_endpoint
+
+__all__ = ["FeedFiles", "create_app"]
+
+
+def _healthz(request: Request) -> PlainTextResponse:
+    # no-store: a cached "ok" would hide an outage from the monitor.
+    return PlainTextResponse("ok", headers={"cache-control": "no-store"})
+
+
+def create_app(
+    *,
+    feeds_dir: Path,
+    publication_name: str,
+    feeds_url: str,
+    cache_max_age: int = 300,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under."""
+    feeds_dir = Path(feeds_dir)
+    files = FeedFiles(feeds_dir, max_age=cache_max_age)
+    routes: list[BaseRoute] = [
+        Route("/", home_endpoint(feeds_dir, publication_name, feeds_url), name="home"),
+        Route("/healthz", _healthz, name="healthz"),
+        Route("/feeds/{path:path}", files, name="feeds"),
+        *extra_routes,
+    ]
+    app = Starlette(routes=routes)
+    app.state.feed_files = files  # lets later routes and tests reach the same cache
+    return app
