@@ -68,3 +68,42 @@ class Article:
 def article_id(key: str) -> str:
     """Short, URL-safe and stable: the same identity key always gives the same id."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+ISSUE_STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class IssueSection:
+    """One section of an issue: its name and its articles, newest first."""
+
+    name: str
+    articles: tuple[Article, ...]
+
+
+@dataclass(slots=True)
+class Issue:
+    """A newsletter issue: what it holds and, once built, its rendered HTML and text."""
+
+    number: int
+    subject: str
+    preheader: str
+    created: datetime
+    window_start: datetime  # articles published after this …
+    window_end: datetime  # … and up to this instant
+    sections: tuple[IssueSection, ...]
+    status: str = "draft"
+    html: str = ""  # inlined once; per-recipient values are %%PLACEHOLDERS%%
+    text: str = ""
+    send_at: datetime | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("created", "window_start", "window_end", "send_at"):
+            _require_aware(name, getattr(self, name))
+        if self.status not in ISSUE_STATUSES:
+            raise ValueError(f"unknown issue status {self.status!r}")
+
+    @property
+    def articles(self) -> tuple[Article, ...]:
+        return tuple(a for s in self.sections for a in s.articles)

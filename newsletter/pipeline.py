@@ -121,7 +121,7 @@ def _collect_feeds(settings: Settings, store: Store, sources: list[Source], now:
         if res.status in ("ok", "not_modified"):
             values.update(etag=res.etag, last_modified=res.last_modified, last_success_at=now)
         if res.error or res.status == "gone":
-            report.errors.append(res.error or f"{res.url}: gone (410)")
+            report.errors.append(f"{res.url}: {res.error or 'gone (410): remove this source'}")
         elif res.status == "deferred":
             report.warnings.append(f"{res.url}: deferred until {res.retry_after}")
         store.save_feed_state(res.url, **values)
