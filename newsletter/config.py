@@ -104,12 +104,33 @@ class Smtp:
 
 
 @dataclass(frozen=True)
+class Newsletter:
+    templates_dir: str = opt("Folder of templates that override the built-in ones, file by "
+                             "file; empty uses templates/.", "")
+    lookback_days: int = opt("How far back the first issue looks for articles.", 7, minimum=1)
+    max_articles: int = opt("Most articles in one issue (newest kept).", 30, minimum=1,
+                            maximum=500)
+    section_order: list[str] = opt("Sections in this order first; others follow "
+                                   "alphabetically.", [])
+    subject: str = opt("Subject template: {publication}, {number} and {date} (strftime "
+                       "codes allowed, e.g. {date:%d %B %Y}).", "{publication} — {date:%d %B %Y}")
+    preheader: str = opt("Preview text shown by mail clients; empty uses the first article's "
+                         "summary.", "")
+    reason: str = opt("Footer line telling readers why they get the email; {publication} is "
+                      "replaced.", "You are receiving this because you subscribed to "
+                      "{publication}.")
+    direction: str = opt("Text direction of the email.", "ltr", choices=("ltr", "rtl"))
+    untitled_section: str = opt("Heading for articles that have no section.", "More")
+
+
+@dataclass(frozen=True)
 class Settings:
     publication: Publication
     storage: Storage = field(default_factory=Storage)
     sources: list[Source] = field(default_factory=list)
     collect: Collect = field(default_factory=Collect)
     feeds: Feeds = field(default_factory=Feeds)
+    newsletter: Newsletter = field(default_factory=Newsletter)
     server: Server = field(default_factory=Server)
     secrets: Secrets = field(default_factory=Secrets)
     smtp: Smtp = field(default_factory=Smtp)
@@ -144,15 +165,25 @@ def settings_table() -> list[tuple[str, str, Any, str, bool]]:
     rows = []
     for section, cls in _sections().items():
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
             rows.append((section, f.name, default, f.metadata["help"], f.metadata["secret"]))
     return rows
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number",
+                               bool: "true or false"}
 
 
-def _coerce(where: str, kind: type, f: dataclasses.Field[Any], value: Any) -> Any:
+def _coerce(where: str, kind: Any, f: dataclasses.Field[Any], value: Any) -> Any:
+    if get_origin(kind) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -196,8 +227,12 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
             kind = _hints(cls)[f.name]
             where = f"environment NEWSLETTER_{section}_{f.name}".upper()
             try:
-                value: Any = (raw.lower() in ("1", "true", "yes", "on")) if kind is bool \
-                    else kind(raw)
+                if get_origin(kind) is list:
+                    value: Any = [v.strip() for v in raw.split(",") if v.strip()]
+                elif kind is bool:
+                    value = raw.lower() in ("1", "true", "yes", "on")
+                else:
+                    value = kind(raw)
             except ValueError:
                 raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {raw!r}") from None
             data.setdefault(section, {})[f.name] = value

@@ -36,7 +36,7 @@ _FOOTER = """
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
+    if isinstance(value, str | list):
         return json.dumps(value, ensure_ascii=False)
     return repr(value)
 

@@ -23,8 +23,17 @@ def _v1(op: Operations) -> None:
         table.to_metadata(sa.MetaData()).create(op.get_bind())
 
 
+def _v2(op: Operations) -> None:
+    """Newsletter issues and the articles each one holds."""
+    frozen = sa.MetaData()
+    s.articles.to_metadata(frozen)  # only so the foreign key resolves; it exists already
+    for table in (s.issues, s.issue_articles):
+        table.to_metadata(frozen).create(op.get_bind())
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
+    (2, "issues and issue articles", _v2),
 ]
 
 

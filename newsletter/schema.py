@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Dialect, Index, Integer,
                         MetaData, String, Table, Text, TypeDecorator)
 
@@ -93,4 +94,29 @@ collect_runs = Table(
     Column("new", Integer, nullable=False),
     Column("updated", Integer, nullable=False),
     Column("failed", Integer, nullable=False),
+)
+
+issues = Table(
+    "issues", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("number", Integer, nullable=False, unique=True),
+    Column("status", String(20), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("preheader", Text, nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("window_end", UTCDateTime, nullable=False),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("send_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+issue_articles = Table(
+    "issue_articles", metadata,
+    Column("issue_id", Integer, sa.ForeignKey("issues.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("article_id", String(40), sa.ForeignKey("articles.id"), primary_key=True),
+    Column("section", String(200), nullable=False),
+    Column("position", Integer, nullable=False),
 )

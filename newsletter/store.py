@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from newsletter import migrations
 from newsletter import schema as s
 from newsletter.models import Article
+from newsletter.store_issues import IssueQueries
 
 
 def make_engine(url: str) -> Engine:
@@ -64,7 +65,7 @@ def row_to_article(row: Any) -> Article:
     )
 
 
-class Store:
+class Store(IssueQueries):
     """One database: created and migrated on open, shared by every entry point."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:

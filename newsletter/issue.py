@@ -1,0 +1,59 @@
+"""Choose the articles of the next issue: window, sections, order, cap, number, subject."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from newsletter.errors import NewsletterError
+from newsletter.models import Article, Issue, IssueSection
+from newsletter.sanitize import one_line
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRules:
+    publication: str
+    lookback: timedelta = timedelta(days=7)
+    max_articles: int = 30
+    section_order: tuple[str, ...] = ()
+    subject: str = "{publication} — {date:%d %B %Y}"
+    preheader: str = ""
+    untitled_section: str = "More"
+
+
+def window_start(previous: Issue | None, now: datetime, rules: IssueRules) -> datetime:
+    """After the previous (not cancelled) issue's window; the first issue looks back."""
+    return previous.window_end if previous else now - rules.lookback
+
+
+def group_sections(articles: Sequence[Article], rules: IssueRules) -> tuple[IssueSection, ...]:
+    """Newest first, capped, then grouped by section in the configured order."""
+    chosen = sorted(articles, key=lambda a: (a.published, a.id), reverse=True)
+    chosen = chosen[:rules.max_articles]
+    by_section: dict[str, list[Article]] = {}
+    for a in chosen:
+        by_section.setdefault(a.section or rules.untitled_section, []).append(a)
+    order = {name.casefold(): i for i, name in enumerate(rules.section_order)}
+    names = sorted(by_section, key=lambda n: (order.get(n.casefold(), len(order)),
+                                              n == rules.untitled_section, n.casefold()))
+    return tuple(IssueSection(n, tuple(by_section[n])) for n in names)
+
+
+def make_subject(rules: IssueRules, number: int, date: datetime) -> str:
+    try:
+        subject = rules.subject.format(publication=rules.publication, number=number, date=date)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise NewsletterError(f"newsletter.subject: cannot format {rules.subject!r}: "
+                              f"{exc}") from None
+    # A subject becomes a mail header: one line, whatever the template or titles held.
+    return one_line(subject)
+
+
+def make_issue(*, number: int, articles: Sequence[Article], start: datetime, end: datetime,
+               rules: IssueRules) -> Issue:
+    sections = group_sections(articles, rules)
+    first = sections[0].articles[0] if sections else None
+    preheader = one_line(rules.preheader or (first.summary if first else ""))
+    return Issue(number=number, subject=make_subject(rules, number, end), preheader=preheader,
+                 created=end, window_start=start, window_end=end, sections=sections)
