@@ -47,7 +47,8 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
     fields = {
         "title": one_line(draft.title), "link": link, "summary": summary, "content": body,
         "authors": [one_line(a) for a in draft.authors if a.strip()],
-        "section": one_line(draft.section or default_section), "tags": [one_line(t) for t in draft.tags if t.strip()],
+        "section": one_line(draft.section or default_section),
+        "tags": [one_line(t) for t in draft.tags if t.strip()],
         "image": image, "image_credit": one_line(draft.image_credit),
         "published": draft.published.isoformat(),
     }

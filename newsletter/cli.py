@@ -160,6 +160,93 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     _serve(settings, host, port)
 
 
+@cli.group()
+def issue() -> None:
+    """Build, inspect and preview newsletter issues."""
+
+
+def _with_store(ctx: click.Context) -> tuple[Settings, Any]:
+    from newsletter import pipeline
+
+    settings = settings_of(ctx)
+    store = pipeline.open_store(settings)
+    ctx.call_on_close(store.close)
+    return settings, store
+
+
+@issue.command("build")
+@click.option("--force", is_flag=True, help="Build even when nothing is new.")
+@click.pass_context
+@fail_cleanly
+def issue_build(ctx: click.Context, force: bool) -> None:
+    """Build the next issue from the articles published since the previous one."""
+    from newsletter import pipeline
+
+    settings, store = _with_store(ctx)
+    result = pipeline.build_issue(settings, store, force=force)
+    click.echo(result.message)
+
+
+@issue.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_context
+@fail_cleanly
+def issue_list(ctx: click.Context, limit: int) -> None:
+    """List recent issues, newest first."""
+    _settings, store = _with_store(ctx)
+    issues = store.list_issues(limit=limit)
+    if not issues:
+        click.echo("no issues yet: run `newsletter issue build`")
+    for it in issues:
+        click.echo(f"{it.number:>5}  {it.status:<10} {it.created:%Y-%m-%d %H:%M}  {it.subject}")
+
+
+def _get_issue(store: Any, number: int) -> Any:
+    from newsletter.errors import NewsletterError
+
+    found = store.get_issue(number)
+    if found is None:
+        raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
+    return found
+
+
+@issue.command("show")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_show(ctx: click.Context, number: int) -> None:
+    """Show an issue's subject, status and articles by section."""
+    _settings, store = _with_store(ctx)
+    it = _get_issue(store, number)
+    click.echo(f"Issue {it.number} — {it.status}\nSubject:   {it.subject}\n"
+               f"Preheader: {it.preheader}\nWindow:    {it.window_start:%Y-%m-%d %H:%M} → "
+               f"{it.window_end:%Y-%m-%d %H:%M} UTC\nHTML:      {len(it.html.encode())} bytes")
+    for section in it.sections:
+        click.echo(f"\n{section.name}")
+        for a in section.articles:
+            click.echo(f"  {a.published:%Y-%m-%d}  {a.title}\n              {a.link}")
+
+
+@issue.command("preview")
+@click.argument("number", type=int)
+@click.option("--open", "open_", is_flag=True, help="Open the HTML in a web browser.")
+@click.option("--out", default="var/preview", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+@fail_cleanly
+def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> None:
+    """Write the issue's HTML and text (with sample personal values) and print the paths."""
+    from newsletter import pipeline
+
+    settings, store = _with_store(ctx)
+    html_path, text_path = pipeline.write_preview(settings, _get_issue(store, number), out)
+    click.echo(f"html: {html_path}\ntext: {text_path}")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(html_path.resolve().as_uri())
+
+
 def main() -> None:
     cli(prog_name="newsletter")
 

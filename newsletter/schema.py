@@ -6,8 +6,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Dialect, Index, Integer,
-                        MetaData, String, Table, Text, TypeDecorator)
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
