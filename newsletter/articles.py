@@ -11,7 +11,7 @@ from datetime import datetime
 from urllib.parse import urljoin
 
 from newsletter.models import Article, ArticleDraft
-from newsletter.sanitize import clean_html, first_paragraph, one_line, shorten, slugify
+from newsletter.sanitize import clean_html, first_paragraph, one_line, shorten, slug_for, slugify
 from newsletter.store import Store
 
 
@@ -34,7 +34,7 @@ def content_hash(fields: dict[str, object]) -> str:
 def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
                   default_section: str = "") -> Article:
     """Identity is the guid, else the canonical link, else a hash of the content."""
-    slug = slugify(draft.slug or draft.title) if (draft.slug or rules) else ""
+    slug = (slugify(draft.slug) if draft.slug else slug_for(draft.title)) if rules else ""
     if draft.url:
         link = urljoin(rules.base_url if rules else draft.origin, draft.url)
     elif rules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
@@ -18,6 +19,7 @@ _ATTRS.setdefault("a", set()).update({"href", "title"})
 _ATTRS.setdefault("source", set()).update({"srcset", "type", "media"})
 _URL_ATTRS = {"href", "src"}
 _SCHEMES = {"http", "https", "mailto"}
+SLUG_MAX = 80
 
 
 def clean_html(fragment: str, base_url: str) -> str:
@@ -59,16 +61,27 @@ def first_paragraph(fragment: str) -> str:
 
 
 def shorten(text: str, limit: int = 300) -> str:
-    """Cut at a word boundary and mark the cut with an ellipsis."""
+    """Trim to at most `limit` characters at a word boundary, ending with an ellipsis."""
     if len(text) <= limit:
         return text
-    cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:-–— ")
-    return cut + "…"
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a very long "word" (a URL) is cut mid-word instead
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-\u2013\u2014") + "\u2026"
 
 
-def slugify(text: str, max_length: int = 80) -> str:
-    """Lower-case ASCII words joined by hyphens; equal for case and Unicode-form variants."""
-    text = unicodedata.normalize("NFKD", text.casefold())
-    text = text.encode("ascii", "ignore").decode("ascii")
-    text = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-    return text[:max_length].rstrip("-") or "article"
+def slugify(text: str) -> str:
+    """Lowercase ASCII words joined by hyphens; accents folded via NFKD, the rest dropped."""
+    # Apostrophes are dropped rather than turned into hyphens: "Putin's" -> "putins".
+    text = text.replace("'", "").replace("\u2019", "")
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    if len(slug) > SLUG_MAX:
+        slug = slug[:SLUG_MAX].rsplit("-", 1)[0]
+    return slug
+
+
+def slug_for(title: str) -> str:
+    """slugify(title), or a stable hash-based slug when no ASCII survives (e.g. Chinese)."""
+    return slugify(title) or "article-" + hashlib.sha256(title.encode("utf-8")).hexdigest()[:10]

@@ -11,13 +11,11 @@ from hypothesis import strategies as st
 
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
+from newsletter.sanitize import shorten, slug_for, slugify
 from newsletter.sources.markdown import (
     has_front_matter,
     parse_markdown,
     render_markdown,
-    shorten,
-    slug_for,
-    slugify,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "articles"

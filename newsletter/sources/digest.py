@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, time
 
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
+from newsletter.sanitize import shorten, slug_for
 from newsletter.sources.markdown import (
     check_year,
     first_paragraph_text,
@@ -14,8 +15,6 @@ from newsletter.sources.markdown import (
     markdown_plain_text,
     normalise_newlines,
     render_markdown_tokens,
-    shorten,
-    slug_for,
 )
 
 SUMMARY_LIMIT = 300

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from email.utils import parsedate_to_datetime
@@ -16,6 +13,7 @@ from markdown_it.token import Token
 
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
+from newsletter.sanitize import slug_for, slugify
 
 # The C loader is much faster; both are "safe" (plain data only, no Python objects).
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -30,7 +28,6 @@ MAX_FRONT_MATTER = 64 * 1024
 MAX_YAML_DEPTH = 16
 
 _FENCE_CLOSE = ("---", "...")
-_SLUG_MAX = 80
 
 # commonmark allows raw HTML; sanitising is done later, by the store, for every source.
 _md = MarkdownIt("commonmark").enable("table")
@@ -282,30 +279,3 @@ def first_paragraph_text(tokens: Sequence[Token]) -> str:
         if token.type == "paragraph_open" and token.level == 0:
             return inline_plain_text(tokens[index + 1].children or [])
     return ""
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """Trim to at most `limit` characters at a word boundary, ending with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:  # a very long "word" (a URL) is cut mid-word instead
-        cut = cut[:space]
-    return cut.rstrip(" ,;:-\u2013\u2014") + "\u2026"
-
-
-def slugify(text: str) -> str:
-    """Lowercase ASCII words joined by hyphens; accents folded via NFKD, the rest dropped."""
-    # Apostrophes are dropped rather than turned into hyphens: "Putin's" -> "putins".
-    text = text.replace("'", "").replace("\u2019", "")
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
-    if len(slug) > _SLUG_MAX:
-        slug = slug[:_SLUG_MAX].rsplit("-", 1)[0]
-    return slug
-
-
-def slug_for(title: str) -> str:
-    """slugify(title), or a stable hash-based slug when no ASCII survives (e.g. Chinese)."""
-    return slugify(title) or "article-" + hashlib.sha256(title.encode("utf-8")).hexdigest()[:10]
