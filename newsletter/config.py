@@ -92,6 +92,56 @@ class Secrets:
 
 
 @dataclass(frozen=True)
+class Mail:
+    transport: str = opt("'outbox' writes .eml files to outbox_dir (embedded default); 'smtp' "
+                         "sends through [smtp].", "outbox", choices=("outbox", "smtp"))
+    outbox_dir: str = opt("Folder for .eml files when transport = 'outbox'.", "var/outbox")
+    from_address: str = opt("From address of every email.", "newsletter@example.org")
+    from_name: str = opt("Display name in From; empty uses the publication name.", "")
+    reply_to: str = opt("Reply-To address; empty sends none.", "")
+    list_id: str = opt("List-Id value (a domain-like identifier); empty derives one from "
+                       "from_address.", "")
+    unsubscribe_mailto: str = opt("Address for mailto: List-Unsubscribe; empty uses "
+                                  "from_address.", "")
+    smtputf8: bool = opt("Whether the relay accepts internationalised (SMTPUTF8) addresses.",
+                         False)
+    dkim_key_path: str = opt("PEM private key for DKIM signing; empty disables DKIM.", "")
+    dkim_selector: str = opt("DKIM selector (the DNS record is <selector>._domainkey.<domain>).",
+                             "")
+    dkim_domain: str = opt("DKIM signing domain; empty uses the From domain.", "")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    batch_size: int = opt("Ledger rows a worker claims at once.", 200, minimum=1,
+                          maximum=10_000)
+    lease_seconds: int = opt("How long a claim lasts before another worker may take the rows.",
+                             300, minimum=10)
+    retry_initial: int = opt("Seconds before the first retry of a 4xx or connection error.",
+                             300, minimum=1)
+    retry_max: int = opt("Longest wait between retries, in seconds (backoff doubles up to it).",
+                         14_400, minimum=1)
+    give_up_after: int = opt("Seconds after the first attempt when a deferred message fails "
+                             "for good (default 4 days).", 345_600, minimum=60)
+    max_hard_bounces: int = opt("Permanent failures after which a subscriber is marked "
+                                "bounced.", 1, minimum=1)
+    workers: int = opt("Sending processes `newsletter issue send` starts on this machine.", 1,
+                       minimum=1, maximum=64)
+
+
+@dataclass(frozen=True)
+class Subscriptions:
+    confirm_hours: int = opt("Hours a double opt-in confirmation link stays valid.", 72,
+                             minimum=1)
+    unsubscribe_days: int = opt("Days an unsubscribe or preferences link stays valid "
+                                "(at least 30).", 400, minimum=30)
+    confirm_resend_minutes: int = opt("At most one confirmation email per address in this "
+                                      "window.", 60, minimum=1)
+    rate_per_ip: int = opt("Subscribe requests accepted per IP address per hour.", 20,
+                           minimum=1)
+
+
+@dataclass(frozen=True)
 class Smtp:
     host: str = opt("SMTP server host.", "localhost")
     port: int = opt("SMTP server port.", 587, minimum=1, maximum=65535)
@@ -101,6 +151,9 @@ class Smtp:
     password: str = opt("SMTP AUTH password (or NEWSLETTER_SMTP_PASSWORD).", "", secret=True)
     concurrency: int = opt("SMTP connections used at once.", 4, minimum=1, maximum=256)
     rate: float = opt("Messages per second at most; 0 means no limit.", 0.0, minimum=0)
+    timeout: float = opt("Seconds to wait for each SMTP reply.", 60.0, minimum=0.1)
+    fallback_hosts: list[str] = opt("Further relays as 'host:port', tried in order when the "
+                                    "main one fails.", [])
 
 
 @dataclass(frozen=True)
@@ -131,9 +184,12 @@ class Settings:
     collect: Collect = field(default_factory=Collect)
     feeds: Feeds = field(default_factory=Feeds)
     newsletter: Newsletter = field(default_factory=Newsletter)
+    mail: Mail = field(default_factory=Mail)
+    smtp: Smtp = field(default_factory=Smtp)
+    delivery: Delivery = field(default_factory=Delivery)
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)
     server: Server = field(default_factory=Server)
     secrets: Secrets = field(default_factory=Secrets)
-    smtp: Smtp = field(default_factory=Smtp)
     path: Path = field(default=Path(DEFAULT_CONFIG), compare=False)
 
     @property

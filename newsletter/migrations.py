@@ -31,9 +31,18 @@ def _v2(op: Operations) -> None:
         table.to_metadata(frozen).create(op.get_bind())
 
 
+def _v3(op: Operations) -> None:
+    """Subscribers with their consent record, and the delivery ledger."""
+    frozen = sa.MetaData()
+    s.issues.to_metadata(frozen)
+    for table in (s.subscribers, s.deliveries):
+        table.to_metadata(frozen).create(op.get_bind())
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
+    (3, "subscribers and the delivery ledger", _v3),
 ]
 
 

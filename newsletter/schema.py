@@ -132,3 +132,48 @@ issue_articles = Table(
     Column("section", String(200), nullable=False),
     Column("position", Integer, nullable=False),
 )
+
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+
+subscribers = Table(
+    "subscribers", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", Text, nullable=False),  # as normalised by email-validator
+    Column("email_key", Text, nullable=False, unique=True),  # case-folded: one person, one row
+    Column("name", Text, nullable=False, default=""),
+    Column("status", String(20), nullable=False),
+    Column("sections", Text, nullable=False, default="[]"),  # JSON; empty means every section
+    Column("consent_at", UTCDateTime, nullable=True),
+    Column("consent_method", String(20), nullable=True),  # form, import, admin
+    Column("consent_ip", String(64), nullable=True),
+    Column("consent_user_agent", Text, nullable=True),
+    Column("confirmed_at", UTCDateTime, nullable=True),
+    Column("unsubscribed_at", UTCDateTime, nullable=True),
+    Column("confirmation_sent_at", UTCDateTime, nullable=True),
+    Column("hard_bounces", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_subscribers_status", "status"),
+)
+
+DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("issue_id", Integer, sa.ForeignKey("issues.id"), nullable=False),
+    Column("subscriber_id", Integer, sa.ForeignKey("subscribers.id"), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("first_attempt_at", UTCDateTime, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_code", Integer, nullable=True),
+    Column("last_reply", Text, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
+    Index("ix_deliveries_claim", "issue_id", "status", "next_attempt_at"),
+)
