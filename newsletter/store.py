@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from newsletter import migrations
 from newsletter import schema as s
 from newsletter.models import Article
+from newsletter.ledger import LedgerQueries
 from newsletter.store_issues import IssueQueries
 
 
@@ -65,7 +66,7 @@ def row_to_article(row: Any) -> Article:
     )
 
 
-class Store(IssueQueries):
+class Store(IssueQueries, LedgerQueries):
     """One database: created and migrated on open, shared by every entry point."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:

@@ -1,0 +1,237 @@
+"""Send an issue through the ledger: claim rows, stamp messages, send, settle, back off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from newsletter import log
+from newsletter.ledger import Claimed, Settle
+
+# Codes that say the address itself is bad; other 5xx (size, content, policy) fail the
+# message without counting against the subscriber.
+HARD_BOUNCE_CODES = frozenset({550, 551, 553})
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a transport says about one message; the ledger turns it into a row status."""
+
+    status: Literal["sent", "deferred", "failed", "unknown"]
+    code: int | None
+    reply: str
+    close: bool = False  # the connection is no longer usable (421, dropped, timed out)
+
+
+class Connection(Protocol):
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+class Pool(Protocol):
+    """Opens connections; raising here means no message can go out right now."""
+
+    async def connect(self) -> Connection: ...
+
+
+class Ledger(Protocol):
+    def claim(self, issue_id: int, owner: str, limit: int, lease: timedelta,
+              now: datetime) -> list[Claimed]: ...
+
+    def settle(self, results: list[Settle], now: datetime, max_hard_bounces: int) -> None: ...
+
+    def release(self, owner: str, now: datetime, retry_at: datetime, reply: str) -> int: ...
+
+
+class Stamp(Protocol):
+    """A message built once per variant; per recipient only headers and links change."""
+
+    def render(self, *, to_address: str, to_name: str, message_id: str, unsubscribe_url: str,
+               preferences_url: str, date: datetime) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    issue_id: int
+    envelope_from: str
+    variant_for: Callable[[tuple[str, ...]], Stamp | None]  # None: nothing for these sections
+    urls_for: Callable[[Claimed], tuple[str, str]]  # (unsubscribe, preferences)
+    message_id_for: Callable[[Claimed], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    batch_size: int = 200
+    lease: timedelta = timedelta(minutes=5)
+    retry_initial: timedelta = timedelta(minutes=5)
+    retry_max: timedelta = timedelta(hours=4)
+    give_up_after: timedelta = timedelta(days=4)
+    max_hard_bounces: int = 1
+    concurrency: int = 4
+    rate: float = 0.0  # messages per second; 0 = unlimited
+
+
+@dataclass(slots=True)
+class Summary:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    stopped: str = ""  # why the run stopped early, for the operator
+
+    def add(self, status: str) -> None:
+        setattr(self, status, getattr(self, status) + 1)
+
+
+def settle_for(row: Claimed, result: SendResult, policy: Policy, now: datetime) -> Settle:
+    """Map a transport result to a ledger outcome, with exponential backoff for 4xx."""
+    if result.status == "sent":
+        return Settle(row.delivery_id, row.subscriber_id, "sent", result.code, result.reply)
+    if result.status == "failed":
+        return Settle(row.delivery_id, row.subscriber_id, "failed", result.code, result.reply,
+                      hard_bounce=result.code in HARD_BOUNCE_CODES)
+    reply = result.reply
+    if result.status == "unknown":
+        reply = f"outcome unknown, will retry (may arrive twice): {reply}"
+    first = row.first_attempt_at or now
+    if now - first >= policy.give_up_after:
+        return Settle(row.delivery_id, row.subscriber_id, "failed", result.code,
+                      f"gave up after {policy.give_up_after}: {reply}")
+    wait = min(policy.retry_initial * (2 ** row.attempts), policy.retry_max)
+    return Settle(row.delivery_id, row.subscriber_id, "deferred", result.code, reply,
+                  next_attempt_at=now + wait)
+
+
+class RateLimit:
+    """Token bucket shared by every connection task of one process."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.next_slot = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(self.next_slot, now)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class Recorder:
+    """Group commit: results from all tasks go to the database together, and each task
+    waits for its own commit before sending again, so at most one message per connection
+    is ever sent but unrecorded (the bound on duplicates after a crash)."""
+
+    def __init__(self, ledger: Ledger, policy: Policy, clock: Callable[[], datetime]) -> None:
+        self.ledger, self.policy, self.clock = ledger, policy, clock
+        self.pending: list[tuple[Settle, asyncio.Future[None]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: Settle) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((outcome, future))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await asyncio.to_thread(self.ledger.settle, [o for o, _ in batch], self.clock(),
+                                        self.policy.max_hard_bounces)
+            except Exception as exc:  # noqa: BLE001 - every waiter must learn of it
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    fut.set_result(None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
+                  clock: Callable[[], datetime] = _now,
+                  on_progress: Callable[[Summary], None] | None = None) -> Summary:
+    """Work through every due row of the issue; stop early (rows deferred) if the server
+    refuses connections or answers 421."""
+    summary = Summary()
+    recorder = Recorder(ledger, policy, clock)
+    limiter = RateLimit(policy.rate)
+    abort: list[str] = []
+
+    async def work(queue: asyncio.Queue[Claimed]) -> None:
+        conn: Connection | None = None
+        try:
+            while not abort:
+                try:
+                    row = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                stamp = plan.variant_for(row.sections) if row.email else None
+                if stamp is None:
+                    why = "no longer subscribed" if not row.email else "no chosen section here"
+                    await recorder.record(Settle(row.delivery_id, row.subscriber_id, "skipped",
+                                                 None, why))
+                    summary.add("skipped")
+                    continue
+                if conn is None:
+                    try:
+                        conn = await pool.connect()
+                    except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
+                        abort.append(f"cannot connect: {exc}")
+                        return
+                unsubscribe, preferences = plan.urls_for(row)
+                message = stamp.render(to_address=row.email, to_name=row.name,
+                                       message_id=plan.message_id_for(row),
+                                       unsubscribe_url=unsubscribe, preferences_url=preferences,
+                                       date=clock())
+                await limiter.wait()
+                result = await conn.send(plan.envelope_from, row.email, message)
+                outcome = settle_for(row, result, policy, clock())
+                await recorder.record(outcome)
+                summary.add(outcome.status)
+                if on_progress:
+                    on_progress(summary)
+                if result.close:
+                    await _close(conn)
+                    conn = None
+                    if result.code == 421:
+                        abort.append(f"server closed the session: {result.code} {result.reply}")
+        finally:
+            if conn is not None:
+                await _close(conn)
+
+    while not abort:
+        rows = await asyncio.to_thread(ledger.claim, plan.issue_id, owner, policy.batch_size,
+                                       policy.lease, clock())
+        if not rows:
+            break
+        queue: asyncio.Queue[Claimed] = asyncio.Queue()
+        for row in rows:
+            queue.put_nowait(row)
+        await asyncio.gather(*(work(queue) for _ in range(min(policy.concurrency, len(rows)))))
+    if abort:
+        summary.stopped = abort[0]
+        now = clock()
+        held = await asyncio.to_thread(ledger.release, owner, now, now + policy.retry_initial,
+                                       summary.stopped)
+        summary.deferred += held
+        log.event("deliver.stopped", level=30, issue=plan.issue_id, reason=summary.stopped,
+                  deferred=held)
+    return summary
+
+
+async def _close(conn: Connection) -> None:
+    with contextlib.suppress(Exception):  # a connection that fails to close is gone anyway
+        await conn.close()

@@ -1,0 +1,104 @@
+"""Ledger queries on a real SQLite file: set-based enqueue, leases, settling, bounces."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from newsletter import schema as s
+from newsletter.deliver import Policy, SendResult, settle_for
+from newsletter.ledger import Settle
+from newsletter.models import Issue
+from newsletter.store import Store
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def seeded(tmp_path: Path, active: int = 5, other: int = 2) -> tuple[Store, int]:
+    store = Store(f"sqlite:///{tmp_path / 'l.db'}")
+    rows = [{"email": f"r{i}@example.org", "email_key": f"r{i}@example.org", "name": f"R {i}",
+             "status": "active" if i < active else "unsubscribed", "sections": "[]",
+             "hard_bounces": 0, "created_at": T0, "updated_at": T0}
+            for i in range(active + other)]
+    with store.engine.begin() as conn:
+        conn.execute(s.subscribers.insert(), rows)
+    issue = store.save_issue(Issue(number=1, subject="S", preheader="", created=T0,
+                                   window_start=T0, window_end=T0, sections=()), T0)
+    assert issue.id is not None
+    return store, issue.id
+
+
+def test_enqueue_is_set_based_and_idempotent(tmp_path: Path) -> None:
+    store, issue_id = seeded(tmp_path)
+    assert store.enqueue(issue_id, T0) == 5
+    assert store.enqueue(issue_id, T0) == 0  # unique (issue, subscriber): no second row
+    assert store.delivery_counts(issue_id)["queued"] == 5
+    store.close()
+
+
+def test_claims_do_not_overlap_and_expired_leases_return(tmp_path: Path) -> None:
+    store, issue_id = seeded(tmp_path)
+    store.enqueue(issue_id, T0)
+    a = store.claim(issue_id, "a", 3, timedelta(minutes=5), T0)
+    b = store.claim(issue_id, "b", 3, timedelta(minutes=5), T0)
+    assert len(a) == 3 and len(b) == 2
+    assert not {r.delivery_id for r in a} & {r.delivery_id for r in b}
+    assert store.claim(issue_id, "c", 10, timedelta(minutes=5), T0) == []
+    # Worker "a" dies: after its lease runs out its rows are claimable again, and only those.
+    later = T0 + timedelta(minutes=6)
+    store.settle([Settle(r.delivery_id, r.subscriber_id, "sent", 250, "ok") for r in b], T0, 1)
+    c = store.claim(issue_id, "c", 10, timedelta(minutes=5), later)
+    assert {r.delivery_id for r in c} == {r.delivery_id for r in a}
+    store.close()
+
+
+def test_settle_never_downgrades_a_sent_row(tmp_path: Path) -> None:
+    store, issue_id = seeded(tmp_path, active=1, other=0)
+    store.enqueue(issue_id, T0)
+    [row] = store.claim(issue_id, "a", 1, timedelta(minutes=5), T0)
+    store.settle([Settle(row.delivery_id, row.subscriber_id, "sent", 250, "ok")], T0, 1)
+    store.settle([Settle(row.delivery_id, row.subscriber_id, "deferred", 451, "late",
+                         next_attempt_at=T0)], T0, 1)
+    assert store.delivery_counts(issue_id)["sent"] == 1
+    store.close()
+
+
+def test_backoff_give_up_and_hard_bounce(tmp_path: Path) -> None:
+    store, issue_id = seeded(tmp_path, active=2, other=0)
+    store.enqueue(issue_id, T0)
+    policy = Policy(retry_initial=timedelta(minutes=5), retry_max=timedelta(minutes=30),
+                    give_up_after=timedelta(days=4), max_hard_bounces=1)
+    r1, r2 = store.claim(issue_id, "a", 2, timedelta(minutes=5), T0)
+    deferred = settle_for(r1, SendResult("deferred", 451, "busy"), policy, T0)
+    assert deferred.status == "deferred" and deferred.next_attempt_at == T0 + timedelta(minutes=5)
+    bounced = settle_for(r2, SendResult("failed", 550, "no such user"), policy, T0)
+    assert bounced.hard_bounce
+    store.settle([deferred, bounced], T0, 1)
+    with store.engine.connect() as conn:
+        status = conn.execute(sa.select(s.subscribers.c.status)
+                              .where(s.subscribers.c.id == r2.subscriber_id)).scalar()
+    assert status == "bounced"
+    # Not due yet; then due, with the wait doubling each attempt up to the cap.
+    assert store.claim(issue_id, "a", 5, timedelta(minutes=5), T0) == []
+    [again] = store.claim(issue_id, "a", 5, timedelta(minutes=5), T0 + timedelta(minutes=5))
+    assert again.attempts == 1
+    second = settle_for(again, SendResult("deferred", 451, "busy"), policy, T0)
+    assert second.next_attempt_at == T0 + timedelta(minutes=10)
+    # Past the give-up time a deferral becomes a failure, with the reason kept.
+    late = settle_for(again, SendResult("deferred", 451, "busy"), policy,
+                      T0 + timedelta(days=4, minutes=1))
+    assert late.status == "failed" and "gave up" in late.reply
+    store.close()
+
+
+def test_release_defers_what_a_worker_holds(tmp_path: Path) -> None:
+    store, issue_id = seeded(tmp_path)
+    store.enqueue(issue_id, T0)
+    store.claim(issue_id, "a", 4, timedelta(minutes=5), T0)
+    assert store.release("a", T0, T0 + timedelta(minutes=5), "421 busy") == 4
+    counts = store.delivery_counts(issue_id)
+    assert counts["deferred"] == 4 and counts["queued"] == 1 and counts["sending"] == 0
+    assert store.next_due(issue_id) == T0
+    store.close()
