@@ -1,11 +1,11 @@
-"""The one place that wires sources, store and writers together; entry points call only this."""
+"""Collect from every source into the store, and publish the feeds from it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from newsletter import articles as arts
@@ -13,9 +13,7 @@ from newsletter import log
 from newsletter.config import Settings, Source
 from newsletter.errors import SourceError
 from newsletter.feeds import FeedMeta, write_feeds
-from newsletter.issue import IssueRules, make_issue, window_start
-from newsletter.models import Article, Issue
-from newsletter.render import Masthead, Renderer, personalize, personalize_text
+from newsletter.models import Article
 from newsletter.sources.files import iter_article_files, read_article_file
 from newsletter.sources.upstream import FeedState, FetchLimits, fetch_all
 from newsletter.store import FileRecord, Store
@@ -176,102 +174,3 @@ def publish_feeds(settings: Settings, store: Store, *, now: datetime | None = No
     written = write_feeds(list(chosen.values()), feed_meta(settings), settings.feeds_dir, limit)
     log.event("feeds.published", articles=len(chosen), files_changed=len(written))
     return written
-
-
-def web_app(settings: Settings):  # noqa: ANN201 - Starlette type kept out of import time
-    from newsletter.web import create_app
-
-    return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
-                      feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age)
-
-
-# -- issues ---------------------------------------------------------------------------------
-
-
-def issue_rules(settings: Settings) -> IssueRules:
-    n = settings.newsletter
-    return IssueRules(publication=settings.publication.name,
-                      lookback=timedelta(days=n.lookback_days), max_articles=n.max_articles,
-                      section_order=tuple(n.section_order), subject=n.subject,
-                      preheader=n.preheader, untitled_section=n.untitled_section)
-
-
-def masthead(settings: Settings) -> Masthead:
-    p, n = settings.publication, settings.newsletter
-    return Masthead(name=p.name, base_url=settings.site_url, language=p.language,
-                    direction=n.direction, postal_address=p.postal_address,
-                    reason=n.reason.replace("{publication}", p.name))
-
-
-def renderer(settings: Settings) -> Renderer:
-    folder = settings.newsletter.templates_dir
-    return Renderer(Path(folder) if folder else None)
-
-
-def archive_url(settings: Settings, number: int | None = None) -> str:
-    base = settings.site_url + "issues/"
-    return base if number is None else f"{base}{number}"
-
-
-def render_into(settings: Settings, issue: Issue) -> Issue:
-    rendered = renderer(settings).render_issue(issue, masthead(settings),
-                                               archive_url(settings, issue.number))
-    issue.html, issue.text = rendered.html, rendered.text
-    return issue
-
-
-@dataclass(slots=True)
-class BuildResult:
-    issue: Issue | None
-    message: str
-    created: bool = False
-
-
-def build_issue(settings: Settings, store: Store, *, force: bool = False,
-                now: datetime | None = None) -> BuildResult:
-    """Build the next issue; rebuilding while the last one is a draft refreshes that draft."""
-    now = now or now_utc()
-    rules = issue_rules(settings)
-    latest = store.latest_issue()
-    draft = latest if latest and latest.status == "draft" else None
-    if draft:
-        previous = store.latest_issue(exclude=("cancelled", "draft"))
-        start = window_start(previous, now, rules)
-    else:
-        start = window_start(latest, now, rules)
-    articles = store.articles_between(start, now)  # future-dated articles wait: <= now
-    if not articles and not force:
-        since = f"issue {latest.number}" if latest else f"{start:%Y-%m-%d %H:%M} UTC"
-        return BuildResult(draft, f"nothing new since {since}: no issue built "
-                                  f"(--force builds one anyway)")
-    if not articles:
-        articles = store.articles_between(now - rules.lookback, now)
-        if not articles:
-            return BuildResult(None, "no articles in the store: nothing to build")
-    number = draft.number if draft else store.next_issue_number()
-    issue = make_issue(number=number, articles=articles, start=start, end=now, rules=rules)
-    if draft and [a.id for a in draft.articles] == [a.id for a in issue.articles] \
-            and draft.subject == issue.subject:
-        return BuildResult(draft, f"issue {draft.number} is up to date (draft, "
-                                  f"{len(draft.articles)} articles)")
-    issue.id = draft.id if draft else None
-    render_into(settings, issue)
-    store.save_issue(issue, now)
-    verb = "rebuilt" if draft else "built"
-    log.event("issue.built", number=issue.number, articles=len(issue.articles), rebuilt=bool(draft))
-    return BuildResult(issue, f"{verb} issue {issue.number}: {len(issue.articles)} articles in "
-                              f"{len(issue.sections)} sections — {issue.subject}",
-                       created=not draft)
-
-
-def write_preview(settings: Settings, issue: Issue, folder: Path) -> tuple[Path, Path]:
-    """The issue as one reader would get it, with example personal values filled in."""
-    values = {"unsubscribe_url": settings.site_url + "unsubscribe?preview",
-              "preferences_url": settings.site_url + "preferences?preview",
-              "name": "Reader"}
-    folder.mkdir(parents=True, exist_ok=True)
-    html_path = folder / f"issue-{issue.number}.html"
-    text_path = folder / f"issue-{issue.number}.txt"
-    html_path.write_text(personalize(issue.html, **values), encoding="utf-8")
-    text_path.write_text(personalize_text(issue.text, **values), encoding="utf-8")
-    return html_path, text_path

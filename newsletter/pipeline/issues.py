@@ -1,0 +1,104 @@
+"""Build, render and preview newsletter issues from the stored articles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from newsletter import log
+from newsletter.config import Settings
+from newsletter.issue import IssueRules, make_issue, window_start
+from newsletter.models import Issue
+from newsletter.pipeline.collecting import now_utc
+from newsletter.render import Masthead, Renderer, personalize, personalize_text
+from newsletter.store import Store
+
+
+def issue_rules(settings: Settings) -> IssueRules:
+    n = settings.newsletter
+    return IssueRules(publication=settings.publication.name,
+                      lookback=timedelta(days=n.lookback_days), max_articles=n.max_articles,
+                      section_order=tuple(n.section_order), subject=n.subject,
+                      preheader=n.preheader, untitled_section=n.untitled_section)
+
+
+def masthead(settings: Settings) -> Masthead:
+    p, n = settings.publication, settings.newsletter
+    return Masthead(name=p.name, base_url=settings.site_url, language=p.language,
+                    direction=n.direction, postal_address=p.postal_address,
+                    reason=n.reason.replace("{publication}", p.name))
+
+
+def renderer(settings: Settings) -> Renderer:
+    folder = settings.newsletter.templates_dir
+    return Renderer(Path(folder) if folder else None)
+
+
+def archive_url(settings: Settings, number: int | None = None) -> str:
+    base = settings.site_url + "issues/"
+    return base if number is None else f"{base}{number}"
+
+
+def render_into(settings: Settings, issue: Issue) -> Issue:
+    rendered = renderer(settings).render_issue(issue, masthead(settings),
+                                               archive_url(settings, issue.number))
+    issue.html, issue.text = rendered.html, rendered.text
+    return issue
+
+
+@dataclass(slots=True)
+class BuildResult:
+    issue: Issue | None
+    message: str
+    created: bool = False
+
+
+def build_issue(settings: Settings, store: Store, *, force: bool = False,
+                now: datetime | None = None) -> BuildResult:
+    """Build the next issue; rebuilding while the last one is a draft refreshes that draft."""
+    now = now or now_utc()
+    rules = issue_rules(settings)
+    latest = store.latest_issue()
+    draft = latest if latest and latest.status == "draft" else None
+    if draft:
+        previous = store.latest_issue(exclude=("cancelled", "draft"))
+        start = window_start(previous, now, rules)
+    else:
+        start = window_start(latest, now, rules)
+    articles = store.articles_between(start, now)  # future-dated articles wait: <= now
+    if not articles and not force:
+        since = f"issue {latest.number}" if latest else f"{start:%Y-%m-%d %H:%M} UTC"
+        return BuildResult(draft, f"nothing new since {since}: no issue built "
+                                  f"(--force builds one anyway)")
+    if not articles:
+        articles = store.articles_between(now - rules.lookback, now)
+        if not articles:
+            return BuildResult(None, "no articles in the store: nothing to build")
+    number = draft.number if draft else store.next_issue_number()
+    issue = make_issue(number=number, articles=articles, start=start, end=now, rules=rules)
+    if draft and [a.id for a in draft.articles] == [a.id for a in issue.articles] \
+            and draft.subject == issue.subject:
+        return BuildResult(draft, f"issue {draft.number} is up to date (draft, "
+                                  f"{len(draft.articles)} articles)")
+    issue.id = draft.id if draft else None
+    render_into(settings, issue)
+    store.save_issue(issue, now)
+    verb = "rebuilt" if draft else "built"
+    log.event("issue.built", number=issue.number, articles=len(issue.articles), rebuilt=bool(draft))
+    return BuildResult(issue, f"{verb} issue {issue.number}: {len(issue.articles)} articles in "
+                              f"{len(issue.sections)} sections — {issue.subject}",
+                       created=not draft)
+
+
+def write_preview(settings: Settings, issue: Issue, folder: Path) -> tuple[Path, Path]:
+    """The issue as one reader would get it, with example personal values filled in."""
+    values = {"unsubscribe_url": settings.site_url + "unsubscribe?preview",
+              "preferences_url": settings.site_url + "preferences?preview",
+              "name": "Reader"}
+    folder.mkdir(parents=True, exist_ok=True)
+    html_path = folder / f"issue-{issue.number}.html"
+    text_path = folder / f"issue-{issue.number}.txt"
+    html_path.write_text(personalize(issue.html, **values), encoding="utf-8")
+    text_path.write_text(personalize_text(issue.text, **values), encoding="utf-8")
+    return html_path, text_path
