@@ -52,15 +52,16 @@ def _collect_folder(settings: Settings, store: Store, source: Source,
         report.errors.append(f"{root}: articles folder not found")
         return []
     root_key = str(root.resolve()) + os.sep
+    prefix = len(str(root)) + 1
     records = store.file_records(root_key)
     owner = {r.article_key: p for p, r in records.items() if r.article_key}
     rules = _link_rules(settings)
     changed: dict[str, FileRecord] = {}
     found: list[Article] = []
     for path in iter_article_files(root):
-        key = str(path.resolve())
+        key = root_key + str(path)[prefix:]  # resolving each file would dominate a warm run
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError as exc:
             report.errors.append(f"{path}: cannot read: {exc.strerror}")
             continue

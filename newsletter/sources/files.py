@@ -118,16 +118,17 @@ def iter_article_files(root: Path) -> Iterator[Path]:
     def fail(exc: OSError) -> None:
         raise SourceError(str(exc.filename or root), f"cannot list folder: {exc.strerror or exc}")
 
-    found: list[tuple[tuple[str, ...], Path]] = []
+    found: list[tuple[tuple[str, ...], str]] = []
+    top = str(root)
     # followlinks=False: a symlinked folder could point anywhere, or loop back on itself.
-    for folder, dirs, files in os.walk(root, onerror=fail, followlinks=False):
+    # Plain strings, not Path objects: a warm collect of 10,000 files is mostly this loop.
+    for folder, dirs, files in os.walk(top, onerror=fail, followlinks=False):
         dirs[:] = sorted(name for name in dirs if not name.startswith("."))
-        base = Path(folder)
+        rel = tuple(os.path.relpath(folder, top).split(os.sep)) if folder != top else ()
         for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in ARTICLE_SUFFIXES:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in ARTICLE_SUFFIXES:
                 continue
-            path = base / name
-            found.append((path.relative_to(root).parts, path))
+            found.append(((*rel, name), os.path.join(folder, name)))
     # Sorting on path parts keeps a folder's files together ("a/z.md" before "a-b.md").
     found.sort(key=lambda item: item[0])
-    return iter([path for _, path in found])
+    return iter([Path(path) for _, path in found])
