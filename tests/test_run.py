@@ -1,0 +1,71 @@
+"""`newsletter run` on a fresh copy of the repository answers on its port and publishes feeds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import feedparser
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The files git tracks, as a clean clone would have them (no var/, no feeds)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def test_run_on_a_fresh_checkout(tmp_path: Path) -> None:
+    repo = fresh_copy(tmp_path / "repo")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "run", "--port", str(port)],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        response = None
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/feeds/atom.xml", timeout=2)
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)  # polling interval inside a deadline, not a wait for an outcome
+        assert response is not None and response.status_code == 200
+        feed = feedparser.parse(response.content)
+        assert feed.bozo == 0 and len(feed.entries) >= 5
+        home = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert 'rel="alternate"' in home.text
+        assert (repo / "var/newsletter.db").exists()
+        assert (repo / "feeds/rss.xml").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert f"http://127.0.0.1:{port}/" in out
