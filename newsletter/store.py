@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from newsletter import migrations
 from newsletter import schema as s
-from newsletter.models import Article
 from newsletter.ledger import LedgerQueries
+from newsletter.models import Article
 from newsletter.store_issues import IssueQueries
 
 

@@ -1,0 +1,75 @@
+"""Public web archive of sent issues: a list page, one page per issue and an Atom feed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from newsletter.models import Issue
+from newsletter.render import Masthead, Renderer, archive_feed
+
+# Drafts, scheduled and cancelled issues are not public: only what went (or is going) out.
+PUBLIC_STATUSES = ("sending", "sent")
+_CACHE = {"cache-control": "public, max-age=300"}
+
+
+def is_public(issue: Issue | None) -> bool:
+    return issue is not None and issue.status in PUBLIC_STATUSES
+
+
+def archive_routes(
+    *,
+    list_issues: Callable[[], Sequence[Issue]],
+    get_issue: Callable[[int], Issue | None],
+    renderer: Renderer,
+    masthead: Masthead,
+    archive_base_url: str,
+) -> list[Route]:
+    """Routes for /issues/, /issues/{number} and /issues/feed.xml.
+
+    `archive_base_url` is the public absolute URL of /issues/; the callables may block (they
+    query the store), so they run in Starlette's thread pool, as does the rendering.
+    """
+    base = archive_base_url if archive_base_url.endswith("/") else archive_base_url + "/"
+
+    def public_issues() -> list[Issue]:
+        return sorted((i for i in list_issues() if is_public(i)), key=lambda i: i.number,
+                      reverse=True)
+
+    def list_page() -> str:
+        return renderer.render_archive_list(public_issues(), masthead, base)
+
+    def issue_page(number: int) -> str | None:
+        issue = get_issue(number)
+        if not is_public(issue):
+            return None
+        assert issue is not None
+        return renderer.render_archive_page(issue, masthead, f"{base}{number}")
+
+    def feed() -> bytes:
+        return archive_feed(public_issues(), masthead, base)
+
+    async def list_endpoint(request: Request) -> Response:
+        return HTMLResponse(await run_in_threadpool(list_page), headers=_CACHE)
+
+    async def issue_endpoint(request: Request) -> Response:
+        page = await run_in_threadpool(issue_page, request.path_params["number"])
+        if page is None:
+            # The same answer for a draft as for a number never used: drafts stay unseen.
+            raise HTTPException(status_code=404)
+        return HTMLResponse(page, headers=_CACHE)
+
+    async def feed_endpoint(request: Request) -> Response:
+        body = await run_in_threadpool(feed)
+        return Response(body, media_type="application/atom+xml; charset=utf-8", headers=_CACHE)
+
+    return [
+        Route("/issues/", list_endpoint, name="archive_list"),
+        Route("/issues/feed.xml", feed_endpoint, name="archive_feed"),
+        Route("/issues/{number:int}", issue_endpoint, name="archive_issue"),
+    ]
