@@ -125,7 +125,8 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
 
     from newsletter import pipeline
 
-    app = pipeline.web_app(settings)
+    store = pipeline.open_store(settings)
+    app = pipeline.web_app(settings, store)
     host, port = host or settings.server.host, port or settings.server.port
     click.echo(f"serving http://{host}:{port}/ (feeds from {settings.feeds_dir}/)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

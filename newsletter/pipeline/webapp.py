@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from newsletter.config import Settings
+from newsletter.store import Store
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
-def web_app(settings: Settings):  # noqa: ANN201 - Starlette type kept out of import time
+def web_app(settings: Settings, store: Store) -> Starlette:
+    from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.web import create_app
+    from newsletter.web.archive import archive_routes
 
+    routes = archive_routes(
+        list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
+                                              with_articles=True),
+        get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
+        archive_base_url=archive_url(settings))
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
-                      feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age)
+                      feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
+                      extra_routes=routes)
