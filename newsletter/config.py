@@ -79,6 +79,22 @@ class Feeds:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    timezone: str = opt("IANA time zone the cron expression is read in, e.g. Europe/Oslo.",
+                        "UTC")
+    collect_minutes: int = opt("Collect every N minutes (and publish feeds when something is "
+                               "new); 0 turns it off.", 15, minimum=0)
+    issue_cron: str = opt("When to build and send an issue, as a crontab line "
+                          "(minute hour day month weekday), e.g. '0 9 * * fri'; empty turns "
+                          "it off.", "")
+    late_limit_minutes: int = opt("An issue whose send time passed longer ago than this is not "
+                                  "sent automatically; it waits for an operator.", 360,
+                                  minimum=1)
+    sweep_minutes: int = opt("Every N minutes, retry deferred deliveries and send scheduled "
+                             "issues that are due.", 1, minimum=1)
+
+
+@dataclass(frozen=True)
 class Server:
     host: str = opt("Address `newsletter serve` and `newsletter run` listen on.", "127.0.0.1")
     port: int = opt("Port they listen on.", 8000, minimum=1, maximum=65535)
@@ -188,6 +204,7 @@ class Settings:
     smtp: Smtp = field(default_factory=Smtp)
     delivery: Delivery = field(default_factory=Delivery)
     subscriptions: Subscriptions = field(default_factory=Subscriptions)
+    schedule: Schedule = field(default_factory=Schedule)
     server: Server = field(default_factory=Server)
     secrets: Secrets = field(default_factory=Secrets)
     path: Path = field(default=Path(DEFAULT_CONFIG), compare=False)
@@ -299,11 +316,31 @@ def _check(settings: Settings, where: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{where}: publication.base_url: expected an absolute http(s) URL, "
                           f"got {settings.publication.base_url!r}")
+    _check_schedule(settings.schedule, where)
     for i, src in enumerate(settings.sources):
         need = "path" if src.type == "folder" else "url"
         if not getattr(src, need):
             raise ConfigError(f"{where}: sources[{i}].{need}: missing required key for a "
                               f"{src.type} source")
+
+
+def _check_schedule(schedule: Schedule, where: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        zone = ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: schedule.timezone: expected an IANA time zone such as "
+                          f"Europe/Oslo, got {schedule.timezone!r}") from None
+    if schedule.issue_cron:
+        try:
+            CronTrigger.from_crontab(schedule.issue_cron, timezone=zone)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: schedule.issue_cron: expected a crontab line (minute "
+                              f"hour day month weekday), got {schedule.issue_cron!r}: "
+                              f"{exc}") from None
 
 
 def load_settings(path: str | Path | None = None,

@@ -53,6 +53,9 @@ def test_example_documents_every_setting() -> None:
     ("[bogus]\nx = 1", "[bogus]: unknown section"),
     ('[[sources]]\ntype = "feed"', "sources[0].url: missing required key"),
     ('[[sources]]\npath = "x"', "sources[0].type: missing required key"),
+    ('[schedule]\ntimezone = "Mars/Olympus"', "schedule.timezone: expected an IANA time zone"),
+    ('[schedule]\nissue_cron = "0 25 * * fri"', "schedule.issue_cron: expected a crontab line"),
+    ('[schedule]\nissue_cron = "every friday"', "schedule.issue_cron: expected a crontab line"),
 ])
 def test_bad_values_give_one_clear_line(tmp_path: Path, snippet: str, expected: str) -> None:
     path = write(tmp_path, BASE + "\n" + snippet + "\n")
