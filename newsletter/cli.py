@@ -248,6 +248,15 @@ def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> No
         webbrowser.open(html_path.resolve().as_uri())
 
 
+def _add_groups() -> None:
+    from newsletter.cli_subscribers import subscribers
+
+    cli.add_command(subscribers)
+
+
+_add_groups()
+
+
 def main() -> None:
     cli(prog_name="newsletter")
 

@@ -17,6 +17,7 @@ from newsletter import schema as s
 from newsletter.ledger import LedgerQueries
 from newsletter.models import Article
 from newsletter.store_issues import IssueQueries
+from newsletter.store_subscribers import SubscriberQueries
 
 
 def make_engine(url: str) -> Engine:
@@ -66,7 +67,7 @@ def row_to_article(row: Any) -> Article:
     )
 
 
-class Store(IssueQueries, LedgerQueries):
+class Store(IssueQueries, LedgerQueries, SubscriberQueries):
     """One database: created and migrated on open, shared by every entry point."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:

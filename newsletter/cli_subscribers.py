@@ -1,0 +1,177 @@
+"""`newsletter subscribers …`: add, import, export, list and remove subscribers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.store_subscribers import SubscriberStore
+
+
+def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Operator errors become one line on stderr and exit status 2 (as newsletter.cli does)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NewsletterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _open(ctx: click.Context) -> tuple[Settings, SubscriberStore]:
+    # Imported here: newsletter.cli imports this module to add the group.
+    from newsletter.cli import settings_of
+    from newsletter.store_subscribers import SubscriberStore
+
+    settings = settings_of(ctx)
+    store = SubscriberStore(settings.storage.database_url)
+    ctx.call_on_close(store.close)
+    return settings, store
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@click.group()
+def subscribers() -> None:
+    """Manage subscribers: add, import, export, list, remove."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Display name.")
+@click.option("--confirmed", is_flag=True,
+              help="The person has already opted in: make the address active at once, "
+                   "even if it had unsubscribed.")
+@click.pass_context
+@_fail_cleanly
+def add(ctx: click.Context, email: str, name: str, confirmed: bool) -> None:
+    """Add EMAIL; without --confirmed it waits for the person to confirm."""
+    from newsletter import subscriptions, tokens
+
+    settings, store = _open(ctx)
+    now = _now()
+    try:
+        outcome = subscriptions.subscribe(store, email, name, method="admin", ip=None,
+                                          user_agent=None, now=now, confirmed=confirmed,
+                                          smtputf8=settings.mail.smtputf8)
+    except subscriptions.AddressError as exc:
+        raise NewsletterError(f"{email!r}: {exc.reason}") from None
+    sub = outcome.subscriber
+    messages = {
+        "new": "added, active" if confirmed else "added, pending confirmation",
+        "pending": "already pending confirmation",
+        "active": "already active",
+        "activated": "confirmed: now active",
+        "reactivated": "reactivated: now active again",
+        "suppressed": f"left {sub.status}: it opted out; add --confirmed only if the person "
+                      f"has asked to subscribe again",
+    }
+    click.echo(f"{sub.email}: {messages[outcome.state]}")
+    if sub.status == "pending":
+        # The CLI has no mail transport of its own: show the link to pass on.
+        secret = tokens.load_or_create_secret(settings)
+        url = subscriptions.confirm_url(settings.site_url,
+                                        subscriptions.confirm_token(secret, sub, now))
+        click.echo(f"confirmation link (valid {settings.subscriptions.confirm_hours} h): {url}")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 50_000))
+@click.pass_context
+@_fail_cleanly
+def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
+    """Import a CSV with columns email, name, sections (a|b); bad rows are listed."""
+    from newsletter.subscribers_csv import import_csv
+
+    settings, store = _open(ctx)
+    report = import_csv(store, file, now=_now(), batch_size=batch_size,
+                        smtputf8=settings.mail.smtputf8)
+    for line, reason in report.errors:
+        click.echo(f"{file}:{line}: {reason}", err=True)
+    if report.invalid > len(report.errors):
+        click.echo(f"… and {report.invalid - len(report.errors)} more invalid rows", err=True)
+    click.echo(f"imported {report.summary()}")
+    sys.exit(1 if report.invalid else 0)
+
+
+@subscribers.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of standard output.")
+@click.pass_context
+@_fail_cleanly
+def export(ctx: click.Context, output: Path | None) -> None:
+    """Write every subscriber as CSV (formula-like cells neutralised)."""
+    from newsletter.subscribers_csv import export_csv
+
+    _settings, store = _open(ctx)
+    if output is None:
+        count = export_csv(store, click.get_text_stream("stdout"))
+    else:
+        # Written beside the target and renamed, so a failed export leaves no half file.
+        tmp = output.with_name(f".{output.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                count = export_csv(store, f)
+            tmp.replace(output)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise NewsletterError(f"{output}: cannot write: {exc.strerror or exc}") from None
+        click.echo(f"exported {count} subscribers to {output}", err=True)
+
+
+@subscribers.command("list")
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced",
+                                             "complained"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.pass_context
+@_fail_cleanly
+def list_(ctx: click.Context, status: str | None, limit: int, offset: int) -> None:
+    """List subscribers (oldest first) and the count per status."""
+    _settings, store = _open(ctx)
+    for sub in store.list_subscribers(status=status, limit=limit, offset=offset):
+        name = f"  {sub.name}" if sub.name else ""
+        click.echo(f"{sub.id:>7}  {sub.status:<12} {sub.email}{name}")
+    counts = store.count_subscribers()
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()), err=True)
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.pass_context
+@_fail_cleanly
+def remove(ctx: click.Context, email: str) -> None:
+    """Delete EMAIL; if issues were already sent to it, keep it anonymised and unsubscribed."""
+    from newsletter.subscriptions import AddressError, normalise_address
+
+    _settings, store = _open(ctx)
+    try:
+        _address, key = normalise_address(email, smtputf8=True)  # removing must always work
+    except AddressError as exc:
+        raise NewsletterError(f"{email!r}: {exc.reason}") from None
+    sub = store.get_subscriber_by_key(key)
+    if sub is None:
+        raise NewsletterError(f"{email}: no such subscriber")
+    result = store.remove_subscriber(sub.id, _now())
+    if result == "anonymised":
+        click.echo(f"{sub.email}: kept as unsubscribed with its name removed, because past "
+                   f"deliveries refer to it (and so that no import adds it again)")
+    else:
+        click.echo(f"{sub.email}: {result}")

@@ -1,0 +1,324 @@
+"""Subscriber queries: add, look up, list, change status and preferences, stream, import."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from newsletter import schema as s
+
+_C = s.subscribers.c
+# Statuses a person left on purpose or that the mail system said never to use again: nothing
+# but their own confirmed opt-in (or an admin's explicit --confirmed) brings them back.
+SUPPRESSED = ("unsubscribed", "bounced", "complained")
+_CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    email: str
+    email_key: str
+    name: str
+    status: str
+    sections: tuple[str, ...]  # empty means every section
+    consent_at: datetime | None
+    consent_method: str | None
+    consent_ip: str | None
+    consent_user_agent: str | None
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    confirmation_sent_at: datetime | None
+    hard_bounces: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One valid, normalised CSV record; `line` is where it starts in the file."""
+
+    line: int
+    email: str
+    email_key: str
+    name: str
+    sections: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class BatchCounts:
+    added: int = 0
+    merged: int = 0  # already in the store, or earlier in the file: name refreshed
+    suppressed: int = 0  # unsubscribed, bounced or complained: left alone
+
+
+def _to_subscriber(row: Any) -> Subscriber:
+    m = dict(row._mapping)
+    m["sections"] = tuple(json.loads(m["sections"] or "[]"))
+    return Subscriber(**m)
+
+
+def _sections_json(sections: Sequence[str]) -> str:
+    return json.dumps(list(sections), ensure_ascii=False)
+
+
+class SubscriberQueries:
+    engine: Engine
+
+    # -- single subscribers ---------------------------------------------------------------
+
+    def add_subscriber(self, *, email: str, email_key: str, name: str, status: str,
+                       now: datetime, consent_method: str, consent_ip: str | None = None,
+                       consent_user_agent: str | None = None, sections: Sequence[str] = (),
+                       confirmed: bool = False) -> Subscriber | None:
+        """Insert one subscriber; None when the address (its email_key) is already stored."""
+        row = {"email": email, "email_key": email_key, "name": name, "status": status,
+               "sections": _sections_json(sections), "consent_at": now,
+               "consent_method": consent_method, "consent_ip": consent_ip,
+               "consent_user_agent": consent_user_agent,
+               "confirmed_at": now if confirmed else None, "hard_bounces": 0,
+               "created_at": now, "updated_at": now}
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(s.subscribers.insert().values(row)).inserted_primary_key[0]
+        except sa.exc.IntegrityError:
+            return None  # lost a race with another insert of the same address
+        return self.get_subscriber(new_id)
+
+    def get_subscriber(self, subscriber_id: int) -> Subscriber | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(s.subscribers).where(_C.id == subscriber_id)).first()
+        return _to_subscriber(row) if row else None
+
+    def get_subscriber_by_key(self, email_key: str) -> Subscriber | None:
+        """By the case-folded key that normalise_address() returns with the address."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(s.subscribers).where(_C.email_key == email_key)).first()
+        return _to_subscriber(row) if row else None
+
+    def list_subscribers(self, *, status: str | None = None, limit: int = 100,
+                         offset: int = 0) -> list[Subscriber]:
+        q = sa.select(s.subscribers).order_by(_C.id).limit(limit).offset(offset)
+        if status is not None:
+            q = q.where(_C.status == status)
+        with self.engine.connect() as conn:
+            return [_to_subscriber(r) for r in conn.execute(q)]
+
+    def count_subscribers(self) -> dict[str, int]:
+        """Subscribers per status, every status present (0 when none)."""
+        counts = dict.fromkeys(s.SUBSCRIBER_STATUSES, 0)
+        q = sa.select(_C.status, sa.func.count()).group_by(_C.status)
+        with self.engine.connect() as conn:
+            counts.update({status: n for status, n in conn.execute(q)})
+        return counts
+
+    def update_subscriber(self, subscriber_id: int, now: datetime, *,
+                          expect: Sequence[str] = (), **values: Any) -> bool:
+        """Set columns of one subscriber only while its status is in `expect` (any if empty).
+
+        The status condition sits in the UPDATE itself, so a concurrent unsubscribe cannot
+        be overwritten by a decision made on a row read a moment earlier.
+        """
+        if "sections" in values:
+            values["sections"] = _sections_json(values["sections"])
+        q = s.subscribers.update().where(_C.id == subscriber_id).values(updated_at=now, **values)
+        if expect:
+            q = q.where(_C.status.in_(tuple(expect)))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount == 1
+
+    def activate_subscriber(self, subscriber_id: int, now: datetime, *,
+                            expect: Sequence[str] = ("pending",)) -> bool:
+        """Make active (a confirmed opt-in); a fresh start also forgets earlier bounces."""
+        return self.update_subscriber(subscriber_id, now, expect=expect, status="active",
+                                      confirmed_at=now, hard_bounces=0)
+
+    def unsubscribe_subscriber(self, subscriber_id: int, now: datetime) -> bool:
+        """Unsubscribe at once; False when already out (complained keeps its stronger mark)."""
+        return self.update_subscriber(subscriber_id, now, expect=("pending", "active", "bounced"),
+                                      status="unsubscribed", unsubscribed_at=now)
+
+    def set_subscriber_status(self, subscriber_id: int, status: str, now: datetime, *,
+                              expect: Sequence[str] = ()) -> bool:
+        """Admin or feedback-loop status change; unsubscribing records when."""
+        if status not in s.SUBSCRIBER_STATUSES:
+            raise ValueError(f"unknown subscriber status {status!r}")
+        extra: dict[str, Any] = {}
+        if status == "unsubscribed":
+            extra["unsubscribed_at"] = now
+        return self.update_subscriber(subscriber_id, now, expect=expect, status=status, **extra)
+
+    def set_subscriber_sections(self, subscriber_id: int, sections: Sequence[str],
+                                now: datetime) -> bool:
+        return self.update_subscriber(subscriber_id, now, sections=tuple(sections))
+
+    def mark_confirmation_sent(self, subscriber_id: int, now: datetime) -> None:
+        self.update_subscriber(subscriber_id, now, confirmation_sent_at=now)
+
+    def claim_confirmation(self, subscriber_id: int, now: datetime, window: timedelta, *,
+                           expect: Sequence[str] = ("pending",)) -> bool:
+        """Record that a confirmation goes out now, unless one went out within `window`.
+
+        One conditional UPDATE: of fifty simultaneous requests for one address exactly one
+        sees rowcount 1, so at most one email is sent per window.
+        """
+        q = (s.subscribers.update()
+             .where(_C.id == subscriber_id, _C.status.in_(tuple(expect)),
+                    sa.or_(_C.confirmation_sent_at.is_(None),
+                           _C.confirmation_sent_at <= now - window))
+             .values(confirmation_sent_at=now, updated_at=now))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount == 1
+
+    def record_hard_bounce(self, subscriber_id: int, now: datetime,
+                           threshold: int) -> str | None:
+        """Count a permanent failure; at `threshold` a mailable subscriber becomes bounced."""
+        with self.engine.begin() as conn:
+            conn.execute(s.subscribers.update().where(_C.id == subscriber_id)
+                         .values(hard_bounces=_C.hard_bounces + 1, updated_at=now))
+            conn.execute(s.subscribers.update()
+                         .where(_C.id == subscriber_id, _C.hard_bounces >= threshold,
+                                _C.status.in_(("pending", "active")))
+                         .values(status="bounced", updated_at=now))
+            return conn.execute(sa.select(_C.status).where(_C.id == subscriber_id)).scalar()
+
+    def remove_subscriber(self, subscriber_id: int, now: datetime) -> str:
+        """Delete the row: "deleted"; "anonymised" when deliveries refer to it; or "missing".
+
+        Delivery rows are the send history of past issues and point at the subscriber, so
+        such a row stays, unsubscribed, with its name and consent IP/user agent blanked; the
+        address itself stays too, so no later import can quietly subscribe it again.
+        """
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(_C.id).where(_C.id == subscriber_id)).first() is None:
+                return "missing"
+            used = conn.execute(sa.select(s.deliveries.c.id).where(
+                s.deliveries.c.subscriber_id == subscriber_id).limit(1)).first()
+            if used is None:
+                conn.execute(s.subscribers.delete().where(_C.id == subscriber_id))
+                return "deleted"
+            conn.execute(s.subscribers.update().where(_C.id == subscriber_id).values(
+                name="", consent_ip=None, consent_user_agent=None, updated_at=now,
+                status=sa.case((_C.status == "complained", "complained"),
+                               else_="unsubscribed"),
+                unsubscribed_at=sa.func.coalesce(_C.unsubscribed_at, now)))
+            return "anonymised"
+
+    # -- streaming ------------------------------------------------------------------------
+
+    def iter_subscribers(self, *, batch: int = 1000,
+                         statuses: Sequence[str] = ()) -> Iterator[Subscriber]:
+        """Every subscriber (or those in `statuses`) by id, one short query per batch.
+
+        Keyset paging instead of one long cursor: no read transaction stays open while the
+        caller works, which would hold back SQLite's WAL checkpoints.
+        """
+        last = 0
+        while True:
+            q = sa.select(s.subscribers).where(_C.id > last).order_by(_C.id).limit(batch)
+            if statuses:
+                q = q.where(_C.status.in_(tuple(statuses)))
+            with self.engine.connect() as conn:
+                rows = [_to_subscriber(r) for r in conn.execute(q)]
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
+
+    def iter_active(self, batch: int = 1000) -> Iterator[Subscriber]:
+        return self.iter_subscribers(batch=batch, statuses=("active",))
+
+    # -- bulk import ----------------------------------------------------------------------
+
+    def merge_import_batch(self, rows: Sequence[ImportRow], now: datetime) -> BatchCounts:
+        """Insert new addresses, refresh known ones, leave suppressed ones: one transaction.
+
+        A SELECT of the batch's keys then an executemany INSERT is portable across SQLite
+        and PostgreSQL; if a web sign-up inserts one of the keys in between, the INSERT
+        fails and the whole batch is simply worked out again.
+        """
+        for attempt in range(3):
+            try:
+                return self._merge_once(rows, now)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _merge_once(self, rows: Sequence[ImportRow], now: datetime) -> BatchCounts:
+        counts = BatchCounts()
+        latest: dict[str, ImportRow] = {}
+        for row in rows:  # the last occurrence of an address in the batch wins
+            if row.email_key in latest:
+                counts.merged += 1
+            latest[row.email_key] = row
+        keys = list(latest)
+        with self.engine.begin() as conn:
+            existing: dict[str, Any] = {}
+            for i in range(0, len(keys), _CHUNK):
+                q = sa.select(_C.id, _C.email_key, _C.status, _C.name).where(
+                    _C.email_key.in_(keys[i:i + _CHUNK]))
+                existing.update({r.email_key: r for r in conn.execute(q)})
+            inserts, renames, activations = [], [], []
+            for key, row in latest.items():
+                found = existing.get(key)
+                if found is None:
+                    inserts.append({
+                        "email": row.email, "email_key": key, "name": row.name,
+                        "status": "active", "sections": _sections_json(row.sections),
+                        "consent_at": now, "consent_method": "import", "hard_bounces": 0,
+                        "created_at": now, "updated_at": now})
+                elif found.status in SUPPRESSED:
+                    counts.suppressed += 1
+                else:
+                    counts.merged += 1
+                    name = row.name or found.name
+                    if found.status == "pending":
+                        # The operator vouches for everyone in the file: the same consent
+                        # that makes new rows active activates a form sign-up left pending.
+                        activations.append({"b_id": found.id, "b_name": name})
+                    elif name != found.name:
+                        renames.append({"b_id": found.id, "b_name": name})
+            if inserts:
+                conn.execute(s.subscribers.insert(), inserts)
+                counts.added = len(inserts)
+            if renames:
+                conn.execute(s.subscribers.update().where(_C.id == sa.bindparam("b_id"))
+                             .values(name=sa.bindparam("b_name"), updated_at=now), renames)
+            if activations:
+                conn.execute(
+                    s.subscribers.update()
+                    .where(_C.id == sa.bindparam("b_id"), _C.status == "pending")
+                    .values(name=sa.bindparam("b_name"), status="active", consent_at=now,
+                            consent_method="import", consent_ip=None,
+                            consent_user_agent=None, updated_at=now), activations)
+        return counts
+
+
+if TYPE_CHECKING:
+    from newsletter.store import Store
+
+    class SubscriberStore(Store, SubscriberQueries):
+        """A Store with subscriber queries."""
+
+
+def __getattr__(name: str) -> Any:
+    """`SubscriberStore`: Store with these queries (Store itself once it has them as a base).
+
+    Built lazily so that store.py can import this module to add the mixin without a cycle.
+    """
+    if name != "SubscriberStore":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from newsletter.store import Store
+
+    cls = Store if issubclass(Store, SubscriberQueries) else type(
+        "SubscriberStore", (Store, SubscriberQueries),
+        {"__doc__": "A Store with subscriber queries.", "__module__": __name__})
+    globals()["SubscriberStore"] = cls
+    return cls
