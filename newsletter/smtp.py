@@ -1,0 +1,325 @@
+"""SMTP sending: one recipient per transaction on reused aiosmtplib connections, replies mapped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import socket
+import ssl
+from typing import TYPE_CHECKING, Literal, cast
+
+import aiosmtplib
+from aiosmtplib.errors import (
+    SMTPAuthenticationError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from aiosmtplib.protocol import normalize_message_line_endings
+
+from newsletter.deliver import SendResult
+from newsletter.errors import NewsletterError
+from newsletter.mail import WireMessage
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.outbox import OutboxPool
+
+__all__ = ["SendResult", "SmtpConnection", "SmtpError", "SmtpPool", "SmtpSetupError",
+           "SmtpUnavailable", "parse_host", "pool_from_settings"]
+
+Security = Literal["starttls", "tls", "none"]
+# Envelope addresses: anything that could end or extend an SMTP command line is refused.
+_ENVELOPE_RE = re.compile(r"[^\s<>\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+")
+_QUIT_TIMEOUT = 2.0  # a polite QUIT must never hold up shutdown
+
+
+class SmtpError(NewsletterError):
+    """No connection to send on; the delivery run stops and keeps its rows for later."""
+
+
+class SmtpSetupError(SmtpError):
+    """TLS or AUTH could not be set up as configured (never retried in plain text)."""
+
+
+class SmtpUnavailable(SmtpError):
+    """No relay accepted a connection."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """CRLF-only, dot-stuffed (RFC 5321 §4.5.2), ending in CRLF, ready for "." CRLF."""
+    if isinstance(message, WireMessage):
+        return message  # built that way (mail.py): skip three scans of ~60 KB per message
+    n = message.count(b"\r\n")
+    if n != message.count(b"\n") or n != message.count(b"\r"):
+        message = normalize_message_line_endings(message)  # bare CR/LF: servers reject them
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    message = message.replace(b"\r\n.", b"\r\n..")
+    return b"." + message if message.startswith(b".") else message
+
+
+def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:
+    """Close now. A TLS transport is aborted rather than shut down: after QUIT or a failure
+    the close_notify exchange buys nothing, and a graceful TLS shutdown can outlive the event
+    loop (an unclosed socket) when the program ends right after."""
+    transport = transport or client.transport
+    client.close()
+    if transport is not None and transport.get_extra_info("ssl_object") is not None:
+        transport.abort()
+
+
+class SmtpConnection:
+    """One authenticated (and encrypted, unless security = 'none') session, reused for many
+    messages by one task at a time."""
+
+    def __init__(self, client: aiosmtplib.SMTP, where: str, *, smtputf8: bool,
+                 timeout: float) -> None:
+        self._client = client
+        self._transport = client.transport  # kept: aiosmtplib forgets it when it closes
+        self.where = where  # "host:port", for the operator
+        self._smtputf8 = smtputf8
+        self._timeout = timeout
+
+    @property
+    def usable(self) -> bool:
+        return self._client.is_connected
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+        """Deliver to one recipient; never raises for SMTP or network trouble."""
+        for address in (sender, recipient):
+            if not _ENVELOPE_RE.fullmatch(address):
+                return SendResult("failed", None, f"invalid envelope address {address!r}")
+        if not self.usable:
+            return SendResult("deferred", None, "connection already closed", close=True)
+        options: list[bytes] = []
+        encoding = "ascii"
+        if not (sender.isascii() and recipient.isascii()):
+            if not self._smtputf8:
+                return SendResult("failed", None, "address needs SMTPUTF8 (mail.smtputf8 off)")
+            if not self._client.supports_extension("smtputf8"):
+                return SendResult("failed", None, f"{self.where} does not offer SMTPUTF8")
+            options, encoding = [b"SMTPUTF8"], "utf-8"
+        payload = _dot_stuffed(message)
+        stage = "MAIL"
+        try:
+            # Raw commands rather than mail()/rcpt(): those re-parse each address with
+            # email.utils (tens of µs); ours were validated above and need only the brackets.
+            await self._command((250,), b"MAIL", b"FROM:<%s>" % sender.encode(encoding),
+                                *options)
+            stage = "RCPT"
+            await self._command((250, 251), b"RCPT", b"TO:<%s>" % recipient.encode(encoding))
+            stage = "DATA"
+            await self._command((354,), b"DATA")
+            protocol = self._client.protocol
+            if protocol is None:
+                raise SMTPServerDisconnected("connection lost")
+            # aiosmtplib's data() cannot tell a timeout before the final dot (nothing sent:
+            # retry) from one after it (maybe delivered), so the data is written here.
+            protocol.write(payload)
+            protocol.write(b".\r\n")
+            stage = "dot"
+            reply = await protocol.read_response(timeout=self._timeout)
+        except SMTPResponseException as exc:
+            return await self._refused(stage, exc.code, exc.message)
+        except (SMTPTimeoutError, TimeoutError) as exc:
+            return self._lost(stage, f"timed out: {exc}")
+        except (SMTPServerDisconnected, OSError) as exc:
+            return self._lost(stage, f"connection lost: {exc}")
+        except SMTPException as exc:
+            return self._lost(stage, str(exc))
+        except asyncio.CancelledError:
+            self._drop()  # mid-transaction state is unknown: never reuse it
+            raise
+        if 200 <= reply.code < 300:
+            return SendResult("sent", reply.code, _one_line(f"{reply.code} {reply.message}"))
+        return await self._refused("end of data", reply.code, reply.message)
+
+    async def _command(self, ok: tuple[int, ...], *args: bytes) -> None:
+        reply = await self._client.execute_command(*args)
+        if reply.code not in ok:
+            raise SMTPResponseException(reply.code, reply.message)
+
+    async def _refused(self, stage: str, code: int, message: str) -> SendResult:
+        text = _one_line(f"{stage}: {code} {message}")
+        if stage == "dot":  # a reply after the data that is not SMTP: it may have arrived
+            return self._lost(stage, text)
+        if code == 421 or not 400 <= code < 600:
+            # 421: the server is closing the session; anything else is not SMTP we can trust.
+            self._drop()
+            return SendResult("deferred", code if code > 0 else None, text, close=True)
+        status: Literal["deferred", "failed"] = "deferred" if code < 500 else "failed"
+        if stage == "end of data":
+            return SendResult(status, code, text)  # the transaction is over either way
+        try:
+            await self._client.rset()  # clear the half-open transaction to reuse the session
+        except (SMTPException, OSError, TimeoutError):
+            self._drop()
+            return SendResult(status, code, text, close=True)
+        return SendResult(status, code, text)
+
+    def _drop(self) -> None:
+        _hard_close(self._client, self._transport)
+
+    def _lost(self, stage: str, why: str) -> SendResult:
+        self._drop()
+        if stage == "dot":
+            # The whole message went out and no reply came: it may have been delivered.
+            return SendResult("unknown", None, _one_line(f"no reply after the data: {why}"),
+                              close=True)
+        return SendResult("deferred", None, _one_line(f"{stage}: {why}"), close=True)
+
+    async def close(self) -> None:
+        """QUIT if still connected, then drop the connection; never raises."""
+        if self._client.is_connected:
+            with contextlib.suppress(SMTPException, OSError, TimeoutError):
+                await self._client.quit(timeout=_QUIT_TIMEOUT)
+        self._drop()
+
+    async def __aenter__(self) -> SmtpConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_host(value: str, default_port: int) -> tuple[str, int]:
+    """'host', 'host:port', '[v6]:port' → (host, port)."""
+    if m := re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", value.strip()):
+        return m[1], int(m[2] or default_port)
+    host, sep, port = value.strip().rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return value.strip(), default_port
+
+
+class SmtpPool:
+    """Opens connections to the first relay that answers; TLS and AUTH as configured."""
+
+    def __init__(self, hosts: list[tuple[str, int]], security: Security = "starttls",
+                 username: str = "", password: str = "", timeout: float = 60.0,
+                 tls_context: ssl.SSLContext | None = None, smtputf8: bool = False,
+                 local_hostname: str | None = None) -> None:
+        if not hosts:
+            raise ValueError("SmtpPool needs at least one host")
+        if security not in ("starttls", "tls", "none"):
+            raise ValueError(f"unknown SMTP security {security!r}")
+        self.hosts = list(hosts)
+        self.security = security
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self._tls = tls_context
+        self.smtputf8 = smtputf8
+        # The EHLO name, looked up once: aiosmtplib would otherwise ask DNS per connection.
+        self.local_hostname = local_hostname
+
+    def __repr__(self) -> str:  # no password, ever
+        return f"SmtpPool(hosts={self.hosts!r}, security={self.security!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings,
+                      tls_context: ssl.SSLContext | None = None) -> SmtpPool:
+        smtp = settings.smtp
+        hosts = [(smtp.host, smtp.port)] + [parse_host(h, smtp.port)
+                                            for h in smtp.fallback_hosts]
+        security = cast(Security, smtp.security)  # validated against the choices on load
+        return cls(hosts, security, smtp.username, smtp.password, smtp.timeout, tls_context,
+                   settings.mail.smtputf8)
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:  # built once: loading the CA store costs milliseconds
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def connect(self) -> SmtpConnection:
+        """A ready connection; SmtpSetupError / SmtpUnavailable when no relay will do."""
+        if self.local_hostname is None:
+            self.local_hostname = await asyncio.to_thread(socket.getfqdn)
+        problems: list[str] = []
+        setup_failed = False
+        for host, port in self.hosts:
+            try:
+                return await self._open(host, port)
+            except SmtpSetupError as exc:
+                setup_failed = True
+                problems.append(str(exc))
+            except (SMTPException, OSError, TimeoutError) as exc:
+                problems.append(f"{host}:{port}: {_one_line(str(exc) or type(exc).__name__)}")
+        kind = SmtpSetupError if setup_failed else SmtpUnavailable
+        raise kind("; ".join(problems))
+
+    async def _open(self, host: str, port: int) -> SmtpConnection:
+        where = f"{host}:{port}"
+        tls = self.security != "none"
+        client = aiosmtplib.SMTP(hostname=host, port=port, timeout=self.timeout,
+                                 use_tls=self.security == "tls", start_tls=False,
+                                 tls_context=self._context() if tls else None,
+                                 local_hostname=self.local_hostname)
+        try:
+            try:
+                await client.connect()
+                await client.ehlo()
+            except SMTPException as exc:
+                if isinstance(exc.__cause__, ssl.SSLError):  # implicit TLS: bad certificate
+                    raise SmtpSetupError(f"{where}: TLS failed: {exc.__cause__}") from None
+                raise
+            if self.security == "starttls":
+                if not client.supports_extension("starttls"):
+                    raise SmtpSetupError(f"{where} does not offer STARTTLS; refusing to send "
+                                         "in plain text")
+                try:
+                    await client.starttls()
+                    await client.ehlo()  # RFC 3207: forget what was said before TLS
+                except (SMTPException, ssl.SSLError, OSError) as exc:
+                    raise SmtpSetupError(f"{where}: STARTTLS failed: "
+                                         f"{_one_line(str(exc) or type(exc).__name__)}") from None
+            if self.username:
+                await self._login(client, where)
+        except BaseException:
+            _hard_close(client)
+            raise
+        return SmtpConnection(client, where, smtputf8=self.smtputf8, timeout=self.timeout)
+
+    async def _login(self, client: aiosmtplib.SMTP, where: str) -> None:
+        # The peer actually reached, not the configured name, decides what "local" means.
+        peer = client.get_transport_info("peername")
+        if self.security == "none" and not _is_loopback(peer[0] if peer else ""):
+            raise SmtpSetupError(f"{where}: refusing AUTH without TLS (smtp.security = 'none')")
+        if not client.supports_extension("auth"):
+            raise SmtpSetupError(f"{where} does not offer AUTH")
+        try:
+            await client.login(self.username, self._password)
+        except SMTPAuthenticationError as exc:
+            reply = _one_line(exc.message).replace(self._password, "********") \
+                if self._password else _one_line(exc.message)
+            raise SmtpSetupError(f"{where}: authentication failed ({exc.code} {reply})") \
+                from None
+        except SMTPException as exc:
+            if isinstance(exc, SMTPServerDisconnected | SMTPTimeoutError):
+                raise
+            raise SmtpSetupError(f"{where}: authentication failed ({type(exc).__name__})") \
+                from None
+
+
+def pool_from_settings(settings: Settings) -> SmtpPool | OutboxPool:
+    """[mail] transport: 'smtp' → SmtpPool over [smtp]; 'outbox' → .eml files."""
+    if settings.mail.transport == "smtp":
+        return SmtpPool.from_settings(settings)
+    from newsletter.outbox import OutboxPool  # local: outbox imports SendResult from here
+
+    return OutboxPool(settings.mail.outbox_dir)
