@@ -248,6 +248,104 @@ def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> No
         webbrowser.open(html_path.resolve().as_uri())
 
 
+def _print_counts(number: int, counts: dict[str, int]) -> None:
+    total = sum(counts.values())
+    parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("sent", "failed"))
+    click.echo(f"issue {number}: {total} deliveries — {parts}")
+
+
+@issue.command("send")
+@click.argument("number", type=int)
+@click.option("--dry-run", is_flag=True, help="Build every message, send none.")
+@click.option("--to", "to", default=None, metavar="ADDRESS",
+              help="Send one test copy to ADDRESS, outside the ledger.")
+@click.pass_context
+@fail_cleanly
+def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -> None:
+    """Send issue N to every active subscriber (resumes where a previous run stopped)."""
+    from newsletter.pipeline import sending
+
+    settings, store = _with_store(ctx)
+    it = sending.get_sendable(store, number)
+    if to:
+        click.echo(f"test copy sent to {to}: {sending.send_test_copy(settings, it, to)}")
+        return
+    if dry_run:
+        report = sending.dry_run(settings, store, it)
+        click.echo(f"dry run: {report.recipients} messages in {report.variants} variants, "
+                   f"{report.total_bytes / 1e6:.1f} MB; {report.skipped} skipped (no chosen "
+                   f"section in this issue); nothing sent")
+        return
+    assert it.id is not None
+    sending.start_sending(settings, store, it)
+    issue_id = it.id
+    with _progress(lambda: store.delivery_counts(issue_id)) as update:
+        if settings.delivery.workers > 1:
+            sending.run_workers(settings, store, it, on_counts=update)
+        else:
+            summary = sending.run_worker(settings, store, it,
+                                         on_progress=lambda _s: update(None))
+            if summary.stopped:
+                click.echo(f"stopped early: {summary.stopped}", err=True)
+    counts = store.delivery_counts(it.id)
+    _print_counts(number, counts)
+    after = store.get_issue(number, with_articles=False)
+    if after and after.status == "sent":
+        click.echo(f"issue {number} is sent")
+    elif counts["deferred"]:
+        click.echo(f"{counts['deferred']} deferred: retried automatically by `newsletter run`, "
+                   f"or run this command again")
+
+
+class _progress:  # noqa: N801 - used as a context manager like a function
+    """A rich progress bar on a terminal; silent otherwise (logs and the summary remain)."""
+
+    def __init__(self, counts_fn: Callable[[], dict[str, int]]) -> None:
+        self.counts_fn = counts_fn
+        self.total = sum(counts_fn().values())
+        self.bar: Any = None
+        self.calls = 0
+
+    def __enter__(self) -> Callable[[dict[str, int] | None], None]:
+        if sys.stdout.isatty() and self.total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[detail]}"))
+            self.task = self.bar.add_task("send", total=self.total, detail="")
+            self.bar.start()
+        return self.update
+
+    def update(self, counts: dict[str, int] | None) -> None:
+        """Called with fresh counts, or with None per message (then read every 50th)."""
+        self.calls += 1
+        if self.bar is None or (counts is None and self.calls % 50):
+            return
+        counts = counts or self.counts_fn()
+        settled = counts["sent"] + counts["failed"] + counts["skipped"] + counts["deferred"]
+        rate = counts["sent"] / max(self.bar.tasks[0].elapsed or 0.0, 1e-3)
+        self.bar.update(self.task, completed=settled,
+                        detail=f"sent {counts['sent']} · failed {counts['failed']} · deferred "
+                               f"{counts['deferred']} · {rate:,.0f}/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@issue.command("status")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_status(ctx: click.Context, number: int) -> None:
+    """Print the delivery ledger's counts for issue N."""
+    _settings, store = _with_store(ctx)
+    it = _get_issue(store, number)
+    click.echo(f"issue {number}: {it.status} — {it.subject}")
+    assert it.id is not None
+    _print_counts(number, store.delivery_counts(it.id))
+
+
 def _add_groups() -> None:
     from newsletter.cli_subscribers import subscribers
 

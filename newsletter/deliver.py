@@ -63,6 +63,8 @@ class Plan:
     variant_for: Callable[[tuple[str, ...]], Stamp | None]  # None: nothing for these sections
     urls_for: Callable[[Claimed], tuple[str, str]]  # (unsubscribe, preferences)
     message_id_for: Callable[[Claimed], str]
+    # Asked before each batch: a reason to stop (issue paused or cancelled), or None.
+    halt: Callable[[], str | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +193,21 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                     except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
                         abort.append(f"cannot connect: {exc}")
                         return
-                unsubscribe, preferences = plan.urls_for(row)
-                message = stamp.render(to_address=row.email, to_name=row.name,
-                                       message_id=plan.message_id_for(row),
-                                       unsubscribe_url=unsubscribe, preferences_url=preferences,
-                                       date=clock())
-                await limiter.wait()
-                result = await conn.send(plan.envelope_from, row.email, message)
+                try:
+                    unsubscribe, preferences = plan.urls_for(row)
+                    message = stamp.render(to_address=row.email, to_name=row.name,
+                                           message_id=plan.message_id_for(row),
+                                           unsubscribe_url=unsubscribe,
+                                           preferences_url=preferences, date=clock())
+                except ValueError as exc:  # an address or name no header may carry
+                    result = SendResult("failed", None, f"message not built: {exc}")
+                else:
+                    await limiter.wait()
+                    result = await conn.send(plan.envelope_from, row.email, message)
+                if result.status == "failed" and result.reply.startswith("MAIL:"):
+                    # The server refuses our sender, not this reader: stop, fail no one.
+                    result = SendResult("deferred", result.code, result.reply, close=True)
+                    abort.append(f"server refused the sender: {result.reply}")
                 outcome = settle_for(row, result, policy, clock())
                 await recorder.record(outcome)
                 summary.add(outcome.status)
@@ -213,6 +223,10 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                 await _close(conn)
 
     while not abort:
+        reason = await asyncio.to_thread(plan.halt)
+        if reason:
+            summary.stopped = reason
+            break
         rows = await asyncio.to_thread(ledger.claim, plan.issue_id, owner, policy.batch_size,
                                        policy.lease, clock())
         if not rows:

@@ -130,6 +130,13 @@ class LedgerQueries:
                 .values(status="deferred", lease_owner=None, lease_until=None,
                         next_attempt_at=retry_at, last_reply=reply, updated_at=now)).rowcount
 
+    def lease_owners(self, issue_id: int) -> list[str]:
+        d = s.deliveries.c
+        q = sa.select(d.lease_owner).where(d.issue_id == issue_id, d.status == "sending",
+                                           d.lease_owner.is_not(None)).distinct()
+        with self.engine.connect() as conn:
+            return [r.lease_owner for r in conn.execute(q)]
+
     def delivery_counts(self, issue_id: int) -> dict[str, int]:
         d = s.deliveries.c
         q = (sa.select(d.status, sa.func.count()).where(d.issue_id == issue_id)

@@ -371,3 +371,23 @@ class MessageTemplate:
             # Canonical by construction: QP lines never hold repeated or trailing whitespace.
             head = self._dkim.sign_fields(fields, body, body_is_canonical=True) + head
         return WireMessage(b"".join((head, b"\r\n", body)))
+
+
+def notice_message(*, identity: MailIdentity, to_address: str, to_name: str, subject: str,
+                   text: str, message_id: str, date: datetime) -> WireMessage:
+    """A one-off plain-text message (a confirmation request): no list headers, since the
+    reader is not on the list yet."""
+    if not _MSGID_RE.fullmatch(message_id):
+        raise HeaderError(f"invalid Message-ID {message_id!r}")
+    head = "".join(line + "\r\n" for line in (
+        "From:" + _named(identity.from_name, check_address(identity.from_address), 5),
+        "To:" + _named(to_name, check_address(to_address), 3),
+        encode_header("Subject", subject),
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {message_id}",
+        "MIME-Version: 1.0",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+    ))
+    return WireMessage(head.encode("utf-8") + b"\r\n" + _qp_piece(text, soft_end=False)
+                       + b"\r\n")

@@ -70,7 +70,7 @@ def article_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
-ISSUE_STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+ISSUE_STATUSES = ("draft", "scheduled", "sending", "paused", "sent", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,259 @@
+"""Send an issue: variants built once, the ledger filled in one statement, workers deliver."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from newsletter import log
+from newsletter.config import Settings
+from newsletter.deliver import Plan, Policy, Summary, deliver
+from newsletter.dkim_sign import signer_from_settings
+from newsletter.errors import NewsletterError
+from newsletter.ledger import Claimed
+from newsletter.mail import MailIdentity, MessageTemplate, identity_from_settings, message_id
+from newsletter.models import Issue, IssueSection
+from newsletter.pipeline.collecting import now_utc
+from newsletter.pipeline.issues import render_into
+from newsletter.smtp import pool_from_settings
+from newsletter.store import Store
+from newsletter.subscriptions import subscriber_links
+from newsletter.tokens import load_or_create_secret
+
+SENDABLE = ("draft", "scheduled", "sending", "paused")
+
+
+def policy(settings: Settings) -> Policy:
+    d = settings.delivery
+    return Policy(batch_size=d.batch_size, lease=timedelta(seconds=d.lease_seconds),
+                  retry_initial=timedelta(seconds=d.retry_initial),
+                  retry_max=timedelta(seconds=d.retry_max),
+                  give_up_after=timedelta(seconds=d.give_up_after),
+                  max_hard_bounces=d.max_hard_bounces, concurrency=settings.smtp.concurrency,
+                  rate=settings.smtp.rate / max(d.workers, 1))
+
+
+class Variants:
+    """One MessageTemplate per distinct choice of sections, rendered and inlined once."""
+
+    def __init__(self, settings: Settings, issue: Issue, identity: MailIdentity) -> None:
+        self.settings, self.issue, self.identity = settings, issue, identity
+        self.dkim = signer_from_settings(settings.mail)
+        self.names = {s.name.casefold(): s.name for s in issue.sections}
+        self.cache: dict[frozenset[str], MessageTemplate | None] = {}
+
+    def __call__(self, chosen: tuple[str, ...]) -> MessageTemplate | None:
+        wanted = frozenset(self.names[c.casefold()] for c in chosen
+                           if c.casefold() in self.names)
+        if chosen and not wanted:
+            key: frozenset[str] = frozenset({"\0none"})
+        else:
+            key = frozenset() if not chosen or len(wanted) == len(self.names) else wanted
+        if key not in self.cache:
+            self.cache[key] = self._build(key)
+        return self.cache[key]
+
+    def _build(self, key: frozenset[str]) -> MessageTemplate | None:
+        if "\0none" in key:
+            return None  # none of this reader's sections is in this issue
+        issue = self.issue
+        if key:
+            sections = tuple(IssueSection(s.name, s.articles) for s in issue.sections
+                             if s.name in key)
+            issue = render_into(self.settings, replace(issue, sections=sections))
+        return MessageTemplate.build(identity=self.identity, subject=issue.subject,
+                                     html=issue.html, text=issue.text, dkim=self.dkim)
+
+
+def make_plan(settings: Settings, store: Store, issue: Issue, *,
+              now: datetime | None = None) -> Plan:
+    assert issue.id is not None
+    identity = identity_from_settings(settings)
+    secret = load_or_create_secret(settings)
+    base = settings.site_url
+    stamp_time = now or now_utc()
+
+    def urls_for(row: Claimed) -> tuple[str, str]:
+        return subscriber_links(base, secret, row.subscriber_id, row.email, stamp_time)
+
+    def message_id_for(row: Claimed) -> str:
+        return message_id(issue.number, row.subscriber_id, identity.message_id_domain)
+
+    def halt() -> str | None:
+        current = store.get_issue(issue.number, with_articles=False)
+        status = current.status if current else "deleted"
+        return None if status in ("sending", "sent") else f"issue {issue.number} is {status}"
+
+    return Plan(issue_id=issue.id, envelope_from=settings.mail.from_address,
+                variant_for=Variants(settings, issue, identity), urls_for=urls_for,
+                message_id_for=message_id_for, halt=halt)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def get_sendable(store: Store, number: int) -> Issue:
+    issue = store.get_issue(number)
+    if issue is None:
+        raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
+    if issue.status not in SENDABLE + ("sent",):
+        raise NewsletterError(f"issue {number} is {issue.status}: it cannot be sent")
+    return issue
+
+
+def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
+    """Mark the issue as sending and fill its ledger (one row per active subscriber)."""
+    now = now_utc()
+    assert issue.id is not None
+    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE)
+    added = store.enqueue(issue.id, now)
+    log.event("issue.enqueued", number=issue.number, rows=added)
+    return added
+
+
+def finish_if_done(store: Store, issue: Issue) -> bool:
+    """An issue whose ledger has nothing left to try is sent."""
+    assert issue.id is not None
+    if store.next_due(issue.id) is None:
+        return store.set_issue_status(issue.number, "sent", now_utc(), expect=("sending",))
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_local_workers(store: Store, issue: Issue) -> int:
+    """Rows leased by a process of this host that no longer exists are free at once; rows of
+    other hosts wait for their lease to run out."""
+    assert issue.id is not None
+    host = socket.gethostname()
+    freed = 0
+    now = now_utc()
+    for owner in store.lease_owners(issue.id):
+        name, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            freed += store.release(owner, now, now, "worker died; rows released")
+    if freed:
+        log.event("deliver.released", issue=issue.number, rows=freed)
+    return freed
+
+
+def run_worker(settings: Settings, store: Store, issue: Issue, *,
+               on_progress: Callable[[Summary], None] | None = None) -> Summary:
+    """Deliver every due row of the issue from this process, then mark it sent if done."""
+    release_dead_local_workers(store, issue)
+    pool = pool_from_settings(settings)
+    summary = asyncio.run(deliver(store, make_plan(settings, store, issue), pool,
+                                  policy(settings),
+                                  owner=worker_id(), on_progress=on_progress))
+    finish_if_done(store, issue)
+    log.event("issue.delivered", number=issue.number, sent=summary.sent,
+              deferred=summary.deferred, failed=summary.failed, skipped=summary.skipped)
+    return summary
+
+
+@dataclass(slots=True)
+class DryRun:
+    recipients: int = 0
+    skipped: int = 0
+    variants: int = 0
+    total_bytes: int = 0
+
+
+def dry_run(settings: Settings, store: Store, issue: Issue) -> DryRun:
+    """Build every message the send would build, and send none."""
+    plan = make_plan(settings, store, issue)
+    report = DryRun()
+    now = now_utc()
+    for sub in store.iter_active(1000):
+        row = Claimed(0, sub.id, sub.email, sub.name, tuple(sub.sections), 0, None)
+        stamp = plan.variant_for(row.sections)
+        if stamp is None:
+            report.skipped += 1
+            continue
+        unsubscribe, preferences = plan.urls_for(row)
+        report.total_bytes += len(stamp.render(
+            to_address=row.email, to_name=row.name, message_id=plan.message_id_for(row),
+            unsubscribe_url=unsubscribe, preferences_url=preferences, date=now))
+        report.recipients += 1
+    report.variants = len(plan.variant_for.cache)  # type: ignore[attr-defined]
+    return report
+
+
+def send_test_copy(settings: Settings, issue: Issue, address: str) -> str:
+    """One copy to `address`, outside the ledger; links point at the generic site pages."""
+    identity = identity_from_settings(settings)
+    template = MessageTemplate.build(identity=identity, subject=issue.subject, html=issue.html,
+                                     text=issue.text, dkim=signer_from_settings(settings.mail))
+    token = hashlib.sha256(address.encode()).hexdigest()[:10]
+    message = template.render(
+        to_address=address, to_name="", date=now_utc(),
+        message_id=message_id(issue.number, f"test-{token}", identity.message_id_domain),
+        unsubscribe_url=settings.site_url + "unsubscribe",
+        preferences_url=settings.site_url + "preferences")
+
+    async def go() -> str:
+        conn = await pool_from_settings(settings).connect()
+        try:
+            result = await conn.send(settings.mail.from_address, address, message)
+        finally:
+            await conn.close()
+        if result.status != "sent":
+            raise NewsletterError(f"test copy to {address} not sent: {result.reply}")
+        return result.reply
+
+    return asyncio.run(go())
+
+
+def _child(config_path: str, number: int) -> None:
+    from newsletter.config import load_settings
+    from newsletter.log import setup
+
+    setup("WARNING")
+    settings = load_settings(config_path)
+    store = Store(settings.storage.database_url)
+    try:
+        run_worker(settings, store, get_sendable(store, number))
+    finally:
+        store.close()
+
+
+def run_workers(settings: Settings, store: Store, issue: Issue, *,
+                on_counts: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
+    """`delivery.workers` processes share the ledger; the parent only watches the counts."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(str(settings.path), issue.number), daemon=True)
+             for _ in range(settings.delivery.workers)]
+    for proc in procs:
+        proc.start()
+    assert issue.id is not None
+    while any(p.is_alive() for p in procs):
+        if on_counts:
+            on_counts(store.delivery_counts(issue.id))
+        for proc in procs:
+            proc.join(timeout=0.5 / len(procs))
+    finish_if_done(store, issue)
+    counts = store.delivery_counts(issue.id)
+    if on_counts:
+        on_counts(counts)
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise NewsletterError(f"{len(bad)} sending process(es) failed (exit codes {bad}); "
+                              f"run the send again to resume — nothing is lost")
+    return counts
