@@ -60,6 +60,18 @@ def test_run_on_a_fresh_checkout(tmp_path: Path) -> None:
         home = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert 'rel="alternate"' in home.text
         assert (repo / "var/newsletter.db").exists()
+        # A sign-up on the fresh checkout gets its confirmation mail in the file outbox.
+        signup = httpx.post(f"http://127.0.0.1:{port}/subscribe",
+                            data={"email": "new.reader@example.org", "name": "New Reader"},
+                            timeout=5)
+        assert signup.status_code in (200, 202), signup.text
+        outbox = repo / "var/outbox"
+        until = time.monotonic() + 20
+        while not list(outbox.glob("*.eml")):
+            assert time.monotonic() < until, "no confirmation mail in the outbox"
+            time.sleep(0.1)
+        mail = next(outbox.glob("*.eml")).read_bytes()
+        assert b"new.reader@example.org" in mail and b"/confirm?token=" in mail
         assert (repo / "feeds/rss.xml").exists()
     finally:
         proc.send_signal(signal.SIGINT)

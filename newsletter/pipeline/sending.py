@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from newsletter import log
 from newsletter.config import Settings
@@ -257,3 +258,36 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
         raise NewsletterError(f"{len(bad)} sending process(es) failed (exit codes {bad}); "
                               f"run the send again to resume — nothing is lost")
     return counts
+
+
+def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
+    """The double opt-in mail, sent through the configured transport (SMTP or outbox)."""
+    from newsletter.mail import notice_message
+    from newsletter.subscriptions import confirmation_email
+
+    identity = identity_from_settings(settings)
+    folder = settings.newsletter.templates_dir
+
+    def send(address: str, name: str, confirm_url: str) -> None:
+        subject, text = confirmation_email(
+            publication=settings.publication.name, name=name, confirm_url=confirm_url,
+            valid_hours=settings.subscriptions.confirm_hours,
+            templates_dir=Path(folder) if folder else None)
+        now = now_utc()
+        token = hashlib.sha256(f"{address}:{now.isoformat()}".encode()).hexdigest()[:16]
+        message = notice_message(identity=identity, to_address=address, to_name=name,
+                                 subject=subject, text=text, date=now,
+                                 message_id=f"<confirm.{token}@{identity.message_id_domain}>")
+
+        async def go() -> None:
+            conn = await pool_from_settings(settings).connect()
+            try:
+                result = await conn.send(settings.mail.from_address, address, message)
+            finally:
+                await conn.close()
+            if result.status != "sent":
+                raise NewsletterError(f"confirmation mail not sent: {result.reply}")
+
+        asyncio.run(go())
+
+    return send
