@@ -120,16 +120,24 @@ def feeds(ctx: click.Context) -> None:
     click.echo(f"feeds: {len(written)} files changed in {settings.feeds_dir}/")
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, *,
+           scheduler: Any = None) -> None:
     import uvicorn
 
     from newsletter import pipeline
 
     store = pipeline.open_store(settings)
-    app = pipeline.web_app(settings, store)
+    app = pipeline.web_app(settings, store, scheduler=scheduler)
     host, port = host or settings.server.host, port or settings.server.port
-    click.echo(f"serving http://{host}:{port}/ (feeds from {settings.feeds_dir}/)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    click.echo(f"serving http://{host}:{port}/ — feeds at /feeds/, archive at /issues/")
+    if settings.secrets.admin_token:
+        click.echo(f"admin dashboard: http://{host}:{port}/admin/ (log in with the admin token)")
+    else:
+        click.echo("admin dashboard: off until NEWSLETTER_SECRETS_ADMIN_TOKEN is set")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        store.close()
 
 
 @cli.command()
@@ -138,7 +146,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the feeds and the site over HTTP."""
+    """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
     _serve(settings_of(ctx), host, port)
 
 
@@ -148,17 +156,28 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.pass_context
 @fail_cleanly
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """The main job: collect, publish the feeds, then serve them."""
+    """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.scheduler import SingleScheduler
 
     settings = settings_of(ctx)
     store = pipeline.open_store(settings)
     try:
         _print_collect(pipeline.collect(settings, store))
         pipeline.publish_feeds(settings, store)
+        scheduler = SingleScheduler(settings, store)
+        active = scheduler.start()
+        click.echo("scheduler: " + ("active" if active else
+                                    "standing by (another process holds the scheduler lock)"))
+        where = (f"mail: .eml files in {settings.mail.outbox_dir}/"
+                 if settings.mail.transport == "outbox"
+                 else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
+        click.echo(f"{where}; feeds in {settings.feeds_dir}/")
+        _serve(settings, host, port, scheduler=scheduler)
     finally:
+        if "scheduler" in locals():
+            scheduler.stop()
         store.close()
-    _serve(settings, host, port)
 
 
 @cli.group()
@@ -347,9 +366,11 @@ def issue_status(ctx: click.Context, number: int) -> None:
 
 
 def _add_groups() -> None:
+    from newsletter.cli_ops import register
     from newsletter.cli_subscribers import subscribers
 
     cli.add_command(subscribers)
+    register(issue, cli)
 
 
 _add_groups()

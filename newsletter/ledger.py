@@ -130,6 +130,15 @@ class LedgerQueries:
                 .values(status="deferred", lease_owner=None, lease_until=None,
                         next_attempt_at=retry_at, last_reply=reply, updated_at=now)).rowcount
 
+    def cancel_rows(self, issue_id: int, now: datetime) -> int:
+        """Rows not yet sent are skipped for good; what was sent stays on record."""
+        d = s.deliveries.c
+        with self.engine.begin() as conn:
+            return conn.execute(
+                s.deliveries.update()
+                .where(d.issue_id == issue_id, d.status.in_(("queued", "deferred")))
+                .values(status="skipped", last_reply="issue cancelled", updated_at=now)).rowcount
+
     def lease_owners(self, issue_id: int) -> list[str]:
         d = s.deliveries.c
         q = sa.select(d.lease_owner).where(d.issue_id == issue_id, d.status == "sending",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Settings
 from newsletter.store import Store
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 
-def web_app(settings: Settings, store: Store) -> Starlette:
+def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.sending import confirmation_sender
     from newsletter.tokens import load_or_create_secret

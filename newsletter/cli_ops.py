@@ -1,0 +1,114 @@
+"""Operator commands: schedule, pause, resume and cancel issues; status; delivery worker."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import datetime
+
+import click
+
+from newsletter.errors import NewsletterError
+
+
+def _store(ctx: click.Context):  # noqa: ANN202 - (Settings, Store), imported lazily
+    from newsletter.cli import _with_store
+
+    return _with_store(ctx)
+
+
+def _fail(fn):  # noqa: ANN001, ANN202
+    from newsletter.cli import fail_cleanly
+
+    return fail_cleanly(fn)
+
+
+def parse_time(value: str, zone: str) -> datetime:
+    """ISO 8601; a time without an offset is read in the schedule's time zone."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise NewsletterError(f"--at: expected a time like 2026-11-27T09:00 or "
+                              f"2026-11-27T09:00+01:00, got {value!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
+
+
+def register(issue: click.Group, cli: click.Group) -> None:
+    @issue.command("schedule")
+    @click.argument("number", type=int)
+    @click.option("--at", "at", required=True, help="Send time (ISO 8601; default zone is "
+                                                    "[schedule] timezone).")
+    @click.pass_context
+    @_fail
+    def schedule(ctx: click.Context, number: int, at: str) -> None:
+        """Send issue N at a given time (the running service's sweeper sends it)."""
+        from newsletter.pipeline import control
+
+        settings, store = _store(ctx)
+        it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone))
+        click.echo(f"issue {number} scheduled for {it.send_at:%Y-%m-%d %H:%M %Z}")
+
+    for verb in ("pause", "resume", "cancel"):
+        def make(verb: str = verb) -> None:
+            @issue.command(verb, help=f"{verb.capitalize()} issue N.")
+            @click.argument("number", type=int)
+            @click.pass_context
+            @_fail
+            def action(ctx: click.Context, number: int) -> None:
+                from newsletter.pipeline import control
+
+                _settings, store = _store(ctx)
+                it = getattr(control, f"{verb}_issue")(store, number)
+                click.echo(f"issue {number}: {it.status}")
+        make()
+
+    @cli.command()
+    @click.pass_context
+    @_fail
+    def status(ctx: click.Context) -> None:
+        """Next scheduled runs, the last collect, and recent issues with delivery counts."""
+        from newsletter.pipeline import control
+        from newsletter.scheduler import job_specs, next_runs
+
+        settings, store = _store(ctx)
+        click.echo(f"schedule ({settings.schedule.timezone}):")
+        stored = dict(next_runs(settings, store))
+        for job_id, (_f, trigger, grace) in job_specs(settings).items():
+            when = stored.get(job_id)
+            shown = when.strftime("%Y-%m-%d %H:%M %Z") if when else "at the next start"
+            extra = f", not sent if over {grace // 60} min late" if grace else ""
+            click.echo(f"  {job_id:<8} {trigger}  next: {shown}{extra}")
+        view = control.overview(store)
+        last = view.last_collect
+        click.echo(f"articles: {view.articles}; last collect: " + (
+            f"{last['finished_at']:%Y-%m-%d %H:%M} UTC ({last['new']} new, {last['failed']} "
+            f"failed)" if last else "never"))
+        click.echo("recent issues:" if view.issues else "no issues yet")
+        for it, counts in view.issues:
+            total = sum(counts.values())
+            click.echo(f"  {it.number:>4} {it.status:<10} sent {counts['sent']}/{total}, "
+                       f"deferred {counts['deferred']}, failed {counts['failed']}  {it.subject}")
+
+    @cli.command()
+    @click.option("--poll", default=2.0, show_default=True, help="Seconds between ledger checks.")
+    @click.option("--once", is_flag=True, help="Work through what is due, then exit.")
+    @click.pass_context
+    @_fail
+    def worker(ctx: click.Context, poll: float, once: bool) -> None:
+        """A delivery worker: sends due ledger rows of every issue being sent, until stopped."""
+        from newsletter.pipeline import collecting, sending
+
+        settings, store = _store(ctx)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            due = set(store.issues_with_due_rows(collecting.now_utc()))
+            for it in store.list_issues(limit=50, statuses=("sending",)):
+                if it.id in due and not stop.is_set():
+                    sending.run_worker(settings, store, sending.get_sendable(store, it.number))
+            if once:
+                return
+            stop.wait(poll)

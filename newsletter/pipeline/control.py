@@ -1,0 +1,76 @@
+"""Operator controls on an issue: schedule, pause, resume, cancel; and the status overview."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from newsletter import log
+from newsletter.errors import NewsletterError
+from newsletter.models import Issue
+from newsletter.pipeline.collecting import now_utc
+from newsletter.store import Store
+
+
+def _issue(store: Store, number: int) -> Issue:
+    found = store.get_issue(number, with_articles=False)
+    if found is None:
+        raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
+    return found
+
+
+def _move(store: Store, number: int, to: str, allowed: tuple[str, ...], verb: str,
+          **kw: Any) -> Issue:
+    issue = _issue(store, number)
+    if issue.status not in allowed or not store.set_issue_status(
+            number, to, now_utc(), expect=allowed, **kw):
+        raise NewsletterError(f"issue {number} is {issue.status}: cannot {verb} it "
+                              f"(only when {' or '.join(allowed)})")
+    log.event(f"issue.{verb}", number=number, status=to)
+    return _issue(store, number)
+
+
+def schedule_issue(store: Store, number: int, at: datetime) -> Issue:
+    if at.tzinfo is None:
+        raise NewsletterError("the send time needs a time zone (e.g. 2026-11-27T09:00+01:00)")
+    return _move(store, number, "scheduled", ("draft", "scheduled", "paused"), "schedule",
+                 send_at=at)
+
+
+def pause_issue(store: Store, number: int) -> Issue:
+    """Workers stop before their next batch; rows in hand finish, nothing is lost."""
+    return _move(store, number, "paused", ("scheduled", "sending"), "pause")
+
+
+def resume_issue(store: Store, number: int) -> Issue:
+    issue = _issue(store, number)
+    assert issue.id is not None
+    started = sum(store.delivery_counts(issue.id).values()) > 0
+    to = "sending" if started else ("scheduled" if issue.send_at else "draft")
+    return _move(store, number, to, ("paused",), "resume")
+
+
+def cancel_issue(store: Store, number: int) -> Issue:
+    issue = _move(store, number, "cancelled", ("draft", "scheduled", "paused", "sending"),
+                  "cancel")
+    assert issue.id is not None
+    store.cancel_rows(issue.id, now_utc())
+    return issue
+
+
+@dataclass(slots=True)
+class Overview:
+    last_collect: dict[str, Any] | None
+    articles: int
+    issues: list[tuple[Issue, dict[str, int]]] = field(default_factory=list)
+    jobs: list[tuple[str, datetime | None]] = field(default_factory=list)
+
+
+def overview(store: Store, *, limit: int = 5) -> Overview:
+    issues = []
+    for issue in store.list_issues(limit=limit):
+        assert issue.id is not None
+        issues.append((issue, store.delivery_counts(issue.id)))
+    return Overview(last_collect=store.last_collect(), articles=store.count_articles(),
+                    issues=issues)

@@ -1,0 +1,253 @@
+"""One APScheduler 3 per database, its jobs kept in that database: collect, issue, sweep."""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from newsletter import log
+from newsletter.config import Settings
+from newsletter.store import Store
+
+JOBS_TABLE = "apscheduler_jobs"
+_FIXED_JOBS = ("collect", "issue", "sweep")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What jobs need; set once per process because stored jobs hold only a function name."""
+
+    settings: Settings
+    store: Store
+    sending: threading.Lock = field(default_factory=threading.Lock)
+
+
+_RUNTIME: Runtime | None = None
+
+
+def _rt() -> Runtime:
+    if _RUNTIME is None:
+        raise RuntimeError("scheduler job ran outside `newsletter run`")
+    return _RUNTIME
+
+
+def job_collect() -> None:
+    from newsletter import pipeline
+
+    rt = _rt()
+    report = pipeline.collect(rt.settings, rt.store)
+    if report.new or report.updated:
+        pipeline.publish_feeds(rt.settings, rt.store)
+
+
+def job_issue() -> None:
+    """The cron's issue: built from what is new, then sent."""
+    from newsletter import pipeline
+
+    rt = _rt()
+    result = pipeline.build_issue(rt.settings, rt.store)
+    log.event("schedule.issue", message=result.message)
+    if result.issue is not None and result.issue.status == "draft":
+        _send(rt, result.issue.number, start=True)
+
+
+def job_send(number: int) -> None:
+    """An operator's 'send now', run by the scheduler so the web request returns at once."""
+    _send(_rt(), number, start=True)
+
+
+def _send(rt: Runtime, number: int, *, start: bool) -> None:
+    from newsletter.pipeline import sending
+
+    with rt.sending:  # one delivery at a time per process; other processes use the ledger
+        issue = sending.get_sendable(rt.store, number)
+        if start and issue.status != "sent":
+            sending.start_sending(rt.settings, rt.store, issue)
+            issue = sending.get_sendable(rt.store, number)
+        if issue.status == "sending":
+            sending.run_worker(rt.settings, rt.store, issue)
+
+
+def job_sweep() -> None:
+    """Send scheduled issues that are due (unless long overdue) and retry deferred rows."""
+    from newsletter.pipeline import collecting, control
+
+    rt = _rt()
+    now = collecting.now_utc()
+    late = timedelta(minutes=rt.settings.schedule.late_limit_minutes)
+    for issue in rt.store.list_issues(limit=20, statuses=("scheduled",)):
+        if issue.send_at is None or issue.send_at > now:
+            continue
+        if now - issue.send_at > late:
+            control.pause_issue(rt.store, issue.number)
+            log.event("schedule.overdue", level=30, number=issue.number,
+                      send_at=issue.send_at.isoformat(),
+                      action="paused: resume or send it by hand")
+            continue
+        _send(rt, issue.number, start=True)
+    due = set(rt.store.issues_with_due_rows(now))
+    for issue in rt.store.list_issues(limit=50, statuses=("sending",)):
+        if issue.id in due:
+            _send(rt, issue.number, start=False)
+
+
+def _on_missed(event: JobExecutionEvent) -> None:
+    """The issue's send time passed too long ago (the service was down): build it, send no."""
+    if event.job_id != "issue" or _RUNTIME is None:
+        return
+    from newsletter import pipeline
+
+    result = pipeline.build_issue(_RUNTIME.settings, _RUNTIME.store)
+    log.event("schedule.missed", level=30, due=event.scheduled_run_time.isoformat(),
+              message=result.message, action="left as a draft for an operator")
+
+
+def _on_error(event: JobExecutionEvent) -> None:
+    log.event("schedule.job_failed", level=40, job=event.job_id, error=repr(event.exception))
+
+
+def job_specs(settings: Settings) -> dict[str, tuple[Callable[..., Any], Any, int | None]]:
+    """id → (function, trigger, misfire grace in seconds; None = run however late)."""
+    sch = settings.schedule
+    zone = ZoneInfo(sch.timezone)
+    specs: dict[str, tuple[Callable[..., Any], Any, int | None]] = {
+        "sweep": (job_sweep, IntervalTrigger(minutes=sch.sweep_minutes, timezone=zone), None),
+    }
+    if sch.collect_minutes:
+        specs["collect"] = (job_collect, IntervalTrigger(minutes=sch.collect_minutes,
+                                                         timezone=zone), None)
+    if sch.issue_cron:
+        specs["issue"] = (job_issue, CronTrigger.from_crontab(sch.issue_cron, timezone=zone),
+                          sch.late_limit_minutes * 60)
+    return specs
+
+
+def make_scheduler(settings: Settings, store: Store) -> BackgroundScheduler:
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(3)},
+        # Coalesce: a week of downtime means one late run, not seven.
+        job_defaults={"coalesce": True, "max_instances": 1},
+        timezone=ZoneInfo(settings.schedule.timezone))
+
+
+def register_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
+    """Bring stored jobs in line with the config. A job whose trigger is unchanged keeps its
+    stored next run time, so runs missed while the service was down are seen as missed."""
+    specs = job_specs(settings)
+    for job in scheduler.get_jobs():
+        if job.id in _FIXED_JOBS and job.id not in specs:
+            job.remove()
+    for job_id, (func, trigger, grace) in specs.items():
+        existing = scheduler.get_job(job_id)
+        if existing is not None and repr(existing.trigger) == repr(trigger):
+            if existing.misfire_grace_time != grace:
+                existing.modify(misfire_grace_time=grace)
+            continue
+        scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True,
+                          misfire_grace_time=grace)
+
+
+class SingleScheduler:
+    """Exactly one active scheduler per database: a lock file beside SQLite, an advisory lock
+    on PostgreSQL. Processes that lose the race stand by and take over if the holder dies."""
+
+    ADVISORY_KEY = 0x6E6C7472  # "nltr"
+
+    def __init__(self, settings: Settings, store: Store, retry_seconds: float = 10.0) -> None:
+        self.settings, self.store, self.retry = settings, store, retry_seconds
+        self.scheduler: BackgroundScheduler | None = None
+        self._held: Any = None
+        self._stop = threading.Event()
+        self._standby: threading.Thread | None = None
+
+    def _try_lock(self) -> bool:
+        if self.store.engine.dialect.name == "postgresql":
+            conn = self.store.engine.connect()
+            got = conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_lock({self.ADVISORY_KEY})").scalar()
+            conn.commit()
+            if got:
+                self._held = conn  # the lock lives as long as this session
+                return True
+            conn.close()
+            return False
+        db = self.store.engine.url.database or ""
+        path = Path(db).with_suffix(".scheduler.lock") if db and db != ":memory:" \
+            else Path("var/scheduler.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._held = handle
+        return True
+
+    def start(self) -> bool:
+        """Start now if the lock is free (True); otherwise keep trying in the background."""
+        global _RUNTIME
+        _RUNTIME = Runtime(self.settings, self.store)
+        if self._try_lock():
+            self._run()
+            return True
+        log.event("schedule.standby", reason="another scheduler holds the lock")
+        self._standby = threading.Thread(target=self._wait_for_lock, daemon=True)
+        self._standby.start()
+        return False
+
+    def _wait_for_lock(self) -> None:
+        while not self._stop.wait(self.retry):
+            if self._try_lock():
+                self._run()
+                return
+
+    def _run(self) -> None:
+        scheduler = make_scheduler(self.settings, self.store)
+        scheduler.add_listener(_on_missed, EVENT_JOB_MISSED)
+        scheduler.add_listener(_on_error, EVENT_JOB_ERROR)
+        scheduler.start(paused=True)
+        register_jobs(scheduler, self.settings)
+        scheduler.resume()
+        self.scheduler = scheduler
+        log.event("schedule.started", jobs=",".join(j.id for j in scheduler.get_jobs()))
+
+    def send_now(self, number: int) -> None:
+        if self.scheduler is None:
+            raise RuntimeError("this process is not the active scheduler")
+        self.scheduler.add_job(job_send, DateTrigger(), args=[number], id=f"send-{number}",
+                               replace_existing=True, misfire_grace_time=None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+
+def next_runs(settings: Settings, store: Store) -> list[tuple[str, datetime | None]]:
+    """The effective schedule as stored (readable from any process, acting on nothing)."""
+    scheduler = make_scheduler(settings, store)
+    scheduler.start(paused=True)
+    try:
+        return [(job.id, job.next_run_time) for job in scheduler.get_jobs()]
+    finally:
+        scheduler.shutdown(wait=False)

@@ -1,0 +1,181 @@
+"""Schedules: jobs from config, coalesced catch-up, the late-issue rule, one active scheduler."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from newsletter import pipeline
+from newsletter import scheduler as sched
+from newsletter import schema as s
+from newsletter.config import Settings
+from newsletter.models import Article
+from newsletter.store import Store
+
+NOW = datetime.now(UTC)
+
+
+def seed(store: Store, readers: int = 3) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(s.subscribers.insert(), [
+            {"email": f"r{i}@example.org", "email_key": f"r{i}@example.org", "name": "",
+             "status": "active", "sections": json.dumps([]), "hard_bounces": 0,
+             "created_at": NOW, "updated_at": NOW} for i in range(readers)])
+    when = NOW - timedelta(hours=2)
+    store.save_articles([Article(key="link:a", title="A piece", link="https://x.example/a",
+                                 published=when, updated=when, content_html="<p>a</p>",
+                                 content_hash="a", section="World")], [], NOW)
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def schedule_settings(make_settings: Callable[..., Settings], tmp_path: Path, cron: str,
+                      late: int) -> Settings:
+    return make_settings(f"""
+[mail]
+outbox_dir = "{tmp_path / 'outbox'}"
+[schedule]
+timezone = "Europe/Oslo"
+collect_minutes = 0
+issue_cron = "{cron}"
+late_limit_minutes = {late}
+sweep_minutes = 60
+""")
+
+
+def test_jobs_follow_the_config_and_keep_missed_runs(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = schedule_settings(make_settings, tmp_path, "0 9 * * fri", 60)
+    store = pipeline.open_store(settings)
+    scheduler = sched.make_scheduler(settings, store)
+    scheduler.start(paused=True)
+    sched.register_jobs(scheduler, settings)
+    issue_job = scheduler.get_job("issue")
+    assert {j.id for j in scheduler.get_jobs()} == {"issue", "sweep"}
+    assert issue_job.next_run_time.weekday() == 4 and issue_job.next_run_time.hour == 9
+    assert str(issue_job.next_run_time.tzinfo) == "Europe/Oslo"
+    assert issue_job.misfire_grace_time == 3600
+    # Unchanged config at the next start: the stored (possibly missed) run time is kept.
+    past = datetime.now(UTC) - timedelta(days=3)
+    issue_job.modify(next_run_time=past)
+    sched.register_jobs(scheduler, settings)
+    assert scheduler.get_job("issue").next_run_time == past
+    # A changed schedule replaces the job.
+    changed = schedule_settings(make_settings, tmp_path, "30 7 * * mon", 60)
+    sched.register_jobs(scheduler, changed)
+    job = scheduler.get_job("issue")
+    assert job.next_run_time > datetime.now(UTC) and job.next_run_time.weekday() == 0
+    scheduler.shutdown(wait=False)
+    store.close()
+
+
+class MissedRun:
+    """The service's start (paused, jobs registered, resumed) with the stored next run of the
+    issue job moved `missed_by` into the past in between: as if it had been down that long."""
+
+    def __init__(self, settings: Settings, store: Store, missed_by: timedelta) -> None:
+        sched._RUNTIME = sched.Runtime(settings, store)
+        self.scheduler = sched.make_scheduler(settings, store)
+        self.scheduler.add_listener(sched._on_missed, sched.EVENT_JOB_MISSED)
+        self.scheduler.start(paused=True)
+        sched.register_jobs(self.scheduler, settings)
+        self.scheduler.get_job("issue").modify(next_run_time=datetime.now(UTC) - missed_by)
+        self.scheduler.resume()
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+        sched._RUNTIME = None
+
+
+def test_down_for_a_week_sends_one_issue_not_seven(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    # Daily at 09:00, down for a week, late limit 8 days: one catch-up run, one issue.
+    settings = schedule_settings(make_settings, tmp_path, "0 9 * * *", 8 * 24 * 60)
+    store = pipeline.open_store(settings)
+    seed(store)
+    service = MissedRun(settings, store, timedelta(days=7))
+    try:
+        wait_for(lambda: any(i.status == "sent" for i in store.list_issues()))
+    finally:
+        service.stop()
+    issues = store.list_issues()
+    assert [(i.number, i.status) for i in issues] == [(1, "sent")]
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 3
+    store.close()
+
+
+def test_issue_too_late_waits_for_an_operator(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = schedule_settings(make_settings, tmp_path, "0 9 * * *", 60)
+    store = pipeline.open_store(settings)
+    seed(store)
+    service = MissedRun(settings, store, timedelta(hours=5))
+    try:
+        wait_for(lambda: bool(store.list_issues()))
+    finally:
+        service.stop()
+    [issue] = store.list_issues()
+    assert issue.status == "draft"  # built for the operator, not sent
+    assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").glob("*"))
+    store.close()
+
+
+def test_sweep_sends_due_scheduled_issues_and_pauses_overdue_ones(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    from newsletter.pipeline import control
+
+    settings = schedule_settings(make_settings, tmp_path, "", 60)
+    store = pipeline.open_store(settings)
+    seed(store)
+    first = pipeline.build_issue(settings, store).issue
+    assert first is not None
+    control.schedule_issue(store, 1, datetime.now(UTC) - timedelta(minutes=5))
+    sched._RUNTIME = sched.Runtime(settings, store)
+    try:
+        sched.job_sweep()
+        assert store.get_issue(1).status == "sent"
+        second = pipeline.build_issue(settings, store, force=True).issue
+        assert second is not None and second.number == 2
+        control.schedule_issue(store, 2, datetime.now(UTC) - timedelta(hours=3))
+        sched.job_sweep()
+        assert store.get_issue(2).status == "paused"  # overdue: an operator decides
+    finally:
+        sched._RUNTIME = None
+    store.close()
+
+
+def test_only_one_scheduler_per_database(make_settings: Callable[..., Settings],
+                                         tmp_path: Path) -> None:
+    settings = schedule_settings(make_settings, tmp_path, "0 9 * * *", 60)
+    store_a, store_b = pipeline.open_store(settings), pipeline.open_store(settings)
+    a = sched.SingleScheduler(settings, store_a, retry_seconds=0.05)
+    b = sched.SingleScheduler(settings, store_b, retry_seconds=0.05)
+    try:
+        assert a.start() is True
+        assert b.start() is False and b.scheduler is None
+        a.stop()  # the holder goes away: the standby takes over
+        wait_for(lambda: b.scheduler is not None, 5)
+    finally:
+        a.stop()
+        b.stop()
+    store_a.close()
+    store_b.close()
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "0 9 * * funday"])
+def test_bad_cron_stops_the_start(make_settings: Callable[..., Settings], tmp_path: Path,
+                                  cron: str) -> None:
+    from newsletter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule.issue_cron"):
+        schedule_settings(make_settings, tmp_path, cron, 60)
