@@ -67,7 +67,8 @@ class LedgerQueries:
         stmt = insert(s.deliveries).from_select(cols, select).on_conflict_do_nothing(
             index_elements=["issue_id", "subscriber_id"])
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount or 0
+            # Without preserve_rowcount psycopg reports -1 for INSERT … SELECT.
+            return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount
 
     def claim(self, issue_id: int, owner: str, limit: int, lease: timedelta,
               now: datetime) -> list[Claimed]:

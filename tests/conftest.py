@@ -1,31 +1,70 @@
-"""Shared fixtures: a settings file in a temp folder with a real SQLite database."""
+"""Shared fixtures: settings in a temp folder, a real SQLite file, a PostgreSQL schema."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from newsletter.config import Settings, load_settings
+
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the test PostgreSQL database, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("NEWSLETTER_TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    engine = sa.create_engine(PG_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.skip(f"PostgreSQL at NEWSLETTER_TEST_DATABASE_URL is not reachable: "
+                    f"{str(exc).splitlines()[0]}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on the embedded default and on the scale-out database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'n.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Write a config into tmp_path (articles/, feeds/, n.db) with extra TOML appended."""
 
-    def make(extra: str = "", *, folder: bool = True) -> Settings:
+    def make(extra: str = "", *, folder: bool = True, database_url: str = "") -> Settings:
         (tmp_path / "articles").mkdir(exist_ok=True)
         source = f'[[sources]]\ntype = "folder"\npath = "{tmp_path / "articles"}"\n'
+        url = database_url or f"sqlite:///{tmp_path / 'n.db'}"
         text = f"""
 [publication]
 name = "Test Ledger"
 base_url = "https://ledger.example.org/"
 postal_address = "1 Test Street"
 [storage]
-database_url = "sqlite:///{tmp_path / 'n.db'}"
+database_url = "{url}"
 [feeds]
 output_dir = "{tmp_path / 'feeds'}"
+[secrets]
+secret_key = "test-secret-key-0123456789abcdef"
 {source if folder else ""}
 {extra}
 """

@@ -1,9 +1,8 @@
-"""Ledger queries on a real SQLite file: set-based enqueue, leases, settling, bounces."""
+"""Ledger queries on SQLite and PostgreSQL: set-based enqueue, leases, settling, bounces."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -16,8 +15,8 @@ from newsletter.store import Store
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
-def seeded(tmp_path: Path, active: int = 5, other: int = 2) -> tuple[Store, int]:
-    store = Store(f"sqlite:///{tmp_path / 'l.db'}")
+def seeded(url: str, active: int = 5, other: int = 2) -> tuple[Store, int]:
+    store = Store(url)
     rows = [{"email": f"r{i}@example.org", "email_key": f"r{i}@example.org", "name": f"R {i}",
              "status": "active" if i < active else "unsubscribed", "sections": "[]",
              "hard_bounces": 0, "created_at": T0, "updated_at": T0}
@@ -30,16 +29,16 @@ def seeded(tmp_path: Path, active: int = 5, other: int = 2) -> tuple[Store, int]
     return store, issue.id
 
 
-def test_enqueue_is_set_based_and_idempotent(tmp_path: Path) -> None:
-    store, issue_id = seeded(tmp_path)
+def test_enqueue_is_set_based_and_idempotent(db_url: str) -> None:
+    store, issue_id = seeded(db_url)
     assert store.enqueue(issue_id, T0) == 5
     assert store.enqueue(issue_id, T0) == 0  # unique (issue, subscriber): no second row
     assert store.delivery_counts(issue_id)["queued"] == 5
     store.close()
 
 
-def test_claims_do_not_overlap_and_expired_leases_return(tmp_path: Path) -> None:
-    store, issue_id = seeded(tmp_path)
+def test_claims_do_not_overlap_and_expired_leases_return(db_url: str) -> None:
+    store, issue_id = seeded(db_url)
     store.enqueue(issue_id, T0)
     a = store.claim(issue_id, "a", 3, timedelta(minutes=5), T0)
     b = store.claim(issue_id, "b", 3, timedelta(minutes=5), T0)
@@ -54,8 +53,8 @@ def test_claims_do_not_overlap_and_expired_leases_return(tmp_path: Path) -> None
     store.close()
 
 
-def test_settle_never_downgrades_a_sent_row(tmp_path: Path) -> None:
-    store, issue_id = seeded(tmp_path, active=1, other=0)
+def test_settle_never_downgrades_a_sent_row(db_url: str) -> None:
+    store, issue_id = seeded(db_url, active=1, other=0)
     store.enqueue(issue_id, T0)
     [row] = store.claim(issue_id, "a", 1, timedelta(minutes=5), T0)
     store.settle([Settle(row.delivery_id, row.subscriber_id, "sent", 250, "ok")], T0, 1)
@@ -65,8 +64,8 @@ def test_settle_never_downgrades_a_sent_row(tmp_path: Path) -> None:
     store.close()
 
 
-def test_backoff_give_up_and_hard_bounce(tmp_path: Path) -> None:
-    store, issue_id = seeded(tmp_path, active=2, other=0)
+def test_backoff_give_up_and_hard_bounce(db_url: str) -> None:
+    store, issue_id = seeded(db_url, active=2, other=0)
     store.enqueue(issue_id, T0)
     policy = Policy(retry_initial=timedelta(minutes=5), retry_max=timedelta(minutes=30),
                     give_up_after=timedelta(days=4), max_hard_bounces=1)
@@ -93,8 +92,8 @@ def test_backoff_give_up_and_hard_bounce(tmp_path: Path) -> None:
     store.close()
 
 
-def test_release_defers_what_a_worker_holds(tmp_path: Path) -> None:
-    store, issue_id = seeded(tmp_path)
+def test_release_defers_what_a_worker_holds(db_url: str) -> None:
+    store, issue_id = seeded(db_url)
     store.enqueue(issue_id, T0)
     store.claim(issue_id, "a", 4, timedelta(minutes=5), T0)
     assert store.release("a", T0, T0 + timedelta(minutes=5), "421 busy") == 4

@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 
 from newsletter import migrations
 from newsletter.models import Article
-from newsletter.schema import metadata
-from newsletter.store import Store
+from newsletter.schema import articles, metadata
+from newsletter.store import Store, _article_row
 
 
 def make_article(n: int, **kw: object) -> Article:
@@ -26,13 +26,30 @@ def make_article(n: int, **kw: object) -> Article:
     return Article(**base)  # type: ignore[arg-type]
 
 
-def test_migrations_from_empty_match_declared_schema(tmp_path: Path) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+def test_migrations_from_empty_match_declared_schema(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
     with engine.connect() as conn:
         assert migrations.migrate(conn) == [v for v, _, _ in migrations.MIGRATIONS]
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == [], diff
         assert migrations.migrate(conn) == []  # idempotent
+    engine.dispose()
+
+
+def test_upgrade_from_the_previous_version_keeps_data(db_url: str) -> None:
+    latest = migrations.MIGRATIONS[-1][0]
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        assert migrations.migrate(conn, target=latest - 1)[-1] == latest - 1
+        now = datetime.now(UTC)
+        row = {k: v for k, v in _article_row(make_article(7), now).items()}
+        conn.execute(articles.insert().values(row))
+        conn.commit()
+        assert migrations.migrate(conn) == [latest]
+        assert migrations.current_version(conn) == latest
+        kept = conn.execute(sa.select(articles.c.title)).scalars().all()
+        assert kept == ["Article 7"]
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     engine.dispose()
 
 
