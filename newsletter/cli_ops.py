@@ -105,8 +105,11 @@ def register(issue: click.Group, cli: click.Group) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         while not stop.is_set():
+            sending_now = store.list_issues(limit=50, statuses=("sending",))
+            for it in sending_now:  # a crashed sibling on this host frees its rows at once
+                sending.release_dead_local_workers(store, it)
             due = set(store.issues_with_due_rows(collecting.now_utc()))
-            for it in store.list_issues(limit=50, statuses=("sending",)):
+            for it in sending_now:
                 if it.id in due and not stop.is_set():
                     sending.run_worker(settings, store, sending.get_sendable(store, it.number))
             if once:

@@ -214,7 +214,8 @@ class SingleScheduler:
     def _wait_for_lock(self) -> None:
         while not self._stop.wait(self.retry):
             if self._try_lock():
-                self._run()
+                if not self._stop.is_set():
+                    self._run()
                 return
 
     def _run(self) -> None:
@@ -235,6 +236,9 @@ class SingleScheduler:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._standby is not None:
+            self._standby.join()
+            self._standby = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None

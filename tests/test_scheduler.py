@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from newsletter import pipeline
 from newsletter import scheduler as sched
@@ -79,22 +81,37 @@ def test_jobs_follow_the_config_and_keep_missed_runs(
     store.close()
 
 
+def set_stored_next_run(store: Store, job_id: str, when: datetime) -> None:
+    """The controlled clock: rewrite a stored job's next run time, as if the service had
+    been down since then (APScheduler keeps it pickled in the row and in a column)."""
+    table = sa.Table(sched.JOBS_TABLE, sa.MetaData(), autoload_with=store.engine)
+    with store.engine.begin() as conn:
+        state = pickle.loads(conn.execute(sa.select(table.c.job_state)
+                                          .where(table.c.id == job_id)).scalar_one())
+        state["next_run_time"] = when
+        conn.execute(table.update().where(table.c.id == job_id).values(
+            next_run_time=when.timestamp(), job_state=pickle.dumps(state, 4)))
+
+
+def register_stopped(settings: Settings, store: Store) -> None:
+    scheduler = sched.make_scheduler(settings, store)
+    scheduler.start(paused=True)
+    sched.register_jobs(scheduler, settings)
+    scheduler.shutdown(wait=True)
+
+
 class MissedRun:
-    """The service's start (paused, jobs registered, resumed) with the stored next run of the
-    issue job moved `missed_by` into the past in between: as if it had been down that long."""
+    """Jobs registered and stored; the issue job's next run moved `missed_by` into the past;
+    then the service starts as `newsletter run` starts it."""
 
     def __init__(self, settings: Settings, store: Store, missed_by: timedelta) -> None:
-        sched._RUNTIME = sched.Runtime(settings, store)
-        self.scheduler = sched.make_scheduler(settings, store)
-        self.scheduler.add_listener(sched._on_missed, sched.EVENT_JOB_MISSED)
-        self.scheduler.start(paused=True)
-        sched.register_jobs(self.scheduler, settings)
-        self.scheduler.get_job("issue").modify(next_run_time=datetime.now(UTC) - missed_by)
-        self.scheduler.resume()
+        register_stopped(settings, store)
+        set_stored_next_run(store, "issue", datetime.now(UTC) - missed_by)
+        self.service = sched.SingleScheduler(settings, store)
+        assert self.service.start()
 
     def stop(self) -> None:
-        self.scheduler.shutdown(wait=True)
-        sched._RUNTIME = None
+        self.service.stop()
 
 
 def test_down_for_a_week_sends_one_issue_not_seven(

@@ -1,0 +1,329 @@
+"""Admin dashboard at /admin/: token login, signed session cookie, CSRF-checked action forms."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from jinja2 import Environment, FileSystemLoader
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from newsletter import log
+from newsletter.errors import NewsletterError
+from newsletter.subscriptions import DEFAULT_TEMPLATES
+from newsletter.web.admin_api import (
+    DISABLED,
+    AdminDeps,
+    HttpError,
+    client_ip,
+    done_of,
+    json_response,
+    load_issue,
+    parse_when,
+    read_capped,
+)
+
+SESSION_COOKIE = "newsletter_admin"
+FLASH_COOKIE = "newsletter_admin_flash"
+ACTIONS = ("send", "schedule", "pause", "resume", "cancel")
+_BASE_HEADERS = {"cache-control": "no-store", "referrer-policy": "same-origin",
+                 "x-content-type-options": "nosniff", "x-robots-tag": "noindex"}
+# The issue preview is the newsletter's own HTML: shown sandboxed (no scripts, no forms, an
+# opaque origin), framed only by the dashboard, loading nothing but images.
+PREVIEW_HEADERS = {**_BASE_HEADERS, "x-frame-options": "SAMEORIGIN",
+                   "content-security-policy": "sandbox; default-src 'none'; img-src https: "
+                   "http: data:; style-src 'unsafe-inline'; frame-ancestors 'self'"}
+
+
+def _page_headers(nonce: str) -> dict[str, str]:
+    return {**_BASE_HEADERS, "x-frame-options": "DENY",
+            "content-security-policy": (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                "connect-src 'self'; frame-src 'self'; img-src 'self' data:; "
+                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")}
+
+
+class Sessions:
+    """Stateless signed sessions: "expiry.nonce.mac", keyed by the admin token.
+
+    Changing the token ends every session; logging out revokes the nonce in this process.
+    """
+
+    def __init__(self, deps: AdminDeps) -> None:
+        self.deps = deps
+        self.key = hashlib.sha256(b"newsletter-admin-session-v1\0"
+                                  + deps.token.encode("utf-8")).digest()
+        self.revoked: OrderedDict[str, float] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def mac(self, *parts: str) -> str:
+        return hmac.new(self.key, "\0".join(parts).encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def create(self) -> str:
+        expiry = str(int(time.time() + self.deps.session_hours * 3600))
+        nonce = secrets.token_urlsafe(18)
+        return f"{expiry}.{nonce}.{self.mac('session', expiry, nonce)}"
+
+    def nonce(self, request: Request) -> str | None:
+        """The session's nonce when the request has a valid, unexpired, unrevoked cookie."""
+        if not self.deps.enabled:
+            return None
+        expiry, _, rest = request.cookies.get(SESSION_COOKIE, "").partition(".")
+        nonce, _, mac = rest.partition(".")
+        if not (expiry.isdigit() and nonce and mac) or int(expiry) < time.time():
+            return None
+        if not hmac.compare_digest(mac, self.mac("session", expiry, nonce)):
+            return None
+        with self.lock:
+            return None if nonce in self.revoked else nonce
+
+    def revoke(self, nonce: str) -> None:
+        with self.lock:
+            self.revoked[nonce] = time.time()
+            while len(self.revoked) > 10_000:  # older ones have expired by now
+                self.revoked.popitem(last=False)
+
+    def csrf(self, nonce: str, purpose: str) -> str:
+        return self.mac("csrf", nonce, purpose)
+
+    def flash(self, ok: bool, text: str) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(
+            {"ok": ok, "text": text[:500]}).encode()).decode()
+        return f"{payload}.{self.mac('flash', payload)}"
+
+    def read_flash(self, request: Request) -> dict[str, Any] | None:
+        # Signed, so nobody can make the dashboard show a message of their choosing.
+        payload, _, mac = request.cookies.get(FLASH_COOKIE, "").partition(".")
+        if not payload or not hmac.compare_digest(mac, self.mac("flash", payload)):
+            return None
+        try:
+            data = json.loads(base64.urlsafe_b64decode(payload))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M} UTC" if value else "—"
+
+
+class _Dashboard:
+    def __init__(self, deps: AdminDeps) -> None:
+        self.deps = deps
+        self.sessions = Sessions(deps)
+        # Autoescape: subjects, names and errors come from articles, feeds and people.
+        self.env = Environment(loader=FileSystemLoader(str(DEFAULT_TEMPLATES)),
+                               autoescape=True)
+        self.env.filters["when"] = _when
+
+    def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        html = self.env.get_template(f"admin/{template}").render(
+            publication=self.deps.publication_name, nonce=nonce, **values)
+        return HTMLResponse(html, status, headers=_page_headers(nonce))
+
+    def cookie(self, response: Response, request: Request, name: str, value: str,
+               max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path="/admin", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+
+    def disabled(self) -> Response:
+        return self.page("message.html", 403, title="Admin disabled", text=DISABLED)
+
+    # -- login ----------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        if not self.deps.enabled:
+            return self.disabled()
+        if request.method != "POST":
+            return self.page("login.html")
+        ip = client_ip(request)
+        wait = self.deps.failures.blocked(ip)
+        if wait:
+            return self.page("login.html", 429, error="Too many wrong tokens from your "
+                             f"address; try again in {int(wait + 0.999)} seconds.")
+        try:
+            fields = await self.form(request)
+        except HttpError as exc:
+            return self.page("login.html", exc.code, error=exc.text)
+        if not self.deps.token_ok(fields.get("token", "").strip()):
+            self.deps.failures.record(ip)
+            log.event("admin.login_refused", ip=ip)
+            return self.page("login.html", 401, error="That is not the admin token.")
+        log.event("admin.login", ip=ip)
+        response = RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
+        self.cookie(response, request, SESSION_COOKIE, self.sessions.create(),
+                    int(self.deps.session_hours * 3600))
+        return response
+
+    async def form(self, request: Request) -> dict[str, str]:
+        body = await read_capped(request, self.deps.max_body_bytes)
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+        except ValueError:
+            raise HttpError(400, "The form could not be read.") from None
+        return dict(pairs)
+
+    # -- pages ----------------------------------------------------------------------------
+
+    async def dashboard(self, request: Request) -> Response:
+        if not self.deps.enabled:
+            return self.disabled()
+        nonce = self.sessions.nonce(request)
+        if nonce is None:
+            return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
+        view, jobs, subscribers = await run_in_threadpool(
+            lambda: (self.deps.overview(), self.deps.jobs(),
+                     self.deps.store.count_subscribers()))
+        issues = [{"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
+                  for i, c in view.issues]
+        preview = next((row["issue"] for row in issues
+                        if row["issue"].status not in ("sent", "cancelled")), None)
+        response = self.page(
+            "dashboard.html", view=view, jobs=jobs, issues=issues, subscribers=subscribers,
+            preview=preview or (issues[0]["issue"] if issues else None),
+            flash=self.sessions.read_flash(request),
+            csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
+        response.delete_cookie(FLASH_COOKIE, path="/admin")
+        return response
+
+    async def progress(self, request: Request) -> Response:
+        if self.sessions.nonce(request) is None:
+            return json_response({"error": "not logged in"}, 401)
+        view = await run_in_threadpool(self.deps.overview)
+        return json_response({"issues": [
+            {"number": i.number, "status": i.status, "counts": c, "total": sum(c.values()),
+             "done": done_of(c)} for i, c in view.issues]})
+
+    async def preview(self, request: Request) -> Response:
+        if self.sessions.nonce(request) is None:
+            return Response("Log in at /admin/login first.", 401, headers=_BASE_HEADERS)
+        number = int(request.path_params["number"])
+        try:
+            await run_in_threadpool(load_issue, self.deps, number)
+            html = await run_in_threadpool(self.deps.preview_html, number)
+        except HttpError as exc:
+            return Response(exc.text, exc.code, headers=_BASE_HEADERS)
+        return HTMLResponse(html, headers=PREVIEW_HEADERS)
+
+    # -- actions (POST, CSRF-checked, then back to the dashboard) ---------------------------
+
+    async def checked(self, request: Request, purpose: str) -> dict[str, str] | Response:
+        """The form's fields if it comes with a session and this session's CSRF token."""
+        nonce = self.sessions.nonce(request)
+        try:
+            fields = await self.form(request) if nonce else {}
+        except HttpError as exc:
+            return self.page("message.html", exc.code, title="Refused", text=exc.text)
+        expected = self.sessions.csrf(nonce, purpose) if nonce else ""
+        if not nonce or not hmac.compare_digest(fields.get("csrf", ""), expected):
+            # No session, or a form this session did not render: a forged request.
+            log.event("admin.csrf_refused", ip=client_ip(request), action=purpose)
+            return self.page("message.html", 403, title="Refused",
+                             text="This form has expired or was not sent from the "
+                                  "dashboard. Reload the dashboard and try again.")
+        return fields
+
+    def action(self, purpose_of: Callable[[Request], str],
+               work: Callable[[Request, dict[str, str]], Awaitable[str]]) -> Callable[
+                   [Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if not self.deps.enabled:
+                return self.disabled()
+            purpose = purpose_of(request)
+            fields = await self.checked(request, purpose)
+            if isinstance(fields, Response):
+                return fields
+            ok = True
+            try:
+                text = await work(request, fields)
+            except (HttpError, NewsletterError) as exc:
+                ok, text = False, getattr(exc, "text", str(exc))
+            log.event("admin.action", ip=client_ip(request), action=purpose, ok=ok)
+            response = RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
+            self.cookie(response, request, FLASH_COOKIE, self.sessions.flash(ok, text), 60)
+            return response
+
+        return endpoint
+
+    async def logout(self, request: Request) -> Response:
+        if not self.deps.enabled:
+            return self.disabled()
+        fields = await self.checked(request, "logout")
+        if isinstance(fields, Response):
+            return fields
+        nonce = self.sessions.nonce(request)
+        if nonce:
+            self.sessions.revoke(nonce)
+        log.event("admin.logout", ip=client_ip(request))
+        response = RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
+        response.delete_cookie(SESSION_COOKIE, path="/admin")
+        return response
+
+    async def collect(self, request: Request, fields: dict[str, str]) -> str:
+        summary = await run_in_threadpool(self.deps.collect_now)
+        errors = summary.get("errors") or []
+        text = f"Collected: {summary.get('new', 0)} new, {summary.get('updated', 0)} updated"
+        if errors:
+            raise NewsletterError(f"{text}; {len(errors)} errors: {'; '.join(errors[:3])}")
+        return text + "."
+
+    async def build(self, request: Request, fields: dict[str, str]) -> str:
+        result = await run_in_threadpool(self.deps.build_issue, fields.get("force") == "1")
+        return result.message[:1].upper() + result.message[1:] + "."
+
+    async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
+        number, verb = int(request.path_params["number"]), request.path_params["action"]
+        await run_in_threadpool(load_issue, self.deps, number)
+        if verb == "send":
+            await run_in_threadpool(self.deps.send_issue, number)
+            return f"Issue {number}: sending started."
+        args: tuple[Any, ...] = (number,)
+        if verb == "schedule":
+            args += (parse_when(fields.get("at", "")),)
+        await run_in_threadpool(getattr(self.deps, f"{verb}_issue"), *args)
+        issue = await run_in_threadpool(load_issue, self.deps, number)
+        return f"Issue {number} is now {issue.status}."
+
+
+def _issue_purpose(request: Request) -> str:
+    return f"{request.path_params['action']}:{request.path_params['number']}"
+
+
+def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
+    """The dashboard's routes under /admin/ (the JSON API is admin_api_routes)."""
+    d = _Dashboard(deps)
+
+    async def not_an_action(request: Request) -> Response:
+        return d.page("message.html", 404, title="Not found", text="There is no such action.")
+
+    issue_action = d.action(_issue_purpose, d.issue_action)
+
+    async def dispatch(request: Request) -> Response:
+        if request.path_params["action"] not in ACTIONS:
+            return await not_an_action(request)
+        return await issue_action(request)
+
+    return [
+        Route("/admin/", d.dashboard, methods=["GET"], name="admin"),
+        Route("/admin/login", d.login, methods=["GET", "POST"], name="admin_login"),
+        Route("/admin/logout", d.logout, methods=["POST"]),
+        Route("/admin/progress.json", d.progress, methods=["GET"]),
+        Route("/admin/collect", d.action(lambda r: "collect", d.collect), methods=["POST"]),
+        Route("/admin/build", d.action(lambda r: "build", d.build), methods=["POST"]),
+        Route("/admin/issues/{number:int}/preview", d.preview, methods=["GET"]),
+        Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
+    ]

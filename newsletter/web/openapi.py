@@ -1,0 +1,196 @@
+"""The OpenAPI 3.1 description of the admin API, served at /admin/api/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from newsletter import __version__
+from newsletter.models import ISSUE_STATUSES
+from newsletter.schema import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], media: str = JSON) -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None,
+        code: str = "200") -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = {JSON: {"schema": schema}}
+    return {code: answer}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    text = {"400": "Bad input", "401": "Missing or wrong bearer token",
+            "403": "Admin API disabled (NEWSLETTER_SECRETS_ADMIN_TOKEN unset)",
+            "404": "No such issue or subscriber", "409": "Not allowed in the issue's status",
+            "413": "Request body too large", "415": "Wrong content type",
+            "429": "Too many wrong tokens from this address"}
+    return {c: {"description": text[c], "content": {JSON: {"schema": _ref("Error")}}}
+            for c in ("401", "403", "429", *codes)}
+
+
+def _op(summary: str, responses: dict[str, Any], *errors: str, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_errors(*errors)}}
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+NUMBER = {"name": "number", "in": "path", "required": True,
+          "schema": {"type": "integer", "minimum": 0}, "description": "Issue number"}
+EMAIL = {"name": "email", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "Subscriber address (URL-encoded)"}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_COUNTS = {"type": "object", "properties": {s: {"type": "integer"} for s in DELIVERY_STATUSES}}
+
+
+def _schemas() -> dict[str, Any]:
+    issue = {"type": "object", "properties": {
+        "number": {"type": "integer"}, "status": {"enum": list(ISSUE_STATUSES)},
+        "subject": {"type": "string"}, "preheader": {"type": "string"}, "created": _TIME,
+        "send_at": _TIME, "window_start": _TIME, "window_end": _TIME, "counts": _COUNTS,
+        "total": {"type": "integer", "description": "ledger rows"},
+        "done": {"type": "integer", "description": "sent + failed + skipped"}}}
+    subscriber = {"type": "object", "properties": {
+        "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
+        "status": {"enum": list(SUBSCRIBER_STATUSES)},
+        "sections": {"type": "array", "items": {"type": "string"}}, "consent_at": _TIME,
+        "consent_method": {"type": ["string", "null"]}, "confirmed_at": _TIME,
+        "unsubscribed_at": _TIME, "created_at": _TIME}}
+    by_status = {"type": "object", "additionalProperties": {"type": "integer"}}
+    return {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string"}}},
+        "Issue": issue,
+        "IssueDetail": {"allOf": [_ref("Issue"), {"type": "object", "properties": {
+            "preview_url": {"type": "string"},
+            "sections": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "articles": {"type": "array", "items": {
+                    "type": "object", "properties": {"title": {"type": "string"},
+                                                     "link": {"type": "string"},
+                                                     "published": _TIME}}}}}}}}]},
+        "Subscriber": subscriber,
+        "Collect": {"type": "object", "properties": {
+            "new": {"type": "integer"}, "updated": {"type": "integer"},
+            "errors": {"type": "array", "items": {"type": "string"}}}},
+        "Build": {"type": "object", "properties": {
+            "message": {"type": "string"}, "created": {"type": "boolean"},
+            "issue": {"oneOf": [_ref("Issue"), {"type": "null"}]}}},
+        "Status": {"type": "object", "properties": {
+            "last_collect": {"type": ["object", "null"]}, "articles": {"type": "integer"},
+            "issues": {"type": "array", "items": _ref("Issue")}, "subscribers": by_status,
+            "jobs": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "next_run": _TIME}}}}},
+        "SubscriberPage": {"type": "object", "properties": {
+            "subscribers": {"type": "array", "items": _ref("Subscriber")},
+            "limit": {"type": "integer"}, "offset": {"type": "integer"},
+            "next_offset": {"type": ["integer", "null"]}, "counts": by_status}},
+        "ImportReport": {"type": "object", "properties": {
+            "rows": {"type": "integer"}, "added": {"type": "integer"},
+            "merged": {"type": "integer"}, "suppressed": {"type": "integer"},
+            "invalid": {"type": "integer"}, "summary": {"type": "string"},
+            "errors": {"type": "array", "items": {"type": "object", "properties": {
+                "line": {"type": "integer"}, "reason": {"type": "string"}}}}}},
+    }
+
+
+def _paths() -> dict[str, Any]:
+    issue = _ok("The issue with its delivery counts", _ref("Issue"))
+    moves = {verb: {"post": _op(f"{verb.capitalize()} the issue", issue, "404", "409",
+                                params=[NUMBER])}
+             for verb in ("pause", "resume", "cancel")}
+    at = {"type": "object", "required": ["at"], "properties": {"at": {
+        "type": "string", "format": "date-time", "description": "ISO 8601 with UTC offset"}}}
+    return {
+        "/admin/api/collect": {"post": _op(
+            "Collect from every source now and republish the feeds",
+            _ok("What was collected", _ref("Collect")))},
+        "/admin/api/issues": {
+            "get": _op("Recent issues, newest first, with delivery counts",
+                       _ok("Issues", {"type": "object", "properties": {
+                           "issues": {"type": "array", "items": _ref("Issue")}}}), "400",
+                       params=[_query("limit", {"type": "integer", "minimum": 1,
+                                                "maximum": 200, "default": 20}, "How many")]),
+            "post": _op("Build the next issue (or refresh the current draft)",
+                        {**_ok("Nothing new, or the draft was refreshed", _ref("Build")),
+                         **_ok("A new issue was built", _ref("Build"), "201")}, "400", "413",
+                        body={"required": False, "content": {JSON: {"schema": {
+                            "type": "object", "properties": {"force": {
+                                "type": "boolean", "default": False,
+                                "description": "Build even when nothing is new"}}}}}})},
+        "/admin/api/issues/{number}": {"get": _op(
+            "One issue with its sections, articles and delivery counts",
+            _ok("The issue", _ref("IssueDetail")), "404", params=[NUMBER])},
+        "/admin/api/issues/{number}/send": {"post": _op(
+            "Start sending the issue in the background; poll GET /admin/api/issues/{number}",
+            _ok("Sending started", {"type": "object", "properties": {
+                "message": {"type": "string"}, "issue": _ref("Issue")}}, "202"),
+            "404", "409", params=[NUMBER])},
+        "/admin/api/issues/{number}/schedule": {"post": _op(
+            "Schedule the issue for a time", issue, "400", "404", "409", "413",
+            body=_body(at), params=[NUMBER])},
+        **{f"/admin/api/issues/{{number}}/{verb}": op for verb, op in moves.items()},
+        "/admin/api/status": {"get": _op(
+            "Last collect, article count, recent issues, subscriber counts and the schedule",
+            _ok("Status", _ref("Status")))},
+        "/admin/api/subscribers": {
+            "get": _op("Subscribers by id, one page at a time",
+                       _ok("A page of subscribers", _ref("SubscriberPage")), "400", params=[
+                           _query("status", {"enum": list(SUBSCRIBER_STATUSES)}, "Only these"),
+                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                            "default": 100}, "Page size"),
+                           _query("offset", {"type": "integer", "minimum": 0, "default": 0},
+                                  "Rows to skip")]),
+            "post": _op("Add a subscriber (confirmed: active at once, else double opt-in)",
+                        {**_ok("Already known: state says what happened", {"type": "object"}),
+                         **_ok("Added", {"type": "object", "properties": {
+                             "state": {"type": "string"},
+                             "confirmation_sent": {"type": "boolean"},
+                             "subscriber": _ref("Subscriber")}}, "201")}, "400", "413",
+                        body=_body({"type": "object", "required": ["email"], "properties": {
+                            "email": {"type": "string"}, "name": {"type": "string"},
+                            "confirmed": {"type": "boolean", "default": False}}}))},
+        "/admin/api/subscribers/import": {"post": _op(
+            "Import a CSV (columns email, name, sections as a|b); suppressed addresses stay",
+            _ok("Import report", _ref("ImportReport")), "400", "413", "415",
+            body=_body({"type": "string"}, "text/csv"))},
+        "/admin/api/subscribers/{email}": {"delete": _op(
+            "Remove a subscriber (kept anonymised and unsubscribed if issues went to it)",
+            _ok("Removed", {"type": "object", "properties": {
+                "email": {"type": "string"},
+                "result": {"enum": ["deleted", "anonymised"]}}}), "400", "404",
+            params=[EMAIL])},
+        "/admin/api/openapi.json": {"get": _op("This document",
+                                               _ok("OpenAPI 3.1", {"type": "object"}))},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "newsletter admin API", "version": __version__,
+                 "description": "Operate the newsletter: collect, build, send, schedule, "
+                                "pause, resume and cancel issues; manage subscribers. Every "
+                                "request needs the admin token (NEWSLETTER_SECRETS_ADMIN_TOKEN) "
+                                "as a bearer token. Errors are {\"error\": \"...\"}."},
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": _schemas()},
+    }
