@@ -19,15 +19,12 @@ if TYPE_CHECKING:
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Operator errors become one line on stderr and exit status 2 (as newsletter.cli does)."""
-
+    # Imported when called: newsletter.cli imports this module to add the group.
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except NewsletterError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        from newsletter.cli import fail_cleanly
+
+        return fail_cleanly(fn)(*args, **kwargs)
 
     return wrapper
 

@@ -136,9 +136,17 @@ def job_specs(settings: Settings) -> dict[str, tuple[Callable[..., Any], Any, in
     return specs
 
 
+class _SharedEngineJobStore(SQLAlchemyJobStore):
+    """The Store owns the engine. APScheduler disposes its engine while its own thread may
+    still be reading jobs (the thread is joined afterwards), orphaning a connection."""
+
+    def shutdown(self) -> None:
+        pass
+
+
 def make_scheduler(settings: Settings, store: Store) -> BackgroundScheduler:
     return BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+        jobstores={"default": _SharedEngineJobStore(engine=store.engine, tablename=JOBS_TABLE)},
         executors={"default": ThreadPoolExecutor(3)},
         # Coalesce: a week of downtime means one late run, not seven.
         job_defaults={"coalesce": True, "max_instances": 1},

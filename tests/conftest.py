@@ -54,6 +54,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         (tmp_path / "articles").mkdir(exist_ok=True)
         source = f'[[sources]]\ntype = "folder"\npath = "{tmp_path / "articles"}"\n'
         url = database_url or f"sqlite:///{tmp_path / 'n.db'}"
+        # Beside an SQLite file the key is generated; other databases need one configured.
+        secret = '[secrets]\nsecret_key = "test-secret-key-0123456789abcdef"\n'
         text = f"""
 [publication]
 name = "Test Ledger"
@@ -63,8 +65,7 @@ postal_address = "1 Test Street"
 database_url = "{url}"
 [feeds]
 output_dir = "{tmp_path / 'feeds'}"
-[secrets]
-secret_key = "test-secret-key-0123456789abcdef"
+{secret if database_url else ""}
 {source if folder else ""}
 {extra}
 """

@@ -5,10 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
 from html.parser import HTMLParser
@@ -18,8 +15,7 @@ from urllib.parse import urlsplit
 import feedparser
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
+from webserver import running
 
 from newsletter.web import create_app
 
@@ -68,29 +64,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-@contextmanager
-def running(app: Starlette) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def raw_get(base: str, target: str) -> tuple[int, bytes]:

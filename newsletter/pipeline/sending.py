@@ -207,6 +207,12 @@ def send_test_copy(settings: Settings, issue: Issue, address: str) -> str:
         unsubscribe_url=settings.site_url + "unsubscribe",
         preferences_url=settings.site_url + "preferences")
 
+    return send_one(settings, address, message, what="test copy")
+
+
+def send_one(settings: Settings, address: str, message: bytes, *, what: str) -> str:
+    """One message outside the ledger, through the configured transport; raises if refused."""
+
     async def go() -> str:
         conn = await pool_from_settings(settings).connect()
         try:
@@ -214,7 +220,7 @@ def send_test_copy(settings: Settings, issue: Issue, address: str) -> str:
         finally:
             await conn.close()
         if result.status != "sent":
-            raise NewsletterError(f"test copy to {address} not sent: {result.reply}")
+            raise NewsletterError(f"{what} to {address} not sent: {result.reply}")
         return result.reply
 
     return asyncio.run(go())
@@ -278,16 +284,6 @@ def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
         message = notice_message(identity=identity, to_address=address, to_name=name,
                                  subject=subject, text=text, date=now,
                                  message_id=f"<confirm.{token}@{identity.message_id_domain}>")
-
-        async def go() -> None:
-            conn = await pool_from_settings(settings).connect()
-            try:
-                result = await conn.send(settings.mail.from_address, address, message)
-            finally:
-                await conn.close()
-            if result.status != "sent":
-                raise NewsletterError(f"confirmation mail not sent: {result.reply}")
-
-        asyncio.run(go())
+        send_one(settings, address, message, what="confirmation mail")
 
     return send

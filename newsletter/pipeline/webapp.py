@@ -1,7 +1,9 @@
-"""The web application with every route, wired to the store and settings."""
+"""The web application with every route, wired to the store, settings and scheduler."""
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Settings
@@ -9,6 +11,9 @@ from newsletter.store import Store
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
+
+    from newsletter.store_subscribers import Subscriber
 
 
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
@@ -19,15 +24,78 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     from newsletter.web.archive import archive_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
+    secret = load_or_create_secret(settings)
+    confirm_mail = confirmation_sender(settings)
     routes = archive_routes(
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
                                               with_articles=True),
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
         archive_base_url=archive_url(settings))
-    deps = SubscribeDeps.from_settings(settings, store=store,
-                                       secret=load_or_create_secret(settings),
-                                       send_confirmation=confirmation_sender(settings))
-    routes += subscribe_routes(deps=deps)
+    routes += subscribe_routes(deps=SubscribeDeps.from_settings(
+        settings, store=store, secret=secret, send_confirmation=confirm_mail))
+    routes += _admin_routes(settings, store, scheduler, secret, confirm_mail)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
                       extra_routes=routes)
+
+
+def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: bytes,
+                  confirm_mail: Any) -> list[BaseRoute]:
+    from newsletter import subscriptions
+    from newsletter.errors import NewsletterError
+    from newsletter.pipeline import control, sending
+    from newsletter.pipeline.collecting import collect, publish_feeds
+    from newsletter.pipeline.issues import build_issue
+    from newsletter.render import personalize
+    from newsletter.scheduler import next_runs
+    from newsletter.subscribers_csv import import_csv
+    from newsletter.web.admin import admin_routes
+    from newsletter.web.admin_api import AdminDeps, admin_api_routes
+    from newsletter.web.metrics import metrics_routes
+
+    def collect_now() -> dict[str, Any]:
+        report = collect(settings, store)
+        publish_feeds(settings, store)
+        return {"new": report.new, "updated": report.updated, "unchanged": report.unchanged,
+                "errors": report.errors, "warnings": report.warnings}
+
+    def preview_html(number: int) -> str:
+        issue = store.get_issue(number, with_articles=False)
+        if issue is None:
+            raise NewsletterError(f"issue {number}: no such issue")
+        site = settings.site_url  # the same sample values as `newsletter issue preview`
+        return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
+                           preferences_url=site + "preferences?preview", name="Reader")
+
+    def send_issue(number: int) -> None:
+        """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere."""
+        issue = sending.get_sendable(store, number)
+        sending.start_sending(settings, store, issue)
+        if scheduler is not None and scheduler.scheduler is not None:
+            scheduler.send_now(number)
+        else:  # `newsletter serve`, or a standby process: this process delivers it
+            threading.Thread(target=sending.run_worker, name=f"send-{number}", daemon=True,
+                             args=(settings, store, sending.get_sendable(store, number))).start()
+
+    def send_confirmation(sub: Subscriber) -> None:
+        token = subscriptions.confirm_token(secret, sub, datetime.now(UTC))
+        confirm_mail(sub.email, sub.name, subscriptions.confirm_url(settings.site_url, token))
+
+    deps = AdminDeps(
+        token=settings.secrets.admin_token, store=store, collect_now=collect_now,
+        build_issue=lambda force: build_issue(settings, store, force=force),
+        send_issue=send_issue,
+        schedule_issue=lambda n, at: control.schedule_issue(store, n, at),
+        pause_issue=lambda n: control.pause_issue(store, n),
+        resume_issue=lambda n: control.resume_issue(store, n),
+        cancel_issue=lambda n: control.cancel_issue(store, n),
+        overview=lambda: control.overview(store, limit=10),
+        jobs=lambda: next_runs(settings, store) if scheduler is None or
+        scheduler.scheduler is None else [(j.id, j.next_run_time)
+                                          for j in scheduler.scheduler.get_jobs()],
+        preview_html=preview_html,
+        import_subscribers=lambda p: import_csv(store, p, now=datetime.now(UTC),
+                                                smtputf8=settings.mail.smtputf8),
+        send_confirmation=send_confirmation, publication_name=settings.publication.name,
+        smtputf8=settings.mail.smtputf8)
+    return [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]

@@ -149,6 +149,8 @@ class _Dashboard:
         if not self.deps.enabled:
             return self.disabled()
         if request.method != "POST":
+            if self.sessions.nonce(request):  # already logged in
+                return RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
             return self.page("login.html")
         ip = client_ip(request)
         wait = self.deps.failures.blocked(ip)
@@ -193,7 +195,8 @@ class _Dashboard:
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
         response = self.page(
-            "dashboard.html", view=view, jobs=jobs, issues=issues, subscribers=subscribers,
+            "dashboard.html", view=view, jobs=jobs or view.jobs, issues=issues,
+            subscribers=subscribers,
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request),
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
@@ -201,6 +204,8 @@ class _Dashboard:
         return response
 
     async def progress(self, request: Request) -> Response:
+        if not self.deps.enabled:
+            return json_response({"error": DISABLED}, 403)
         if self.sessions.nonce(request) is None:
             return json_response({"error": "not logged in"}, 401)
         view = await run_in_threadpool(self.deps.overview)
@@ -209,6 +214,8 @@ class _Dashboard:
              "done": done_of(c)} for i, c in view.issues]})
 
     async def preview(self, request: Request) -> Response:
+        if not self.deps.enabled:
+            return self.disabled()
         if self.sessions.nonce(request) is None:
             return Response("Log in at /admin/login first.", 401, headers=_BASE_HEADERS)
         number = int(request.path_params["number"])

@@ -70,8 +70,9 @@ class FailureLimiter:
             return max(hits[0] + self.window - now, 1.0) if len(hits) >= self.limit else 0.0
 
     def record(self, key: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._recent(key, time.monotonic()).append(time.monotonic())
+            self._recent(key, now).append(now)
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ class _Api:
             view = self.deps.overview()
             return {"last_collect": view.last_collect, "articles": view.articles,
                     "issues": [issue_json(i, c) for i, c in view.issues],
-                    "jobs": [{"name": n, "next_run": at} for n, at in self.deps.jobs()],
+                    "jobs": [{"name": n, "next_run": at}
+                             for n, at in self.deps.jobs() or view.jobs],
                     "subscribers": self.deps.store.count_subscribers()}
 
         return json_response(await run_in_threadpool(run))
