@@ -8,10 +8,19 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
+from newsletter.errors import SourceError
 from newsletter.models import Article, ArticleDraft
-from newsletter.sanitize import clean_html, first_paragraph, one_line, shorten, slug_for, slugify
+from newsletter.sanitize import (
+    clean_html,
+    first_paragraph,
+    one_line,
+    shorten,
+    slug_for,
+    slugify,
+    xml_safe,
+)
 from newsletter.store import Store
 
 
@@ -33,7 +42,12 @@ def content_hash(fields: dict[str, object]) -> str:
 
 def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
                   default_section: str = "") -> Article:
-    """Identity is the guid, else the canonical link, else a hash of the content."""
+    """Identity is the guid, else the canonical link, else a hash of the content.
+
+    SourceError (naming the draft's origin and the field) for a link or image that is not
+    http(s): feeds publish both as they are, and feed readers make them clickable.
+    """
+    draft = _xml_safe_draft(draft)
     slug = (slugify(draft.slug) if draft.slug else slug_for(draft.title)) if rules else ""
     if draft.url:
         link = urljoin(rules.base_url if rules else draft.origin, draft.url)
@@ -44,6 +58,12 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
     body = clean_html(draft.body_html, link or (rules.base_url if rules else draft.origin))
     summary = shorten(one_line(draft.summary) or first_paragraph(body))
     image = urljoin(link or draft.origin, draft.image) if draft.image else ""
+    # Hardening: upstream entries were already limited to http(s), local front matter was
+    # not (`url: "javascript:…"` went into every feed's <link> and guid).
+    for name, url in (("url", link), ("image", image)):
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise SourceError(draft.origin, f"field '{name}' must be an http(s) URL or a path "
+                                            f"on the site, got {url[:100]!r}")
     fields = {
         "title": one_line(draft.title), "link": link, "summary": summary, "content": body,
         "authors": [one_line(a) for a in draft.authors if a.strip()],
@@ -68,6 +88,16 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
         image=image, image_credit=fields["image_credit"], slug=slug,
         guid=draft.guid.strip() or link,
     )
+
+
+def _xml_safe_draft(draft: ArticleDraft) -> ArticleDraft:
+    """Every text field without characters XML cannot carry (see sanitize.xml_safe)."""
+    s = xml_safe
+    return replace(draft, title=s(draft.title), body_html=s(draft.body_html),
+                   authors=tuple(s(a) for a in draft.authors), section=s(draft.section),
+                   summary=s(draft.summary), image=s(draft.image),
+                   image_credit=s(draft.image_credit), slug=s(draft.slug), url=s(draft.url),
+                   guid=s(draft.guid), tags=tuple(s(t) for t in draft.tags))
 
 
 @dataclass(slots=True)

@@ -43,7 +43,9 @@ def settings_of(ctx: click.Context) -> Settings:
 
 @click.group()
 @click.option("--config", "config", envvar="NEWSLETTER_CONFIG", default=DEFAULT_CONFIG,
-              show_default=True, type=click.Path(dir_okay=False, path_type=Path),
+              # No dir_okay=False: click's usage error is several lines; load_settings says
+              # "cannot read: Is a directory" on one, like every other configuration error.
+              show_default=True, type=click.Path(path_type=Path),
               help="TOML configuration file (also NEWSLETTER_CONFIG).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -250,6 +253,10 @@ def settings_table() -> list[tuple[str, str, Any, str, bool]]:
 
 _TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number",
                                bool: "true or false"}
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and newline allowed
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+_URL_PASSWORD_RE = re.compile(r"(://[^/?#@:\s]*:)[^/?#@\s]*@")
 
 
 def _coerce(where: str, kind: Any, f: dataclasses.Field[Any], value: Any) -> Any:
@@ -260,15 +267,19 @@ def _coerce(where: str, kind: Any, f: dataclasses.Field[Any], value: Any) -> Any
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
-    if not ok:
-        raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {value!r}")
     meta = f.metadata
+    got = "a value not shown (secret)" if meta["secret"] else repr(value)  # never echo one
+    # Hardening: TOML (and float()) accept nan and inf, which slipped past every bound.
+    if not ok or (kind is float and not math.isfinite(value)):
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {got}")
+    if kind is str and _CONTROL_RE.search(value):  # a "\u0001" escape broke every feed
+        raise ConfigError(f"{where}: expected text without control characters, got {got}")
     if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+        raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}, got {got}")
     if meta["min"] is not None and value < meta["min"]:
-        raise ConfigError(f"{where}: expected at least {meta['min']}, got {value!r}")
+        raise ConfigError(f"{where}: expected at least {meta['min']}, got {got}")
     if meta["max"] is not None and value > meta["max"]:
-        raise ConfigError(f"{where}: expected at most {meta['max']}, got {value!r}")
+        raise ConfigError(f"{where}: expected at most {meta['max']}, got {got}")
     return value
 
 
@@ -298,30 +309,36 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
             if raw is None:
                 continue
             kind = _hints(cls)[f.name]
-            where = f"environment NEWSLETTER_{section}_{f.name}".upper()
+            where = "environment " + f"NEWSLETTER_{section}_{f.name}".upper()
             try:
                 if get_origin(kind) is list:
                     value: Any = [v.strip() for v in raw.split(",") if v.strip()]
-                elif kind is bool:
-                    value = raw.lower() in ("1", "true", "yes", "on")
+                elif kind is bool:  # a typo ("ture") used to mean false, silently
+                    value = _BOOLS[raw.strip().lower()]
                 else:
                     value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {raw!r}") from None
+            except (ValueError, KeyError):
+                got = "a value not shown (secret)" if f.metadata["secret"] else repr(raw)
+                raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {got}") from None
             data.setdefault(section, {})[f.name] = value
 
 
 def _check(settings: Settings, where: str) -> None:
-    parts = urlsplit(settings.publication.base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{where}: publication.base_url: expected an absolute http(s) URL, "
-                          f"got {settings.publication.base_url!r}")
+    urls = [("publication.base_url", settings.publication.base_url)]
+    if settings.feeds.public_url:
+        urls.append(("feeds.public_url", settings.feeds.public_url))
     _check_schedule(settings.schedule, where)
     for i, src in enumerate(settings.sources):
         need = "path" if src.type == "folder" else "url"
         if not getattr(src, need):
             raise ConfigError(f"{where}: sources[{i}].{need}: missing required key for a "
                               f"{src.type} source")
+        if src.type == "feed":  # hardening: a file:// or ftp:// feed is caught here
+            urls.append((f"sources[{i}].url", src.url))
+    for name, url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{where}: {name}: expected an absolute http(s) URL, got {url!r}")
 
 
 def _check_schedule(schedule: Schedule, where: str) -> None:
@@ -336,7 +353,10 @@ def _check_schedule(schedule: Schedule, where: str) -> None:
                           f"Europe/Oslo, got {schedule.timezone!r}") from None
     if schedule.issue_cron:
         try:
-            CronTrigger.from_crontab(schedule.issue_cron, timezone=zone)
+            trigger = CronTrigger.from_crontab(schedule.issue_cron, timezone=zone)
+            # Hardening: "0 0 31 2 *" parses but never fires; no issue would ever go out.
+            if trigger.get_next_fire_time(None, datetime.now(zone)) is None:
+                raise ValueError("it never matches a date")
         except ValueError as exc:
             raise ConfigError(f"{where}: schedule.issue_cron: expected a crontab line (minute "
                               f"hour day month weekday), got {schedule.issue_cron!r}: "
@@ -350,7 +370,7 @@ def load_settings(path: str | Path | None = None,
     path = Path(path or environ.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG)
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # BOM: Windows editors
     except FileNotFoundError:
         raise ConfigError(f"{where}: configuration file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -391,7 +411,11 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
             row = {}
             for f in dataclasses.fields(item):
                 v = getattr(item, f.name)
-                row[f.name] = ("********" if v else "(unset)") if f.metadata["secret"] else v
+                if f.metadata["secret"]:
+                    v = "********" if v else "(unset)"
+                elif isinstance(v, str):  # e.g. a PostgreSQL password in storage.database_url
+                    v = _URL_PASSWORD_RE.sub(r"\1********@", v)
+                row[f.name] = v
             rendered.append(row)
         out[section] = rendered if isinstance(value, list) else rendered[0]
     return out

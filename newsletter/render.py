@@ -42,12 +42,26 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LINK_SCHEMES = ("http", "https")
 
 
+# Hardening: article text and links are in the email before the per-recipient %%NAME%%,
+# %%UNSUBSCRIBE_URL%% and %%PREFERENCES_URL%% are filled in, so a title or an image URL
+# from an upstream feed that held "%%UNSUBSCRIBE_URL%%" got each reader's own link put in
+# it (and an image on a third-party host received it when the mail was opened). Text from
+# articles gets a word joiner between two "%"; URLs get stray "%" percent-encoded.
+_PERCENT_PAIR_RE = re.compile("%(?=%)")
+_STRAY_PERCENT_RE = re.compile("%(?![0-9A-Fa-f]{2})")
+
+
+def _inert(text: str) -> str:
+    """Text that can never form a %%PLACEHOLDER%% (it looks the same)."""
+    return _PERCENT_PAIR_RE.sub("%\u2060", text)
+
+
 def _absolute(url: str, base: str) -> str:
     """`url` made absolute against `base`; "" when it is empty, a bare fragment or unsafe."""
     url = url.strip()
     if not url or url.startswith("#"):
         return ""
-    joined = urljoin(base, url)
+    joined = _STRAY_PERCENT_RE.sub("%25", urljoin(base, url))
     parts = urlsplit(joined)
     return joined if parts.scheme in _LINK_SCHEMES and parts.netloc else ""
 
@@ -216,15 +230,15 @@ def _summary(article: Article) -> str:
 
 
 def _article_view(article: Article, base: str, summary: str) -> ArticleView:
-    title = one_line(article.title)
+    title = _inert(one_line(article.title))
     link = _absolute(article.link, base)
     image = _absolute(article.image, base)
-    credit = one_line(article.image_credit)
+    credit = _inert(one_line(article.image_credit))
     return ArticleView(
         title=title or link or "Untitled",
         link=link,
-        byline=byline(tuple(one_line(a) for a in article.authors)),
-        summary=summary,
+        byline=_inert(byline(tuple(one_line(a) for a in article.authors))),
+        summary=_inert(summary),
         image=image,
         # Never empty: screen readers would read out the file name instead.
         image_alt=(title or credit or "Illustration") if image else "",
@@ -248,10 +262,10 @@ def issue_view(issue: Issue, masthead: Masthead, *, summary_limit: int | None,
                 shortened = True
             views.append(_article_view(article, masthead.base_url, summary))
         if views:
-            sections.append(SectionView(one_line(section.name), tuple(views)))
+            sections.append(SectionView(_inert(one_line(section.name)), tuple(views)))
     shown = sum(len(s.articles) for s in sections)
-    return IssueView(number=issue.number, subject=one_line(issue.subject),
-                     preheader=one_line(issue.preheader), date=long_date(issue.created),
+    return IssueView(number=issue.number, subject=_inert(one_line(issue.subject)),
+                     preheader=_inert(one_line(issue.preheader)), date=long_date(issue.created),
                      sections=tuple(sections), omitted=len(issue.articles) - shown,
                      shortened=shortened)
 

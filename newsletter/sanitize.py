@@ -39,6 +39,18 @@ def clean_html(fragment: str, base_url: str) -> str:
                      link_rel="noopener noreferrer")
 
 
+# What XML 1.0 cannot carry: C0 controls but tab, LF and CR; lone surrogates; U+FFFE/U+FFFF.
+# Hardening: one such character in one article (a YAML "\x01" escape, a stray byte in a
+# body, a feed's "&#1;" read by feedparser's loose parser) made lxml refuse to write any
+# feed at all, so they are removed before an article is stored.
+_NOT_XML_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML cannot carry (vertical tab and form feed: a space)."""
+    return _NOT_XML_RE.sub(lambda m: " " if m[0] in "\x0b\x0c" else "", text)
+
+
 _TAG_RE = re.compile(r"<[^>]*>")
 _SPACE_RE = re.compile(r"\s+")
 _BLOCK_END_RE = re.compile(r"</(p|div|li|h[1-6]|blockquote|tr)>|<br\s*/?>", re.I)

@@ -46,12 +46,17 @@ def _rt() -> Runtime:
 
 
 def job_collect() -> None:
-    from newsletter import pipeline
+    from newsletter.pipeline import collecting
 
     rt = _rt()
-    report = pipeline.collect(rt.settings, rt.store)
-    if report.new or report.updated:
-        pipeline.publish_feeds(rt.settings, rt.store)
+    previous, now = rt.store.last_collect(), collecting.now_utc()
+    report = collecting.collect(rt.settings, rt.store, now=now)
+    # Hardening: an article dated in the future is left out of the feeds until it is due;
+    # publishing only when something new was collected kept it out until the next change.
+    fell_due = previous is not None and bool(rt.store.articles_between(
+        previous["started_at"], now))
+    if report.new or report.updated or fell_due:
+        collecting.publish_feeds(rt.settings, rt.store, now=now)
 
 
 def job_issue() -> None:

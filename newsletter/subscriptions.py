@@ -31,6 +31,9 @@ _SIMPLE_LOCAL = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")
 # Bidirectional overrides and isolates render text backwards ("gro.elpmaxe@…") in names.
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly
+# Hardening: JSON can carry a lone surrogate ("\ud800"), which no database can store: a name
+# holding one made /subscribe and the admin API answer 500.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class AddressError(ValueError):
@@ -101,7 +104,8 @@ def clean_name(raw: Any, limit: int = MAX_NAME_CHARS) -> str:
     """
     if not isinstance(raw, str):
         return ""
-    text = _CONTROL.sub(" ", _BIDI.sub("", unicodedata.normalize("NFC", raw)))
+    text = _SURROGATE.sub("\ufffd", raw)
+    text = _CONTROL.sub(" ", _BIDI.sub("", unicodedata.normalize("NFC", text)))
     return " ".join(text.split())[:limit].rstrip()
 
 

@@ -45,8 +45,8 @@ def _link_rules(settings: Settings) -> arts.LinkRules:
     return arts.LinkRules(settings.publication.base_url, settings.publication.article_path)
 
 
-def _collect_folder(settings: Settings, store: Store, source: Source,
-                    report: CollectReport) -> list[Article]:
+def _collect_folder(settings: Settings, store: Store, source: Source, report: CollectReport,
+                    local_keys: set[str]) -> list[Article]:
     root = Path(source.path)
     if not root.is_dir():
         report.errors.append(f"{root}: articles folder not found")
@@ -54,12 +54,15 @@ def _collect_folder(settings: Settings, store: Store, source: Source,
     root_key = str(root.resolve()) + os.sep
     prefix = len(str(root)) + 1
     records = store.file_records(root_key)
-    owner = {r.article_key: p for p, r in records.items() if r.article_key}
+    paths = [(root_key + str(p)[prefix:], p) for p in iter_article_files(root, report.errors)]
+    # Only files still on disk own a link. Hardening: a renamed (or deleted and re-created)
+    # article used to collide for ever with the record of its old file name.
+    present = {key for key, _ in paths}
+    owner = {r.article_key: p for p, r in records.items() if r.article_key and p in present}
     rules = _link_rules(settings)
     changed: dict[str, FileRecord] = {}
     found: list[Article] = []
-    for path in iter_article_files(root):
-        key = root_key + str(path)[prefix:]  # resolving each file would dominate a warm run
+    for key, path in paths:  # key: resolving each file would dominate a warm run
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -87,6 +90,7 @@ def _collect_folder(settings: Settings, store: Store, source: Source,
             report.errors.append(record.error)
         changed[key] = record
     store.save_file_records(changed)
+    local_keys.update(owner)
     return found
 
 
@@ -121,10 +125,13 @@ def _collect_feeds(settings: Settings, store: Store, sources: list[Source], now:
                                      "gone": res.status == "gone"}
         if res.status in ("ok", "not_modified"):
             values.update(etag=res.etag, last_modified=res.last_modified, last_success_at=now)
-        if res.error or res.status == "gone":
+        # Deferred results carry their error text too: test for them first, so a server
+        # asking us to wait (429/503 + Retry-After) is a warning now as on later runs, and
+        # does not make `newsletter collect` fail.
+        if res.status == "deferred":
+            report.warnings.append(f"{res.url}: deferred until {res.retry_after} ({res.error})")
+        elif res.error or res.status == "gone":
             report.errors.append(f"{res.url}: {res.error or 'gone (410): remove this source'}")
-        elif res.status == "deferred":
-            report.warnings.append(f"{res.url}: deferred until {res.retry_after}")
         store.save_feed_state(res.url, **values)
         for draft in res.drafts:
             try:
@@ -140,12 +147,21 @@ def collect(settings: Settings, store: Store, *, now: datetime | None = None) ->
     started = now or now_utc()
     report = CollectReport()
     found: list[Article] = []
+    local_keys: set[str] = set()  # identities owned by article files
     for src in settings.sources:
         if src.type == "folder":
-            found += _collect_folder(settings, store, src, report)
+            found += _collect_folder(settings, store, src, report, local_keys)
     feeds = [s for s in settings.sources if s.type == "feed"]
     if feeds:
-        found += _collect_feeds(settings, store, feeds, started, report)
+        # Hardening: identity is global, so an upstream entry carrying one of our own
+        # articles' link (or its front matter id as guid) used to overwrite that article
+        # on the next run. Articles of the folders own their identity.
+        for a in _collect_feeds(settings, store, feeds, started, report):
+            if a.key in local_keys:
+                report.warnings.append(f"{a.source}: entry {a.guid or a.link} skipped: it "
+                                       f"has the identity of an article in the folder")
+            else:
+                found.append(a)
     result = arts.save(store, found, started)
     report.new, report.updated = len(result.new), len(result.updated)
     report.unchanged = result.unchanged

@@ -110,13 +110,21 @@ def decode_article_bytes(data: bytes, origin: str) -> str:
         return data.decode("latin-1")
 
 
-def iter_article_files(root: Path) -> Iterator[Path]:
-    """Article files (*.md, *.markdown) under root, sorted; skips hidden and symlinked dirs."""
+def iter_article_files(root: Path, errors: list[str] | None = None) -> Iterator[Path]:
+    """Article files (*.md, *.markdown) under root, sorted; skips hidden and symlinked dirs.
+
+    A folder that cannot be listed raises SourceError, or, when `errors` is given, is added
+    to it and skipped (hardening: one unreadable subfolder used to stop the whole collect).
+    """
     if not root.is_dir():
         raise SourceError(str(root), "articles folder does not exist or is not a folder")
 
     def fail(exc: OSError) -> None:
-        raise SourceError(str(exc.filename or root), f"cannot list folder: {exc.strerror or exc}")
+        problem = SourceError(str(exc.filename or root),
+                              f"cannot list folder: {exc.strerror or exc}")
+        if errors is None:
+            raise problem
+        errors.append(str(problem))
 
     found: list[tuple[tuple[str, ...], str]] = []
     top = str(root)

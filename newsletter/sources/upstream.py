@@ -18,7 +18,14 @@ import httpx
 
 from newsletter import __version__
 from newsletter.models import ArticleDraft
-from newsletter.netguard import BodyTooLarge, UnsafeURLError, check_url, read_body
+from newsletter.netguard import (
+    BodyTooLarge,
+    Resolver,
+    UnsafeURLError,
+    check_url,
+    declares_xml_entities,
+    read_body,
+)
 from newsletter.sanitize import one_line, plain_text, shorten
 
 Status = Literal["ok", "not_modified", "error", "gone", "deferred"]
@@ -82,6 +89,7 @@ class FetchLimits:
     allow_private_networks: bool = False
     user_agent: str = f"newsletter/{__version__} (feed poller)"
     max_entries: int = 1000
+    resolver: Resolver | None = None  # None: the system's (getaddrinfo); tests inject one
 
 
 class _Fail(Exception):
@@ -174,7 +182,7 @@ async def _download(
         headers["If-Modified-Since"] = state.last_modified
     url, seen = state.url, {state.url}
     for _ in range(limits.max_redirects + 1):
-        await check_url(url, limits.allow_private_networks)
+        await check_url(url, limits.allow_private_networks, limits.resolver)
         request = client.build_request("GET", url, headers=headers,
                                        timeout=httpx.Timeout(limits.timeout))
         response = await client.send(request, stream=True, follow_redirects=False)
@@ -254,10 +262,11 @@ def parse_feed(
     for name in ("content-type", "content-language"):
         if name in headers:
             fp_headers[name] = headers[name]
+    if declares_xml_entities(body, fp_headers):
+        return [], [], "not a feed: it declares XML entities (<!ENTITY …>), refused"
     # BytesIO, not bytes: given bytes, feedparser first tries to open them as a file path.
-    # XML attacks: its SAX parser has external entities off (no XXE); it drops <!ENTITY>
-    # declarations that nest entities when they start a line, and expat (>= 2.4) caps
-    # amplification for the rest. The tests cover both layouts.
+    # XML attacks: its SAX parser has external entities off (no XXE), and entity
+    # declarations are refused above, so neither expat nor its loose fallback expands any.
     parsed: Any = feedparser.parse(io.BytesIO(body), response_headers=fp_headers,
                                    sanitize_html=False)  # sanitising happens downstream
     entries = parsed.entries

@@ -15,6 +15,9 @@ from newsletter.render import Masthead, Renderer, archive_feed
 
 # Drafts, scheduled and cancelled issues are not public: only what went (or is going) out.
 PUBLIC_STATUSES = ("sending", "sent")
+# Hardening: /issues/99999999999999999999 reached the database and failed there with a 500
+# (the integer overflows SQLite's and PostgreSQL's); no issue can have such a number.
+MAX_ISSUE_NUMBER = 2**31 - 1
 _CACHE = {"cache-control": "public, max-age=300"}
 
 
@@ -45,7 +48,7 @@ def archive_routes(
         return renderer.render_archive_list(public_issues(), masthead, base)
 
     def issue_page(number: int) -> str | None:
-        issue = get_issue(number)
+        issue = get_issue(number) if number <= MAX_ISSUE_NUMBER else None
         if not is_public(issue):
             return None
         assert issue is not None
