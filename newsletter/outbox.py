@@ -31,7 +31,8 @@ class OutboxConnection:
         # Written inline rather than in a thread: a local write of ~60 KB costs less than
         # the thread hand-off would, and this transport is for development and archiving.
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=self.folder)
+            # Not "*.eml" while partial: readers globbing the outbox must never see it.
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self.folder)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(message)
