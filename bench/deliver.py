@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import pwd
@@ -434,7 +435,7 @@ def million(root: Path, sink: subprocess.Popen[bytes], count: int, checkpoints: 
     print(f"\n{count:,} ledger rows: seed {p.seed_s:.1f} s (INSERT … SELECT, recursive CTE), "
           f"enqueue {p.enqueue_s:.1f} s (start_sending, one INSERT … SELECT) — "
           f"{count / p.enqueue_s:,.0f} rows/s")
-    every = 10_000
+    every = min(10_000, math.gcd(*checkpoints))  # a progress line at every checkpoint
     proc = subprocess.Popen([sys.executable, __file__, "--child-send", str(config), str(every)],
                             stdout=subprocess.PIPE, text=True)
     lines: queue.Queue[tuple[float, str]] = queue.Queue()
@@ -450,10 +451,12 @@ def million(root: Path, sink: subprocess.Popen[bytes], count: int, checkpoints: 
     wanted = sorted(c for c in checkpoints if c <= count)
     peak = rss = hwm = ready_rss = 0
     try:
-        while wanted and proc.poll() is None and time.perf_counter() - start < budget:
+        while wanted and time.perf_counter() - start < budget:
             try:
                 when, line = lines.get(timeout=0.5)
             except queue.Empty:
+                if proc.poll() is not None:
+                    break  # the child finished (or failed) and every line has been read
                 line = ""
             with contextlib.suppress(FileNotFoundError, KeyError):
                 rss, hwm = proc_memory(proc.pid)

@@ -111,3 +111,5 @@ def test_issue_scores_low(make_settings: Callable[..., Settings], tmp_path: Path
     # Nothing about the message itself should look like bulk spam: no rule outside the
     # informational ones may cost more than the whole budget.
     assert all(points <= MAX_SCORE for points, _, _ in rules), hits
+    # Hidden text in the background colour (the preheader once was): see docs/spamassassin.md.
+    assert "HTML_FONT_LOW_CONTRAST" not in {name for _, name, _ in rules}, hits
