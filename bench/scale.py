@@ -2,10 +2,11 @@
 to Postfix's smtp-sink with 1, 2 and 4 `newsletter worker` processes sharing a PostgreSQL
 ledger, against the single SQLite process (`sending.run_worker`, what `newsletter issue send`
 runs with the default one worker), in the same run; then the time to enqueue 1,000,000
-subscribers (one INSERT … SELECT) on PostgreSQL and on SQLite.
+subscribers (one INSERT … SELECT) on PostgreSQL and on SQLite, and what a worker's claim and
+its idle poll cost on that ledger as the send progresses.
 
-    python bench/scale.py                                    # 20,000 subscribers, 1M enqueue
-    python bench/scale.py --subscribers 5000 --no-million    # quick look
+    python bench/scale.py                                    # 20,000 subscribers x 3, 1M enqueue
+    python bench/scale.py --subscribers 5000 --repeat 1 --no-million     # quick look
 
 PostgreSQL: --pg-url (default postgresql+psycopg://postgres@127.0.0.1:5432/test); every case
 runs in a schema of its own, dropped at the end.
@@ -549,7 +550,8 @@ def main() -> None:
                         help="[smtp] concurrency of every sending process")
     parser.add_argument("--batch-size", type=int, default=200, help="[delivery] batch_size")
     parser.add_argument("--dkim", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case, best kept")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of every case, interleaved; the best is kept")
     parser.add_argument("--pg-url", default=os.environ.get("NEWSLETTER_BENCH_PG_URL", PG_URL))
     parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=True,
                         help="time enqueueing --million-count subscribers on both databases")
