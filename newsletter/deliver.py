@@ -48,6 +48,8 @@ class Ledger(Protocol):
 
     def release(self, owner: str, now: datetime, retry_at: datetime, reply: str) -> int: ...
 
+    def renew(self, owner: str, ids: list[int], until: datetime, now: datetime) -> set[int]: ...
+
 
 class Stamp(Protocol):
     """A message built once per variant; per recipient only headers and links change."""
@@ -63,7 +65,8 @@ class Plan:
     variant_for: Callable[[tuple[str, ...]], Stamp | None]  # None: nothing for these sections
     urls_for: Callable[[Claimed], tuple[str, str]]  # (unsubscribe, preferences)
     message_id_for: Callable[[Claimed], str]
-    # Asked before each batch: a reason to stop (issue paused or cancelled), or None.
+    # Asked before each claim and every few seconds: a reason to stop (issue paused or
+    # cancelled, worker told to stop), or None.
     halt: Callable[[], str | None] = lambda: None
 
 
@@ -166,25 +169,38 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                   clock: Callable[[], datetime] = _now,
                   on_progress: Callable[[Summary], None] | None = None) -> Summary:
     """Work through every due row of the issue; stop early (rows deferred) if the server
-    refuses connections or answers 421."""
+    refuses connections or answers 421, or (rows freed at once) if `plan.halt` says so."""
     summary = Summary()
     recorder = Recorder(ledger, policy, clock)
     limiter = RateLimit(policy.rate)
-    abort: list[str] = []
+    abort: list[str] = []  # the server is in trouble: held rows wait `retry_initial`
+    halted: list[str] = []  # paused, cancelled or stopping: held rows are free again now
+    queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+    held: set[int] = set()  # leased by us and not yet settled
+    lost: set[int] = set()  # lease ran out and another worker took them: never send these
+    # Claim the next batch while this one is being sent, so connections never sit idle
+    # waiting for the slowest message of a batch.
+    low_water = max(policy.batch_size // 2, policy.concurrency)
+    wake = asyncio.Event()
 
-    async def work(queue: asyncio.Queue[Claimed]) -> None:
+    async def work() -> None:
         conn: Connection | None = None
         try:
-            while not abort:
-                try:
-                    row = queue.get_nowait()
-                except asyncio.QueueEmpty:
+            while not abort and not halted:
+                row = await queue.get()
+                if row is None:
                     return
+                if queue.qsize() <= low_water:
+                    wake.set()
+                if row.delivery_id in lost:
+                    held.discard(row.delivery_id)
+                    continue
                 stamp = plan.variant_for(row.sections) if row.email else None
                 if stamp is None:
                     why = "no longer subscribed" if not row.email else "no chosen section here"
                     await recorder.record(Settle(row.delivery_id, row.subscriber_id, "skipped",
                                                  None, why))
+                    held.discard(row.delivery_id)
                     summary.add("skipped")
                     continue
                 if conn is None:
@@ -192,6 +208,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                         conn = await pool.connect()
                     except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
                         abort.append(f"cannot connect: {exc}")
+                        wake.set()
                         return
                 try:
                     unsubscribe, preferences = plan.urls_for(row)
@@ -210,6 +227,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                     abort.append(f"server refused the sender: {result.reply}")
                 outcome = settle_for(row, result, policy, clock())
                 await recorder.record(outcome)
+                held.discard(row.delivery_id)
                 summary.add(outcome.status)
                 if on_progress:
                     on_progress(summary)
@@ -218,31 +236,85 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                     conn = None
                     if result.code == 421:
                         abort.append(f"server closed the session: {result.code} {result.reply}")
+                if abort:
+                    wake.set()
         finally:
             if conn is not None:
                 await _close(conn)
 
-    while not abort:
-        reason = await asyncio.to_thread(plan.halt)
-        if reason:
-            summary.stopped = reason
-            break
-        rows = await asyncio.to_thread(ledger.claim, plan.issue_id, owner, policy.batch_size,
-                                       policy.lease, clock())
-        if not rows:
-            break
-        queue: asyncio.Queue[Claimed] = asyncio.Queue()
-        for row in rows:
-            queue.put_nowait(row)
-        await asyncio.gather(*(work(queue) for _ in range(min(policy.concurrency, len(rows)))))
-    if abort:
-        summary.stopped = abort[0]
+    workers_done: list[bool] = []
+
+    async def feed(workers: int) -> None:
+        closing = False
+        renew_every = max(policy.lease.total_seconds() / 3, 0.05)
+        last_renew = next_halt = time.monotonic()
+        exhausted = False
+        try:
+            while True:
+                if held and time.monotonic() - last_renew >= renew_every:
+                    await renew()
+                    last_renew = time.monotonic()
+                if not closing:
+                    if not abort and not exhausted and (queue.qsize() <= low_water
+                                                        or time.monotonic() >= next_halt):
+                        reason = await asyncio.to_thread(plan.halt)
+                        next_halt = time.monotonic() + 2.0
+                        if reason:
+                            halted.append(reason)
+                    if not (abort or halted or exhausted) and queue.qsize() <= low_water:
+                        rows = await asyncio.to_thread(ledger.claim, plan.issue_id, owner,
+                                                       policy.batch_size, policy.lease, clock())
+                        held.update(r.delivery_id for r in rows)
+                        for row in rows:
+                            queue.put_nowait(row)
+                        exhausted = not rows
+                        if rows:
+                            continue
+                    closing = bool(abort or halted or (exhausted and queue.empty()))
+                    if closing:
+                        for _ in range(workers):
+                            queue.put_nowait(None)
+                if (closing and not held) or workers_done:
+                    return
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(renew_every, 2.0)):
+                        await wake.wait()
+        finally:
+            if not closing:  # the feeder failed: workers must not wait for rows forever
+                for _ in range(workers):
+                    queue.put_nowait(None)
+
+    async def renew() -> None:
+        # A lease must outlive the rows waiting in our queue, however slow the server:
+        # renew it, and drop any row another worker took after our lease ran out.
+        asked = list(held)
+        kept = await asyncio.to_thread(ledger.renew, owner, asked, clock() + policy.lease,
+                                       clock())
+        gone = (set(asked) - kept) & held
+        if gone:
+            lost.update(gone)
+            log.event("deliver.lease_lost", level=30, issue=plan.issue_id, rows=len(gone))
+
+    tasks = [asyncio.create_task(work()) for _ in range(max(policy.concurrency, 1))]
+    feeder = asyncio.create_task(feed(len(tasks)))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # Once the workers are gone nothing needs a lease renewed; rows still queued after
+        # a stop are released below.
+        workers_done.append(True)
+        wake.set()
+        await feeder  # raises the feeder's own error, if it had one
+    if abort or halted:
+        summary.stopped = (abort or halted)[0]
         now = clock()
-        held = await asyncio.to_thread(ledger.release, owner, now, now + policy.retry_initial,
-                                       summary.stopped)
-        summary.deferred += held
+        retry_at = now + policy.retry_initial if abort else now
+        freed = await asyncio.to_thread(ledger.release, owner, now, retry_at, summary.stopped)
+        if abort:
+            summary.deferred += freed
         log.event("deliver.stopped", level=30, issue=plan.issue_id, reason=summary.stopped,
-                  deferred=held)
+                  released=freed)
     return summary
 
 

@@ -40,12 +40,42 @@ class Settle:
     hard_bounce: bool = False
 
 
-def _due(issue_id: int, now: datetime) -> Any:
+def _due_kinds(issue_id: int, now: datetime) -> list[tuple[Any, Any]]:
+    """The three kinds of claimable row, each a range of ix_deliveries_claim read in index
+    order, so a claim touches only the rows it takes however long the ledger is (one OR
+    across them made the database read and sort the whole issue every batch)."""
     d = s.deliveries.c
-    return sa.and_(d.issue_id == issue_id, sa.or_(
-        sa.and_(d.status.in_(("queued", "deferred")), d.next_attempt_at <= now),
+    return [
         # A lease that ran out belongs to a worker that died: its rows are free again.
-        sa.and_(d.status == "sending", d.lease_until < now)))
+        (sa.and_(d.issue_id == issue_id, d.status == "sending", d.lease_until < now),
+         d.lease_until),
+        (sa.and_(d.issue_id == issue_id, d.status == "deferred", d.next_attempt_at <= now),
+         d.next_attempt_at),
+        (sa.and_(d.issue_id == issue_id, d.status == "queued", d.next_attempt_at <= now),
+         d.next_attempt_at),
+    ]
+
+
+def _settle_statement() -> Any:
+    """One UPDATE with bind parameters for every outcome, run as an executemany: building
+    and compiling a statement per row cost more than sending the message."""
+    d = s.deliveries.c
+    when = sa.bindparam("b_now", type_=s.UTCDateTime())
+    return (s.deliveries.update()
+            .where(d.id == sa.bindparam("b_id"), d.status != "sent")
+            .values(status=sa.bindparam("b_status", type_=sa.String()),
+                    last_code=sa.bindparam("b_code", type_=sa.Integer()),
+                    last_reply=sa.bindparam("b_reply", type_=sa.Text()),
+                    attempts=d.attempts + sa.bindparam("b_inc", type_=sa.Integer()),
+                    first_attempt_at=sa.func.coalesce(d.first_attempt_at, when),
+                    sent_at=sa.func.coalesce(
+                        sa.bindparam("b_sent_at", type_=s.UTCDateTime()), d.sent_at),
+                    next_attempt_at=sa.func.coalesce(
+                        sa.bindparam("b_next", type_=s.UTCDateTime()), d.next_attempt_at),
+                    lease_owner=None, lease_until=None, updated_at=when))
+
+
+_SETTLE = _settle_statement()
 
 
 class LedgerQueries:
@@ -74,14 +104,18 @@ class LedgerQueries:
               now: datetime) -> list[Claimed]:
         """Lease up to `limit` due rows; on PostgreSQL rows locked by others are skipped."""
         d = s.deliveries.c
-        ids = (sa.select(d.id).where(_due(issue_id, now)).order_by(d.id).limit(limit)
-               .with_for_update(skip_locked=True))
-        stmt = (s.deliveries.update().where(d.id.in_(ids.scalar_subquery()))
-                .values(status="sending", lease_owner=owner, lease_until=now + lease,
-                        updated_at=now)
-                .returning(d.id, d.subscriber_id, d.attempts, d.first_attempt_at))
+        rows: list[Any] = []
         with self.engine.begin() as conn:
-            rows = conn.execute(stmt).all()
+            for where, order in _due_kinds(issue_id, now):
+                if len(rows) >= limit:
+                    break
+                ids = (sa.select(d.id).where(where).order_by(order).limit(limit - len(rows))
+                       .with_for_update(skip_locked=True))
+                stmt = (s.deliveries.update().where(d.id.in_(ids.scalar_subquery()))
+                        .values(status="sending", lease_owner=owner, lease_until=now + lease,
+                                updated_at=now)
+                        .returning(d.id, d.subscriber_id, d.attempts, d.first_attempt_at))
+                rows.extend(conn.execute(stmt).all())
             if not rows:
                 return []
             sub = s.subscribers.c
@@ -96,24 +130,33 @@ class LedgerQueries:
                                r.first_attempt_at))
         return out
 
+    def renew(self, owner: str, ids: Sequence[int], until: datetime,
+              now: datetime) -> set[int]:
+        """Extend this worker's lease on rows it still holds; returns the ids it still owns
+        (a row missing here was taken over after our lease ran out and must not be sent)."""
+        d = s.deliveries.c
+        kept: set[int] = set()
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 500):
+                kept.update(conn.execute(
+                    s.deliveries.update()
+                    .where(d.id.in_(ids[i:i + 500]), d.lease_owner == owner,
+                           d.status == "sending")
+                    .values(lease_until=until, updated_at=now).returning(d.id)).scalars())
+        return kept
+
     def settle(self, results: Sequence[Settle], now: datetime, max_hard_bounces: int) -> None:
         """Record outcomes in one transaction; a row already sent is never downgraded."""
         if not results:
             return
-        d, sub = s.deliveries.c, s.subscribers.c
+        sub = s.subscribers.c
+        params = [{"b_id": r.delivery_id, "b_status": r.status, "b_code": r.code,
+                   "b_reply": r.reply[:500], "b_inc": 0 if r.status == "skipped" else 1,
+                   "b_now": now, "b_sent_at": now if r.status == "sent" else None,
+                   "b_next": r.next_attempt_at} for r in results]
         with self.engine.begin() as conn:
+            conn.execute(_SETTLE, params)
             for r in results:
-                values: dict[str, Any] = {
-                    "status": r.status, "last_code": r.code, "last_reply": r.reply[:500],
-                    "attempts": d.attempts + (0 if r.status == "skipped" else 1),
-                    "first_attempt_at": sa.func.coalesce(d.first_attempt_at, now),
-                    "lease_owner": None, "lease_until": None, "updated_at": now}
-                if r.status == "sent":
-                    values["sent_at"] = now
-                if r.next_attempt_at is not None:
-                    values["next_attempt_at"] = r.next_attempt_at
-                conn.execute(s.deliveries.update()
-                             .where(d.id == r.delivery_id, d.status != "sent").values(values))
                 if r.hard_bounce:
                     conn.execute(s.subscribers.update().where(sub.id == r.subscriber_id)
                                  .values(hard_bounces=sub.hard_bounces + 1, updated_at=now))
@@ -168,9 +211,12 @@ class LedgerQueries:
         return min((t for t in times if t is not None), default=None)
 
     def issues_with_due_rows(self, now: datetime) -> list[int]:
+        """Issues being sent that have a row to claim now: a few index probes per issue
+        rather than a scan of the whole ledger on every worker poll."""
         d = s.deliveries.c
-        q = sa.select(d.issue_id).where(
-            sa.or_(sa.and_(d.status.in_(("queued", "deferred")), d.next_attempt_at <= now),
-                   sa.and_(d.status == "sending", d.lease_until < now))).distinct()
         with self.engine.connect() as conn:
-            return [r.issue_id for r in conn.execute(q)]
+            sending = conn.execute(sa.select(s.issues.c.id)
+                                   .where(s.issues.c.status == "sending")).scalars().all()
+            return [issue_id for issue_id in sending
+                    if any(conn.execute(sa.select(d.id).where(where).limit(1)).first()
+                           for where, _ in _due_kinds(issue_id, now))]
