@@ -137,7 +137,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, *,
     else:
         click.echo("admin dashboard: off until NEWSLETTER_SECRETS_ADMIN_TOKEN is set")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
+        uvicorn.run(app, host=host, port=port, log_level="warning",
+                    forwarded_allow_ips=settings.server.forwarded_allow_ips or None)
     finally:
         store.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -101,6 +102,10 @@ class Schedule:
 class Server:
     host: str = opt("Address `newsletter serve` and `newsletter run` listen on.", "127.0.0.1")
     port: int = opt("Port they listen on.", 8000, minimum=1, maximum=65535)
+    forwarded_allow_ips: list[str] = opt(
+        "Reverse proxies whose X-Forwarded-For/-Proto are believed (the visitor's address, "
+        "https): addresses, networks such as 10.0.0.0/8, or '*'. Empty: uvicorn's default, "
+        "FORWARDED_ALLOW_IPS from the environment or else 127.0.0.1 and ::1.", [])
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,13 @@ def _check(settings: Settings, where: str) -> None:
     if settings.feeds.public_url:
         urls.append(("feeds.public_url", settings.feeds.public_url))
     _check_schedule(settings.schedule, where)
+    for ip in settings.server.forwarded_allow_ips:
+        try:
+            if ip != "*":
+                ipaddress.ip_network(ip, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: server.forwarded_allow_ips: expected IP addresses or "
+                              f"networks (or '*'), got {ip!r}") from None
     for i, src in enumerate(settings.sources):
         need = "path" if src.type == "folder" else "url"
         if not getattr(src, need):

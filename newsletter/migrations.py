@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -46,23 +47,72 @@ MIGRATIONS: list[tuple[int, str, Step]] = [
 ]
 
 
+# The two-key advisory lock: this constant names the migration lock, the schema is the second
+# key, so several schemas in one database (staging and prod, parallel tests) do not wait on
+# each other.
+PG_LOCK_KEY = 0x6E6C6D67  # "nlmg"
+_PG_LOCK_ARGS = f"{PG_LOCK_KEY}, hashtext(current_schema())"
+
+
 def current_version(conn: Connection) -> int:
     if not sa.inspect(conn).has_table("schema_version"):
         return 0
     return conn.execute(sa.select(sa.func.max(s.schema_version.c.version))).scalar() or 0
 
 
+def _pending(have: int, target: int | None) -> list[tuple[int, str, Step]]:
+    return [m for m in MIGRATIONS if m[0] > have and (target is None or m[0] <= target)]
+
+
 def migrate(conn: Connection, target: int | None = None) -> list[int]:
-    """Bring the schema up to `target` (default: latest); each step commits with its version."""
-    s.schema_version.create(conn, checkfirst=True)
+    """Bring the schema up to `target` (default: latest). Each step commits with its version;
+    a step that fails leaves the database at the version before it."""
+    pending = _pending(current_version(conn), target)
+    conn.commit()  # steps run in transactions of their own, begun under the lock
+    if not pending:
+        return []
+    if conn.dialect.name == "postgresql":
+        with _pg_lock(conn):
+            return _apply(conn, pending)
+    # SQLite: make_engine begins these with BEGIN IMMEDIATE, so the write lock is held
+    # before the version is re-read and processes starting together take turns.
+    conn.execution_options(sqlite_immediate=True)
+    try:
+        return _apply(conn, pending)
+    finally:
+        conn.execution_options(sqlite_immediate=False)
+
+
+@contextmanager
+def _pg_lock(conn: Connection) -> Iterator[None]:
+    """Processes opening one empty database at once migrate one after the other."""
+    conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_ARGS})")
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.invalidated:  # a lost session took its lock with it
+            conn.rollback()  # an aborted transaction would refuse the unlock
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_ARGS})")
+            conn.commit()
+
+
+def _apply(conn: Connection, pending: list[tuple[int, str, Step]]) -> list[int]:
     applied = []
-    have = current_version(conn)
-    for version, description, step in MIGRATIONS:
-        if version <= have or (target is not None and version > target):
-            continue
-        step(Operations(MigrationContext.configure(conn)))
-        conn.execute(s.schema_version.insert().values(
-            version=version, description=description, applied_at=datetime.now(UTC)))
-        conn.commit()
-        applied.append(version)
+    try:
+        for version, description, step in pending:
+            # Re-read inside this step's transaction: another process may have applied it
+            # while this one waited for the lock.
+            s.schema_version.create(conn, checkfirst=True)
+            if version <= current_version(conn):
+                conn.commit()
+                continue
+            step(Operations(MigrationContext.configure(conn)))
+            conn.execute(s.schema_version.insert().values(
+                version=version, description=description, applied_at=datetime.now(UTC)))
+            conn.commit()
+            applied.append(version)
+    except BaseException:
+        conn.rollback()  # on SQLite too, where make_engine makes the step's DDL transactional
+        raise
     return applied

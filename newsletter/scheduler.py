@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -177,23 +178,30 @@ def register_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
 
 class SingleScheduler:
     """Exactly one active scheduler per database: a lock file beside SQLite, an advisory lock
-    on PostgreSQL. Processes that lose the race stand by and take over if the holder dies."""
+    on PostgreSQL (one per schema). Processes that lose the race stand by and take over if
+    the holder dies; a holder whose lock session dies stands down and stands by."""
 
     ADVISORY_KEY = 0x6E6C7472  # "nltr"
+    # The two-key form: the schema is the second key, so staging and prod (or parallel
+    # tests) in one database each get their scheduler.
+    _PG_TRY_LOCK = f"SELECT pg_try_advisory_lock({ADVISORY_KEY}, hashtext(current_schema()))"
 
     def __init__(self, settings: Settings, store: Store, retry_seconds: float = 10.0) -> None:
         self.settings, self.store, self.retry = settings, store, retry_seconds
         self.scheduler: BackgroundScheduler | None = None
         self._held: Any = None
         self._stop = threading.Event()
-        self._standby: threading.Thread | None = None
+        self._watch: threading.Thread | None = None
 
     def _try_lock(self) -> bool:
         if self.store.engine.dialect.name == "postgresql":
             conn = self.store.engine.connect()
-            got = conn.exec_driver_sql(
-                f"SELECT pg_try_advisory_lock({self.ADVISORY_KEY})").scalar()
-            conn.commit()
+            try:
+                got = conn.exec_driver_sql(self._PG_TRY_LOCK).scalar()
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
             if got:
                 self._held = conn  # the lock lives as long as this session
                 return True
@@ -212,52 +220,85 @@ class SingleScheduler:
         self._held = handle
         return True
 
+    def _lock_alive(self) -> bool:
+        """Whether the session holding the advisory lock still exists (a restart of
+        PostgreSQL or pg_terminate_backend ends it and frees the lock for anyone)."""
+        if not isinstance(self._held, sa.Connection):
+            return True  # a lock file is held for as long as this process keeps it open
+        try:
+            self._held.exec_driver_sql("SELECT 1")
+            self._held.rollback()
+        except sa.exc.DBAPIError:
+            return False
+        return True
+
     def start(self) -> bool:
         """Start now if the lock is free (True); otherwise keep trying in the background."""
         global _RUNTIME
         _RUNTIME = Runtime(self.settings, self.store)
-        if self._try_lock():
+        active = self._try_lock()
+        if active:
             self._run()
-            return True
-        log.event("schedule.standby", reason="another scheduler holds the lock")
-        self._standby = threading.Thread(target=self._wait_for_lock, daemon=True)
-        self._standby.start()
-        return False
+        else:
+            log.event("schedule.standby", reason="another scheduler holds the lock")
+        self._watch = threading.Thread(target=self._watch_lock, name="scheduler-lock",
+                                       daemon=True)
+        self._watch.start()
+        return active
 
-    def _wait_for_lock(self) -> None:
+    def _watch_lock(self) -> None:
+        """Every retry interval: the holder checks its lock, a standby tries to take it."""
         while not self._stop.wait(self.retry):
-            if self._try_lock():
-                if not self._stop.is_set():
-                    self._run()
-                return
+            try:
+                if self.scheduler is None:
+                    if self._try_lock():
+                        self._run()
+                elif not self._lock_alive():
+                    log.event("schedule.lock_lost", level=40,
+                              action="scheduler stopped; standing by to take over again")
+                    self._stand_down()
+            except Exception as exc:  # the database is away: try again later, holding nothing
+                log.event("schedule.lock_check_failed", level=30, error=repr(exc))
+                self._stand_down()
+
+    def _stand_down(self) -> None:
+        scheduler, self.scheduler = self.scheduler, None  # send_now refuses from here on
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)  # jobs already running finish; the ledger's
+            # leases keep their deliveries apart from the new scheduler's
+        held, self._held = self._held, None
+        if isinstance(held, sa.Connection):
+            held.invalidate()  # ends the session and its lock; the pool would keep both
+        if held is not None:
+            held.close()
 
     def _run(self) -> None:
         scheduler = make_scheduler(self.settings, self.store)
         scheduler.add_listener(_on_missed, EVENT_JOB_MISSED)
         scheduler.add_listener(_on_error, EVENT_JOB_ERROR)
         scheduler.start(paused=True)
-        register_jobs(scheduler, self.settings)
+        try:
+            register_jobs(scheduler, self.settings)
+        except BaseException:
+            scheduler.shutdown(wait=False)  # the watch thread may try again: leave no thread
+            raise
         scheduler.resume()
         self.scheduler = scheduler
         log.event("schedule.started", jobs=",".join(j.id for j in scheduler.get_jobs()))
 
     def send_now(self, number: int) -> None:
-        if self.scheduler is None:
+        scheduler = self.scheduler
+        if scheduler is None:
             raise RuntimeError("this process is not the active scheduler")
-        self.scheduler.add_job(job_send, DateTrigger(), args=[number], id=f"send-{number}",
-                               replace_existing=True, misfire_grace_time=None)
+        scheduler.add_job(job_send, DateTrigger(), args=[number], id=f"send-{number}",
+                          replace_existing=True, misfire_grace_time=None)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._standby is not None:
-            self._standby.join()
-            self._standby = None
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
-            self.scheduler = None
-        if self._held is not None:
-            self._held.close()
-            self._held = None
+        if self._watch is not None:
+            self._watch.join()  # from here on only this thread changes the state
+            self._watch = None
+        self._stand_down()
 
 
 def next_runs(settings: Settings, store: Store) -> list[tuple[str, datetime | None]]:

@@ -21,19 +21,35 @@ from newsletter.store_subscribers import SubscriberQueries
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with SQLite tuned for one writer and many readers (WAL, busy timeout)."""
+    """An engine with SQLite tuned for one writer and many readers (WAL, busy timeout) and
+    with real transactions, DDL included."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite begins transactions only before INSERT/UPDATE/DELETE, so DDL and reads
+            # ran outside them (a failed migration step stayed half-applied); the "begin"
+            # event below issues BEGIN itself. SQLAlchemy's recipe for pysqlite.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            # Deferred by default, so readers never wait for the writer. A transaction that
+            # reads and then writes asks for the write lock first (sqlite_immediate): a
+            # read transaction that must become a writer fails at once, without busy wait,
+            # when another connection wrote meanwhile.
+            options = conn.get_execution_options()
+            if options.get("isolation_level") == "AUTOCOMMIT":
+                return  # e.g. for VACUUM, which refuses to run in a transaction
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
     return engine
 
 
@@ -74,8 +90,12 @@ class Store(IssueQueries, LedgerQueries, SubscriberQueries):
         self.url = url
         self.engine = make_engine(url)
         if migrate:
-            with self.engine.connect() as conn:
-                migrations.migrate(conn)
+            try:
+                with self.engine.connect() as conn:
+                    migrations.migrate(conn)
+            except BaseException:
+                self.engine.dispose()  # no caller holds this Store to close it
+                raise
 
     def close(self) -> None:
         self.engine.dispose()

@@ -195,7 +195,8 @@ class SubscriberQueries:
         such a row stays, unsubscribed, with its name and consent IP/user agent blanked; the
         address itself stays too, so no later import can quietly subscribe it again.
         """
-        with self.engine.begin() as conn:
+        # Reads, then writes: on SQLite take the write lock first (see store.make_engine).
+        with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
             if conn.execute(sa.select(_C.id).where(_C.id == subscriber_id)).first() is None:
                 return "missing"
             used = conn.execute(sa.select(s.deliveries.c.id).where(
@@ -259,7 +260,9 @@ class SubscriberQueries:
                 counts.merged += 1
             latest[row.email_key] = row
         keys = list(latest)
-        with self.engine.begin() as conn:
+        # On SQLite the write lock comes first, so no sign-up can land between SELECT and
+        # INSERT (see store.make_engine); PostgreSQL raises IntegrityError and retries.
+        with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
             existing: dict[str, Any] = {}
             for i in range(0, len(keys), _CHUNK):
                 q = sa.select(_C.id, _C.email_key, _C.status, _C.name).where(

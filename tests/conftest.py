@@ -16,26 +16,39 @@ PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh schema in the test PostgreSQL database, dropped afterwards."""
+def make_pg_url() -> Iterator[Callable[[], str]]:
+    """Fresh schemas in the test PostgreSQL database, each dropped afterwards."""
     if not PG_URL:
         pytest.skip("NEWSLETTER_TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
     engine = sa.create_engine(PG_URL)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schemas: list[str] = []
+
+    def make() -> str:
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        except sa.exc.OperationalError as exc:
+            pytest.skip(f"PostgreSQL at NEWSLETTER_TEST_DATABASE_URL is not reachable: "
+                        f"{str(exc).splitlines()[0]}")
+        schemas.append(schema)
+        sep = "&" if "?" in PG_URL else "?"
+        return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
     try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.skip(f"PostgreSQL at NEWSLETTER_TEST_DATABASE_URL is not reachable: "
-                    f"{str(exc).splitlines()[0]}")
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+        yield make
     finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        if schemas:  # none when the server was unreachable
+            with engine.begin() as conn:
+                for schema in schemas:
+                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         engine.dispose()
+
+
+@pytest.fixture
+def pg_url(make_pg_url: Callable[[], str]) -> str:
+    """A fresh schema in the test PostgreSQL database, dropped afterwards."""
+    return make_pg_url()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -70,6 +70,8 @@ BAD_FILES = [
      ["sources[0].url: expected an absolute http(s) URL"]),
     (BASE + '[[sources]]\ntype = "mailbox"\npath = "x"', ["sources[0].type: expected one of"]),
     (BASE + '[feeds]\npublic_url = "javascript:alert(1)"', ["feeds.public_url"]),
+    (BASE + '[server]\nforwarded_allow_ips = ["nginx.internal"]',
+     ["server.forwarded_allow_ips: expected IP addresses or networks", "'nginx.internal'"]),
     (BASE.replace('"Test"', '"Te\\u0001st"'), ["publication.name: expected text without "
                                                "control characters"]),
     (BASE.replace('"https://example.org/"', '"ftp://example.org/"'), ["publication.base_url"]),

@@ -196,3 +196,74 @@ def test_bad_cron_stops_the_start(make_settings: Callable[..., Settings], tmp_pa
 
     with pytest.raises(ConfigError, match="schedule.issue_cron"):
         schedule_settings(make_settings, tmp_path, cron, 60)
+
+
+PG_SCHEDULE = """
+[schedule]
+collect_minutes = 0
+issue_cron = "0 9 * * *"
+sweep_minutes = 60
+"""
+
+
+def lock_holder(url: str) -> int | None:
+    """The backend holding this schema's scheduler lock, as any other session sees it."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid::bigint = :key AND objsubid = 2"
+                " AND objid = hashtext(current_schema())::oid"),
+                {"key": sched.SingleScheduler.ADVISORY_KEY}).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_a_scheduler_whose_lock_session_dies_stands_down(
+        make_settings: Callable[..., Settings], pg_url: str) -> None:
+    from apscheduler.schedulers.base import STATE_STOPPED
+
+    settings = make_settings(PG_SCHEDULE, database_url=pg_url)
+    store_a, store_b = Store(pg_url), Store(pg_url)
+    a = sched.SingleScheduler(settings, store_a, retry_seconds=0.05)
+    b = sched.SingleScheduler(settings, store_b, retry_seconds=0.05)
+    admin = sa.create_engine(pg_url)
+    try:
+        assert a.start() is True and b.start() is False
+        acting = a.scheduler
+        killed = lock_holder(pg_url)
+        assert killed is not None
+        with admin.connect() as conn:  # as a PostgreSQL restart or an operator would
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                                {"pid": killed}).scalar()
+        wait_for(lambda: acting.state == STATE_STOPPED, 10)  # it noticed and stopped acting
+        # Both stand by now and race for the free lock: one wins, the holder of a new session.
+        wait_for(lambda: [x.scheduler is not None for x in (a, b)].count(True) == 1, 10)
+        assert lock_holder(pg_url) not in (None, killed)
+        winner, other = (a, b) if a.scheduler is not None else (b, a)
+        assert winner.scheduler is not acting
+        winner.stop()  # and when that one goes away, the other takes over
+        wait_for(lambda: other.scheduler is not None, 10)
+    finally:
+        a.stop()
+        b.stop()
+        admin.dispose()
+    store_a.close()
+    store_b.close()
+
+
+def test_each_schema_has_its_own_scheduler(make_settings: Callable[..., Settings],
+                                           make_pg_url: Callable[[], str]) -> None:
+    """Staging and prod (or parallel test runs) in one PostgreSQL database."""
+    stores = [Store(make_pg_url()) for _ in range(2)]
+    services = [sched.SingleScheduler(make_settings(PG_SCHEDULE, database_url=st.url), st)
+                for st in stores]
+    try:
+        assert [service.start() for service in services] == [True, True]
+    finally:
+        for service in services:
+            service.stop()
+        for st in stores:
+            st.close()

@@ -1,18 +1,21 @@
-"""Store: migrations build exactly the declared schema, keep data, and aware datetimes survive."""
+"""Store: migrations build the declared schema, keep data, take turns, and fail whole."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 
 from newsletter import migrations
 from newsletter.models import Article
-from newsletter.schema import articles, metadata
-from newsletter.store import Store, _article_row
+from newsletter.schema import articles, metadata, schema_version
+from newsletter.store import Store, _article_row, make_engine
 
 
 def make_article(n: int, **kw: object) -> Article:
@@ -81,3 +84,63 @@ def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
         raise AssertionError("naive datetime stored")
     finally:
         store.close()
+
+
+def test_concurrent_first_starts_migrate_once(db_url: str) -> None:
+    """Processes starting together on an empty database: all open it, each step once."""
+    engines = [make_engine(db_url) for _ in range(6)]
+    conns = [e.connect() for e in engines]  # connected beforehand, so they really race
+    start = threading.Barrier(len(conns))
+    results: list[list[int] | BaseException] = []
+
+    def first_start(conn: sa.Connection) -> None:
+        start.wait()
+        try:
+            results.append(migrations.migrate(conn))
+        except BaseException as exc:  # reported below, with the others' results
+            results.append(exc)
+
+    threads = [threading.Thread(target=first_start, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for conn, engine in zip(conns, engines, strict=True):
+        conn.close()
+        engine.dispose()
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    every = [v for v, _, _ in migrations.MIGRATIONS]
+    assert sorted(v for r in results if isinstance(r, list) for v in r) == every
+    store = Store(db_url)
+    with store.engine.connect() as conn:
+        assert migrations.current_version(conn) == every[-1]
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema_version)).scalar() \
+            == len(every)
+    store.close()
+
+
+def test_a_failing_step_leaves_the_previous_version(db_url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    Store(db_url).close()
+    latest = migrations.MIGRATIONS[-1][0]
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        before = set(sa.inspect(conn).get_table_names())
+
+    def half_done(op: Operations) -> None:
+        op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
+        op.add_column("articles", sa.Column("half_done", sa.Integer))
+        raise RuntimeError("step failed halfway")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        [*migrations.MIGRATIONS, (latest + 1, "fails halfway", half_done)])
+    with pytest.raises(RuntimeError, match="halfway"):
+        Store(db_url)
+    with engine.connect() as conn:
+        assert migrations.current_version(conn) == latest
+        assert set(sa.inspect(conn).get_table_names()) == before
+        assert "half_done" not in {c["name"] for c in sa.inspect(conn).get_columns("articles")}
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+    monkeypatch.undo()
+    Store(db_url).close()  # and the next start, with the step fixed, is an ordinary one

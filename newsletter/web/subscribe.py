@@ -170,8 +170,8 @@ def _first(fields: Fields, name: str) -> str:
 
 
 def _client_ip(request: Request) -> str:
-    # Behind a reverse proxy run uvicorn with --proxy-headers (and forwarded_allow_ips) so
-    # that this is the visitor, not the proxy.
+    # uvicorn puts the visitor here from X-Forwarded-For only when the proxy's address is in
+    # [server] forwarded_allow_ips (default: loopback); otherwise this is the proxy.
     return request.client.host if request.client else "unknown"
 
 
