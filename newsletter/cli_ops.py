@@ -111,7 +111,8 @@ def register(issue: click.Group, cli: click.Group) -> None:
             due = set(store.issues_with_due_rows(collecting.now_utc()))
             for it in sending_now:
                 if it.id in due and not stop.is_set():
-                    sending.run_worker(settings, store, sending.get_sendable(store, it.number))
+                    sending.run_worker(settings, store, sending.get_sendable(store, it.number),
+                                       stop=stop)
             if once:
                 return
             stop.wait(poll)

@@ -35,6 +35,9 @@ class Runtime:
     settings: Settings
     store: Store
     sending: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the process shuts down: a delivery in progress stops after the messages in
+    # flight and gives its rows back, rather than holding the shutdown until it is done.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 _RUNTIME: Runtime | None = None
@@ -85,7 +88,7 @@ def _send(rt: Runtime, number: int, *, start: bool) -> None:
             sending.start_sending(rt.settings, rt.store, issue)
             issue = sending.get_sendable(rt.store, number)
         if issue.status == "sending":
-            sending.run_worker(rt.settings, rt.store, issue)
+            sending.run_worker(rt.settings, rt.store, issue, stop=rt.stopping)
 
 
 def job_sweep() -> None:
@@ -295,6 +298,8 @@ class SingleScheduler:
 
     def stop(self) -> None:
         self._stop.set()
+        if _RUNTIME is not None:
+            _RUNTIME.stopping.set()
         if self._watch is not None:
             self._watch.join()  # from here on only this thread changes the state
             self._watch = None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -72,7 +74,7 @@ class Variants:
 
 
 def make_plan(settings: Settings, store: Store, issue: Issue, *,
-              now: datetime | None = None) -> Plan:
+              now: datetime | None = None, stop: threading.Event | None = None) -> Plan:
     assert issue.id is not None
     identity = identity_from_settings(settings)
     secret = load_or_create_secret(settings)
@@ -86,6 +88,8 @@ def make_plan(settings: Settings, store: Store, issue: Issue, *,
         return message_id(issue.number, row.subscriber_id, identity.message_id_domain)
 
     def halt() -> str | None:
+        if stop is not None and stop.is_set():
+            return "worker stopping; its rows are free for the next run"
         current = store.get_issue(issue.number, with_articles=False)
         status = current.status if current else "deleted"
         return None if status in ("sending", "sent") else f"issue {issue.number} is {status}"
@@ -154,11 +158,14 @@ def release_dead_local_workers(store: Store, issue: Issue) -> int:
 
 
 def run_worker(settings: Settings, store: Store, issue: Issue, *,
-               on_progress: Callable[[Summary], None] | None = None) -> Summary:
-    """Deliver every due row of the issue from this process, then mark it sent if done."""
+               on_progress: Callable[[Summary], None] | None = None,
+               stop: threading.Event | None = None) -> Summary:
+    """Deliver every due row of the issue from this process, then mark it sent if done.
+    Setting `stop` (SIGTERM) ends the run within a few seconds: messages in flight finish
+    and every row still held is given back at once."""
     release_dead_local_workers(store, issue)
     pool = pool_from_settings(settings)
-    summary = asyncio.run(deliver(store, make_plan(settings, store, issue), pool,
+    summary = asyncio.run(deliver(store, make_plan(settings, store, issue, stop=stop), pool,
                                   policy(settings),
                                   owner=worker_id(), on_progress=on_progress))
     finish_if_done(store, issue)
@@ -231,10 +238,12 @@ def _child(config_path: str, number: int) -> None:
     from newsletter.log import setup
 
     setup("WARNING")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = load_settings(config_path)
     store = Store(settings.storage.database_url)
     try:
-        run_worker(settings, store, get_sendable(store, number))
+        run_worker(settings, store, get_sendable(store, number), stop=stop)
     finally:
         store.close()
 
