@@ -23,6 +23,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from newsletter.deliver import SendResult
 from newsletter.errors import NewsletterError
 from newsletter.mail import WireMessage
+from newsletter.smtp_replies import Reply, ReplyReader
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -78,19 +79,25 @@ def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None
 
 class SmtpConnection:
     """One authenticated (and encrypted, unless security = 'none') session, reused for many
-    messages by one task at a time."""
+    messages by one task at a time. aiosmtplib sets it up; mail transactions then run on a
+    ReplyReader, pipelined when the server offers PIPELINING."""
 
     def __init__(self, client: aiosmtplib.SMTP, where: str, *, smtputf8: bool,
-                 timeout: float) -> None:
+                 timeout: float, pipelining: bool = True) -> None:
         self._client = client
-        self._transport = client.transport  # kept: aiosmtplib forgets it when it closes
+        # Kept: aiosmtplib forgets it when it closes. (uvloop's transports are not
+        # asyncio.Transport subclasses, hence a cast rather than a check.)
+        self._transport = cast(asyncio.Transport, client.transport)
         self.where = where  # "host:port", for the operator
         self._smtputf8 = smtputf8
+        self._server_utf8 = client.supports_extension("smtputf8")
         self._timeout = timeout
+        self.pipelining = pipelining and client.supports_extension("pipelining")
+        self._replies = ReplyReader(self._transport)
 
     @property
     def usable(self) -> bool:
-        return self._client.is_connected
+        return self._replies.usable
 
     async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
         """Deliver to one recipient; never raises for SMTP or network trouble."""
@@ -99,53 +106,65 @@ class SmtpConnection:
                 return SendResult("failed", None, f"invalid envelope address {address!r}")
         if not self.usable:
             return SendResult("deferred", None, "connection already closed", close=True)
-        options: list[bytes] = []
+        option = b""
         encoding = "ascii"
         if not (sender.isascii() and recipient.isascii()):
             if not self._smtputf8:
                 return SendResult("failed", None, "address needs SMTPUTF8 (mail.smtputf8 off)")
-            if not self._client.supports_extension("smtputf8"):
+            if not self._server_utf8:
                 return SendResult("failed", None, f"{self.where} does not offer SMTPUTF8")
-            options, encoding = [b"SMTPUTF8"], "utf-8"
-        payload = _dot_stuffed(message)
+            option, encoding = b" SMTPUTF8", "utf-8"
+        # Raw commands: the addresses were validated above and need only the brackets.
+        commands = (b"MAIL FROM:<%s>%s\r\n" % (sender.encode(encoding), option),
+                    b"RCPT TO:<%s>\r\n" % recipient.encode(encoding), b"DATA\r\n")
+        payload = _dot_stuffed(message) + b".\r\n"
         stage = "MAIL"
         try:
-            # Raw commands rather than mail()/rcpt(): those re-parse each address with
-            # email.utils (tens of µs); ours were validated above and need only the brackets.
-            await self._command((250,), b"MAIL", b"FROM:<%s>" % sender.encode(encoding),
-                                *options)
-            stage = "RCPT"
-            await self._command((250, 251), b"RCPT", b"TO:<%s>" % recipient.encode(encoding))
-            stage = "DATA"
-            await self._command((354,), b"DATA")
-            protocol = self._client.protocol
-            if protocol is None:
-                raise SMTPServerDisconnected("connection lost")
-            # aiosmtplib's data() cannot tell a timeout before the final dot (nothing sent:
-            # retry) from one after it (maybe delivered), so the data is written here.
-            protocol.write(payload)
-            protocol.write(b".\r\n")
+            replies = await self._envelope(commands)
+            for stage, ok, reply in zip(_STAGES, _ACCEPT, replies, strict=False):
+                if reply.code not in ok:
+                    if len(replies) == 3 and replies[2].code == 354:
+                        # Pipelined DATA accepted although a recipient was refused: end the
+                        # empty transaction (RFC 2920 §3.1) before resetting.
+                        self._replies.write(b".\r\n")
+                        await self._replies.read(1, self._timeout)
+                    return await self._refused(stage, reply.code, reply.message)
+            if len(replies) < 3:
+                stage = _STAGES[len(replies)]
+                raise self._replies.error or SMTPServerDisconnected("connection lost")
             stage = "dot"
-            reply = await protocol.read_response(timeout=self._timeout)
+            self._replies.write(payload)
+            end = await self._replies.read(1, self._timeout)
+            if not end:
+                raise self._replies.error or SMTPServerDisconnected("connection lost")
         except SMTPResponseException as exc:
             return await self._refused(stage, exc.code, exc.message)
         except (SMTPTimeoutError, TimeoutError) as exc:
             return self._lost(stage, f"timed out: {exc}")
         except (SMTPServerDisconnected, OSError) as exc:
             return self._lost(stage, f"connection lost: {exc}")
-        except SMTPException as exc:
-            return self._lost(stage, str(exc))
         except asyncio.CancelledError:
             self._drop()  # mid-transaction state is unknown: never reuse it
             raise
-        if 200 <= reply.code < 300:
-            return SendResult("sent", reply.code, _one_line(f"{reply.code} {reply.message}"))
-        return await self._refused("end of data", reply.code, reply.message)
+        code, text = end[0]
+        if 200 <= code < 300:
+            return SendResult("sent", code, _one_line(f"{code} {text}"))
+        return await self._refused("end of data", code, text)
 
-    async def _command(self, ok: tuple[int, ...], *args: bytes) -> None:
-        reply = await self._client.execute_command(*args)
-        if reply.code not in ok:
-            raise SMTPResponseException(reply.code, reply.message)
+    async def _envelope(self, commands: tuple[bytes, bytes, bytes]) -> list[Reply]:
+        """MAIL, RCPT, DATA: in one write when pipelining, else each after the previous
+        reply. Stops at the first refusal when not pipelining."""
+        if self.pipelining:
+            self._replies.write(b"".join(commands))
+            return await self._replies.read(3, self._timeout)
+        replies: list[Reply] = []
+        for command, ok in zip(commands, _ACCEPT, strict=True):
+            self._replies.write(command)
+            got = await self._replies.read(1, self._timeout)
+            replies += got
+            if not got or got[0].code not in ok:
+                break
+        return replies
 
     async def _refused(self, stage: str, code: int, message: str) -> SendResult:
         text = _one_line(f"{stage}: {code} {message}")
@@ -158,8 +177,11 @@ class SmtpConnection:
         status: Literal["deferred", "failed"] = "deferred" if code < 500 else "failed"
         if stage == "end of data":
             return SendResult(status, code, text)  # the transaction is over either way
-        try:
-            await self._client.rset()  # clear the half-open transaction to reuse the session
+        try:  # clear the half-open transaction to reuse the session
+            self._replies.write(b"RSET\r\n")
+            reset = await self._replies.read(1, self._timeout)
+            if not reset or reset[0].code != 250:
+                raise SMTPServerDisconnected("RSET refused")
         except (SMTPException, OSError, TimeoutError):
             self._drop()
             return SendResult(status, code, text, close=True)
@@ -167,6 +189,7 @@ class SmtpConnection:
 
     def _drop(self) -> None:
         _hard_close(self._client, self._transport)
+        self._transport.abort()
 
     def _lost(self, stage: str, why: str) -> SendResult:
         self._drop()
@@ -178,9 +201,10 @@ class SmtpConnection:
 
     async def close(self) -> None:
         """QUIT if still connected, then drop the connection; never raises."""
-        if self._client.is_connected:
+        if self.usable:
             with contextlib.suppress(SMTPException, OSError, TimeoutError):
-                await self._client.quit(timeout=_QUIT_TIMEOUT)
+                self._replies.write(b"QUIT\r\n")
+                await self._replies.read(1, _QUIT_TIMEOUT)
         self._drop()
 
     async def __aenter__(self) -> SmtpConnection:
@@ -188,6 +212,10 @@ class SmtpConnection:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+_STAGES = ("MAIL", "RCPT", "DATA")
+_ACCEPT: tuple[tuple[int, ...], ...] = ((250,), (250, 251), (354,))
 
 
 def _is_loopback(address: str) -> bool:
@@ -213,7 +241,7 @@ class SmtpPool:
     def __init__(self, hosts: list[tuple[str, int]], security: Security = "starttls",
                  username: str = "", password: str = "", timeout: float = 60.0,
                  tls_context: ssl.SSLContext | None = None, smtputf8: bool = False,
-                 local_hostname: str | None = None) -> None:
+                 local_hostname: str | None = None, pipelining: bool = True) -> None:
         if not hosts:
             raise ValueError("SmtpPool needs at least one host")
         if security not in ("starttls", "tls", "none"):
@@ -227,6 +255,7 @@ class SmtpPool:
         self.smtputf8 = smtputf8
         # The EHLO name, looked up once: aiosmtplib would otherwise ask DNS per connection.
         self.local_hostname = local_hostname
+        self.pipelining = pipelining
 
     def __repr__(self) -> str:  # no password, ever
         return f"SmtpPool(hosts={self.hosts!r}, security={self.security!r})"
@@ -239,7 +268,7 @@ class SmtpPool:
                                             for h in smtp.fallback_hosts]
         security = cast(Security, smtp.security)  # validated against the choices on load
         return cls(hosts, security, smtp.username, smtp.password, smtp.timeout, tls_context,
-                   settings.mail.smtputf8)
+                   settings.mail.smtputf8, pipelining=smtp.pipelining)
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:  # built once: loading the CA store costs milliseconds
@@ -293,7 +322,8 @@ class SmtpPool:
         except BaseException:
             _hard_close(client)
             raise
-        return SmtpConnection(client, where, smtputf8=self.smtputf8, timeout=self.timeout)
+        return SmtpConnection(client, where, smtputf8=self.smtputf8, timeout=self.timeout,
+                              pipelining=self.pipelining)
 
     async def _login(self, client: aiosmtplib.SMTP, where: str) -> None:
         # The peer actually reached, not the configured name, decides what "local" means.

@@ -82,6 +82,14 @@ class _Handler:
         if self.o.delay:
             await asyncio.sleep(self.o.delay)
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        # aiosmtpd reads pipelined commands fine but does not say so; real relays do.
+        session.host_name = hostname
+        if self.o.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         self.o._log("MAIL", server)
@@ -175,6 +183,7 @@ class SmtpTestServer:
     drop_after_data: set[str] = field(default_factory=set)  # close, no reply, after the dot
     hang_after_data: bool | set[str] = False  # no reply after the dot (all, or these)
     delay: float = 0.0  # seconds before each MAIL / RCPT / DATA reply
+    pipelining: bool = True  # offer PIPELINING (RFC 2920) in the EHLO reply
     auth: tuple[str, str] | None = None  # (user, password) required before MAIL
     tls: Literal["starttls", "broken", "implicit"] | None = None
     host: str = "127.0.0.1"

@@ -6,13 +6,16 @@ import asyncio
 import email
 import email.policy
 import socket
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from newsletter.mail import MailIdentity, MessageTemplate, message_id
 from newsletter.outbox import OutboxPool
+from newsletter.pipeline.sending import run_loop
 from newsletter.smtp import (
     SendResult,
     SmtpPool,
@@ -23,6 +26,7 @@ from newsletter.smtp import (
 )
 from tests.smtpserver import SmtpTestServer
 
+T = TypeVar("T")
 SENDER = "bounces@example.org"
 GOOD = "reader@example.com"
 IDENTITY = MailIdentity("news@example.org", "The Ledger", "", "ledger.example.org",
@@ -39,7 +43,22 @@ def make_message(to: str = GOOD, n: int = 1) -> bytes:
                            date=datetime(2024, 6, 3, 9, 0, tzinfo=UTC))
 
 
+PIPELINING = [True]  # every test runs with and without it (see the fixture below)
+UVLOOP = [False]  # and the pipelined runs once more on uvloop, as deliveries run
+
+
+@pytest.fixture(autouse=True, params=[(True, True), (True, False), (False, False)],
+                ids=["pipelined-uvloop", "pipelined", "one-by-one"])
+def _client_mode(request: pytest.FixtureRequest) -> None:
+    PIPELINING[0], UVLOOP[0] = request.param
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    return run_loop(main) if UVLOOP[0] else asyncio.run(main)
+
+
 def pool(srv: SmtpTestServer, **kw: object) -> SmtpPool:
+    kw.setdefault("pipelining", PIPELINING[0])
     kw.setdefault("security", "none")
     kw.setdefault("timeout", 5.0)
     return SmtpPool([(srv.host, srv.port)], local_hostname="client.test", **kw)  # type: ignore[arg-type]
@@ -62,7 +81,7 @@ def closed_port() -> int:
 def test_sent_and_received_intact() -> None:
     message = make_message()
     with SmtpTestServer() as srv:
-        result = asyncio.run(send_one(pool(srv), message=message))
+        result = run(send_one(pool(srv), message=message))
         got = srv.messages
     assert result.status == "sent" and result.code == 250 and not result.close
     assert "\n" not in result.reply
@@ -74,12 +93,28 @@ def test_sent_and_received_intact() -> None:
     assert text == "Hi Reader\n.starts with a dot\n..two\n"
 
 
+@pytest.mark.parametrize("offered", [True, False])
+def test_pipelining_is_used_only_when_offered_and_wanted(offered: bool) -> None:
+    async def go(p: SmtpPool) -> tuple[bool, SendResult]:
+        conn = await p.connect()
+        try:
+            return conn.pipelining, await conn.send(SENDER, GOOD, make_message())
+        finally:
+            await conn.close()
+
+    with SmtpTestServer(pipelining=offered) as srv:
+        used, result = run(go(pool(srv)))
+        assert used == (offered and PIPELINING[0])
+        assert result.status == "sent" and [m.rcpt_tos for m in srv.messages] == [(GOOD,)]
+        assert [verb for verb, _ in srv.commands] == ["MAIL", "RCPT", "DATA"]
+
+
 @pytest.mark.parametrize(("code", "status"), [(450, "deferred"), (452, "deferred"),
                                               (550, "failed"), (553, "failed")])
 def test_rcpt_replies_and_connection_reused(code: int, status: str) -> None:
     bad = f"user{code}@example.com"
 
-    async def run(p: SmtpPool) -> tuple[SendResult, SendResult]:
+    async def go(p: SmtpPool) -> tuple[SendResult, SendResult]:
         conn = await p.connect()
         try:
             first = await conn.send(SENDER, bad, make_message(bad))
@@ -89,7 +124,7 @@ def test_rcpt_replies_and_connection_reused(code: int, status: str) -> None:
             await conn.close()
 
     with SmtpTestServer(rcpt_codes={bad: code}) as srv:
-        first, second = asyncio.run(run(pool(srv)))
+        first, second = run(go(pool(srv)))
         got = srv.messages
     assert (first.status, first.code, first.close) == (status, code, False)
     assert first.reply.startswith(f"RCPT: {code} ")
@@ -101,7 +136,7 @@ def test_rcpt_replies_and_connection_reused(code: int, status: str) -> None:
 def test_data_refused_fails(code: int) -> None:
     bad = f"big{code}@example.com"
 
-    async def run(p: SmtpPool) -> tuple[SendResult, SendResult]:
+    async def go(p: SmtpPool) -> tuple[SendResult, SendResult]:
         conn = await p.connect()
         try:
             return (await conn.send(SENDER, bad, make_message(bad)),
@@ -110,14 +145,14 @@ def test_data_refused_fails(code: int) -> None:
             await conn.close()
 
     with SmtpTestServer(data_codes={bad: code}) as srv:
-        first, second = asyncio.run(run(pool(srv)))
+        first, second = run(go(pool(srv)))
     assert (first.status, first.code, first.close) == ("failed", code, False)
     assert first.reply.startswith(f"end of data: {code} ")
     assert second.status == "sent"
 
 
 def test_421_closes_then_a_new_connection_works() -> None:
-    async def run(p: SmtpPool) -> list[SendResult]:
+    async def go(p: SmtpPool) -> list[SendResult]:
         conn = await p.connect()
         results = [await conn.send(SENDER, GOOD, make_message(n=i)) for i in range(3)]
         await conn.close()
@@ -125,7 +160,7 @@ def test_421_closes_then_a_new_connection_works() -> None:
         return results
 
     with SmtpTestServer(close_after=2) as srv:
-        results = asyncio.run(run(pool(srv)))
+        results = run(go(pool(srv)))
         got = srv.messages
     assert [r.status for r in results] == ["sent", "sent", "deferred", "sent"]
     assert (results[2].code, results[2].close) == (421, True)
@@ -133,7 +168,7 @@ def test_421_closes_then_a_new_connection_works() -> None:
 
 
 def test_dropped_connection_defers_and_closes() -> None:
-    async def run(p: SmtpPool) -> tuple[SendResult, bool, SendResult]:
+    async def go(p: SmtpPool) -> tuple[SendResult, bool, SendResult]:
         conn = await p.connect()
         first = await conn.send(SENDER, "drop@example.com", make_message("drop@example.com"))
         usable = conn.usable
@@ -141,7 +176,7 @@ def test_dropped_connection_defers_and_closes() -> None:
         return first, usable, await send_one(p)
 
     with SmtpTestServer(drop_on_rcpt={"drop@example.com"}) as srv:
-        first, usable, again = asyncio.run(run(pool(srv)))
+        first, usable, again = run(go(pool(srv)))
         got = srv.messages
     assert (first.status, first.code, first.close) == ("deferred", None, True)
     assert not usable and again.status == "sent" and len(got) == 1
@@ -149,14 +184,14 @@ def test_dropped_connection_defers_and_closes() -> None:
 
 def test_slow_reply_before_data_end_defers() -> None:
     with SmtpTestServer(delay=1.0) as srv:
-        result = asyncio.run(send_one(pool(srv, timeout=0.2)))
+        result = run(send_one(pool(srv, timeout=0.2)))
     assert (result.status, result.close) == ("deferred", True)
     assert "timed out" in result.reply
 
 
 def test_no_reply_after_final_dot_is_unknown() -> None:
     with SmtpTestServer(hang_after_data=True) as srv:
-        result = asyncio.run(send_one(pool(srv, timeout=0.3)))
+        result = run(send_one(pool(srv, timeout=0.3)))
         got = srv.messages
     assert (result.status, result.code, result.close) == ("unknown", None, True)
     assert len(got) == 1  # the server did get it: exactly why the outcome is unknown
@@ -164,28 +199,28 @@ def test_no_reply_after_final_dot_is_unknown() -> None:
 
 def test_connection_dropped_after_final_dot_is_unknown() -> None:
     with SmtpTestServer(drop_after_data={GOOD}) as srv:
-        result = asyncio.run(send_one(pool(srv)))
+        result = run(send_one(pool(srv)))
     assert (result.status, result.close) == ("unknown", True)
 
 
 def test_starttls_required_but_not_offered() -> None:
     with SmtpTestServer() as srv:
         with pytest.raises(SmtpSetupError, match="does not offer STARTTLS"):
-            asyncio.run(send_one(pool(srv, security="starttls")))
+            run(send_one(pool(srv, security="starttls")))
         assert srv.messages == [] and srv.commands == []  # not even MAIL in plain text
 
 
 def test_starttls_offered_then_refused() -> None:
     with SmtpTestServer(tls="broken") as srv:
         with pytest.raises(SmtpSetupError, match="STARTTLS failed"):
-            asyncio.run(send_one(pool(srv, security="starttls",
+            run(send_one(pool(srv, security="starttls",
                                       tls_context=srv.client_context())))
         assert srv.messages == [] and srv.commands == []
 
 
 def test_starttls_with_trusted_self_signed_certificate() -> None:
     with SmtpTestServer(tls="starttls") as srv:
-        result = asyncio.run(send_one(pool(srv, security="starttls",
+        result = run(send_one(pool(srv, security="starttls",
                                            tls_context=srv.client_context())))
         got = srv.messages
     assert result.status == "sent"
@@ -195,13 +230,13 @@ def test_starttls_with_trusted_self_signed_certificate() -> None:
 def test_starttls_with_untrusted_certificate_is_a_setup_error() -> None:
     with SmtpTestServer(tls="starttls") as srv:
         with pytest.raises(SmtpSetupError, match="STARTTLS failed"):
-            asyncio.run(send_one(pool(srv, security="starttls")))  # system CAs only
+            run(send_one(pool(srv, security="starttls")))  # system CAs only
         assert srv.messages == []
 
 
 def test_implicit_tls() -> None:
     with SmtpTestServer(tls="implicit") as srv:
-        result = asyncio.run(send_one(pool(srv, security="tls",
+        result = run(send_one(pool(srv, security="tls",
                                            tls_context=srv.client_context())))
         got = srv.messages
     assert result.status == "sent" and got[0].tls
@@ -209,7 +244,7 @@ def test_implicit_tls() -> None:
 
 def test_auth_ok() -> None:
     with SmtpTestServer(auth=("mailer", "s3cret-pw")) as srv:
-        result = asyncio.run(send_one(pool(srv, username="mailer", password="s3cret-pw")))
+        result = run(send_one(pool(srv, username="mailer", password="s3cret-pw")))
         got = srv.messages
     assert result.status == "sent" and got[0].user == "mailer"
 
@@ -218,7 +253,7 @@ def test_auth_refused_never_shows_the_password() -> None:
     with SmtpTestServer(auth=("mailer", "s3cret-pw")) as srv:
         p = pool(srv, username="mailer", password="wrong-Pa55word")
         with pytest.raises(SmtpSetupError) as info:
-            asyncio.run(send_one(p))
+            run(send_one(p))
         assert srv.messages == []
     exc = info.value
     assert "authentication failed (535" in str(exc)
@@ -231,18 +266,18 @@ def test_auth_in_plain_text_to_a_remote_host_is_refused(monkeypatch: pytest.Monk
     monkeypatch.setattr("newsletter.smtp._is_loopback", lambda address: False)
     with SmtpTestServer(auth=("mailer", "pw")) as srv:
         with pytest.raises(SmtpSetupError, match="refusing AUTH without TLS"):
-            asyncio.run(send_one(pool(srv, username="mailer", password="pw")))
+            run(send_one(pool(srv, username="mailer", password="pw")))
         assert srv.messages == []
 
 
 def test_implicit_tls_with_untrusted_certificate_is_a_setup_error() -> None:
     with SmtpTestServer(tls="implicit") as srv, pytest.raises(SmtpSetupError, match="TLS failed"):
-        asyncio.run(send_one(pool(srv, security="tls")))
+        run(send_one(pool(srv, security="tls")))
 
 
 def test_auth_required_but_not_configured_fails() -> None:
     with SmtpTestServer(auth=("mailer", "pw")) as srv:
-        result = asyncio.run(send_one(pool(srv)))
+        result = run(send_one(pool(srv)))
     assert (result.status, result.code) == ("failed", 530)  # 5xx: a configuration problem
 
 
@@ -251,14 +286,14 @@ def test_failover_to_the_next_host() -> None:
         p = SmtpPool([("127.0.0.1", closed_port()), (srv.host, srv.port)], security="none",
                      timeout=5.0, local_hostname="client.test")
 
-        async def run() -> tuple[str, SendResult]:
+        async def go() -> tuple[str, SendResult]:
             conn = await p.connect()
             try:
                 return conn.where, await conn.send(SENDER, GOOD, make_message())
             finally:
                 await conn.close()
 
-        where, result = asyncio.run(run())
+        where, result = run(go())
     assert where == f"{srv.host}:{srv.port}" and result.status == "sent"
 
 
@@ -266,14 +301,14 @@ def test_no_host_reachable() -> None:
     p = SmtpPool([("127.0.0.1", closed_port()), ("127.0.0.1", closed_port())],
                  security="none", timeout=2.0, local_hostname="client.test")
     with pytest.raises(SmtpUnavailable, match="127.0.0.1"):
-        asyncio.run(p.connect())
+        run(p.connect())
 
 
 def test_smtputf8_addresses() -> None:
     to = "zoë@example.com"
     with SmtpTestServer() as srv:
-        off = asyncio.run(send_one(pool(srv), to=to, message=b"Subject: x\r\n\r\nbody\r\n"))
-        on = asyncio.run(send_one(pool(srv, smtputf8=True), to=to,
+        off = run(send_one(pool(srv), to=to, message=b"Subject: x\r\n\r\nbody\r\n"))
+        on = run(send_one(pool(srv, smtputf8=True), to=to,
                                   message=b"Subject: x\r\n\r\nbody\r\n"))
         got = srv.messages
     assert off.status == "failed" and "SMTPUTF8" in off.reply
@@ -282,7 +317,7 @@ def test_smtputf8_addresses() -> None:
 
 def test_injected_envelope_address_is_refused_locally() -> None:
     with SmtpTestServer() as srv:
-        result = asyncio.run(send_one(pool(srv), to="a@example.com>\r\nRCPT TO:<b@x.org",
+        result = run(send_one(pool(srv), to="a@example.com>\r\nRCPT TO:<b@x.org",
                                       message=make_message()))
         assert srv.messages == [] and srv.commands == []
     assert result.status == "failed"
@@ -290,7 +325,7 @@ def test_injected_envelope_address_is_refused_locally() -> None:
 
 def test_bare_line_feeds_are_sent_as_crlf() -> None:
     with SmtpTestServer() as srv:
-        result = asyncio.run(send_one(pool(srv), message=b"Subject: lf\n\n.one\ntwo"))
+        result = run(send_one(pool(srv), message=b"Subject: lf\n\n.one\ntwo"))
         got = srv.messages
     assert result.status == "sent"
     assert got[0].data == b"Subject: lf\r\n\r\n.one\r\ntwo\r\n"
@@ -300,14 +335,14 @@ def test_outbox_writes_parsable_files(tmp_path: Path) -> None:
     folder = tmp_path / "outbox"
     messages = [make_message(n=i) for i in (1, 2)]
 
-    async def run() -> list[SendResult]:
+    async def go() -> list[SendResult]:
         conn = await OutboxPool(folder).connect()
         try:
             return [await conn.send(SENDER, GOOD, m) for m in messages]
         finally:
             await conn.close()
 
-    results = asyncio.run(run())
+    results = run(go())
     assert [r.status for r in results] == ["sent", "sent"] and results[0].code == 250
     files = sorted(folder.iterdir())
     assert len(files) == 2 and all(f.suffix == ".eml" for f in files)  # no temp files left
