@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from sqlalchemy.engine import Connection
 
 from newsletter import schema as s
 
-Step = Callable[[Operations], None]
+if TYPE_CHECKING:  # alembic is imported only when a step runs: every process start checks
+    from alembic.operations import Operations  # the version, few ever migrate
+
+Step = Callable[["Operations"], None]
 
 
 def _v1(op: Operations) -> None:
@@ -107,6 +109,9 @@ def _apply(conn: Connection, pending: list[tuple[int, str, Step]]) -> list[int]:
             if version <= current_version(conn):
                 conn.commit()
                 continue
+            from alembic.migration import MigrationContext
+            from alembic.operations import Operations
+
             step(Operations(MigrationContext.configure(conn)))
             conn.execute(s.schema_version.insert().values(
                 version=version, description=description, applied_at=datetime.now(UTC)))

@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +22,6 @@ from newsletter.errors import NewsletterError
 from newsletter.ledger import Claimed
 from newsletter.mail import MailIdentity, MessageTemplate, identity_from_settings, message_id
 from newsletter.models import Issue, IssueSection
-from newsletter.pipeline.collecting import now_utc
-from newsletter.pipeline.issues import render_into
 from newsletter.smtp import pool_from_settings
 from newsletter.store import Store
 from newsletter.subscriptions import subscriber_links
@@ -68,6 +66,8 @@ class Variants:
             return None  # none of this reader's sections is in this issue
         issue = self.issue
         if key:
+            from newsletter.pipeline.issues import render_into  # premailer: only if needed
+
             sections = tuple(IssueSection(s.name, s.articles) for s in issue.sections
                              if s.name in key)
             issue = render_into(self.settings, replace(issue, sections=sections))
@@ -99,6 +99,10 @@ def make_plan(settings: Settings, store: Store, issue: Issue, *,
     return Plan(issue_id=issue.id, envelope_from=settings.mail.from_address,
                 variant_for=Variants(settings, issue, identity), urls_for=urls_for,
                 message_id_for=message_id_for, halt=halt)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
