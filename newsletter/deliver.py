@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from newsletter import log
 from newsletter.ledger import Claimed, Settle
+
+T = TypeVar("T")
 
 # Codes that say the address itself is bad; other 5xx (size, content, policy) fail the
 # message without counting against the subscriber.
@@ -80,6 +82,13 @@ class Policy:
     max_hard_bounces: int = 1
     concurrency: int = 4
     rate: float = 0.0  # messages per second; 0 = unlimited
+    # Run ledger calls on the event loop's own thread. Right for SQLite: an in-process call
+    # that holds the GIL gains nothing from a worker thread and pays for the hand-over each
+    # way. A networked database (PostgreSQL) waits on its socket, so it gets a thread.
+    ledger_inline: bool = False
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args) if self.ledger_inline else await asyncio.to_thread(fn, *args)
 
 
 @dataclass(slots=True)
@@ -170,8 +179,8 @@ class Recorder:
                         await self.everyone_waits.wait()
             batch, self.pending = self.pending, []
             try:
-                await asyncio.to_thread(self.ledger.settle, [o for o, _ in batch], self.clock(),
-                                        self.policy.max_hard_bounces)
+                await self.policy.call(self.ledger.settle, [o for o, _ in batch],
+                                       self.clock(), self.policy.max_hard_bounces)
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of it
                 for _, fut in batch:
                     fut.set_exception(exc)
@@ -286,13 +295,13 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                 if not closing:
                     if not abort and not exhausted and (queue.qsize() <= low_water
                                                         or time.monotonic() >= next_halt):
-                        reason = await asyncio.to_thread(plan.halt)
+                        reason = await policy.call(plan.halt)
                         next_halt = time.monotonic() + 2.0
                         if reason:
                             halted.append(reason)
                     if not (abort or halted or exhausted) and queue.qsize() <= low_water:
-                        rows = await asyncio.to_thread(ledger.claim, plan.issue_id, owner,
-                                                       policy.batch_size, policy.lease, clock())
+                        rows = await policy.call(ledger.claim, plan.issue_id, owner,
+                                                 policy.batch_size, policy.lease, clock())
                         held.update(r.delivery_id for r in rows)
                         for row in rows:
                             queue.put_nowait(row)
@@ -318,8 +327,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         # A lease must outlive the rows waiting in our queue, however slow the server:
         # renew it, and drop any row another worker took after our lease ran out.
         asked = list(held)
-        kept = await asyncio.to_thread(ledger.renew, owner, asked, clock() + policy.lease,
-                                       clock())
+        kept = await policy.call(ledger.renew, owner, asked, clock() + policy.lease, clock())
         gone = (set(asked) - kept) & held
         if gone:
             lost.update(gone)
@@ -339,7 +347,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         summary.stopped = (abort or halted)[0]
         now = clock()
         retry_at = now + policy.retry_initial if abort else now
-        freed = await asyncio.to_thread(ledger.release, owner, now, retry_at, summary.stopped)
+        freed = await policy.call(ledger.release, owner, now, retry_at, summary.stopped)
         if abort:
             summary.deferred += freed
         log.event("deliver.stopped", level=30, issue=plan.issue_id, reason=summary.stopped,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,16 @@ import sqlalchemy as sa
 from newsletter.config import Settings, load_settings
 
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(autouse=True)
+def _newsletter_logger() -> Iterator[None]:
+    """The CLI's log.setup() (run in-process by CliRunner tests) stops propagation to the
+    root logger; restore it, or a later test's caplog sees none of our events."""
+    logger = logging.getLogger("newsletter")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

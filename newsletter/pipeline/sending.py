@@ -38,7 +38,8 @@ def policy(settings: Settings) -> Policy:
                   retry_max=timedelta(seconds=d.retry_max),
                   give_up_after=timedelta(seconds=d.give_up_after),
                   max_hard_bounces=d.max_hard_bounces, concurrency=settings.smtp.concurrency,
-                  rate=settings.smtp.rate / max(d.workers, 1))
+                  rate=settings.smtp.rate / max(d.workers, 1),
+                  ledger_inline=settings.storage.database_url.startswith("sqlite"))
 
 
 class Variants:
