@@ -101,3 +101,34 @@ def test_release_defers_what_a_worker_holds(db_url: str) -> None:
     assert counts["deferred"] == 4 and counts["queued"] == 1 and counts["sending"] == 0
     assert store.next_due(issue_id) == T0
     store.close()
+
+
+def test_workers_poll_only_issues_being_sent_with_a_row_due(db_url: str) -> None:
+    store, first = seeded(db_url, active=3, other=0)
+
+    def issue(number: int, status: str) -> int:
+        made = store.save_issue(Issue(number=number, subject="S", preheader="", created=T0,
+                                      window_start=T0, window_end=T0, sections=()), T0)
+        assert made.id is not None
+        store.enqueue(made.id, T0)
+        store.set_issue_status(number, status, T0)
+        return made.id
+
+    store.enqueue(first, T0)
+    store.set_issue_status(1, "sending", T0)  # queued rows, due: polled
+    later = issue(2, "sending")
+    paused = issue(3, "paused")  # due rows, but not being sent
+    done = issue(4, "sending")
+    lease = timedelta(minutes=5)
+    rows = store.claim(later, "a", 10, lease, T0)
+    store.settle([Settle(r.delivery_id, r.subscriber_id, "deferred", 451, "busy",
+                         next_attempt_at=T0 + timedelta(hours=1)) for r in rows], T0, 1)
+    store.settle([Settle(r.delivery_id, r.subscriber_id, "sent", 250, "ok")
+                  for r in store.claim(done, "a", 10, lease, T0)], T0, 1)
+    held = store.claim(first, "a", 10, lease, T0)  # all of issue 1 leased to a live worker
+    assert len(held) == 3 and paused
+    assert store.issues_with_due_rows(T0) == []
+    # The lease runs out (the worker died): issue 1 is due again; issue 2's retry is not yet.
+    assert store.issues_with_due_rows(T0 + timedelta(minutes=6)) == [first]
+    assert sorted(store.issues_with_due_rows(T0 + timedelta(hours=2))) == sorted([first, later])
+    store.close()
