@@ -15,62 +15,41 @@ import contextlib
 import math
 import os
 import platform
-import pwd
 import queue
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sqlalchemy as sa  # noqa: E402
+from common import (  # noqa: E402
+    SENDER,
+    Sink,
+    proc_cpu,
+    seed,
+    smtp_sink,
+    tool,
+    write_config,
+)
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter import log, pipeline  # noqa: E402
-from newsletter import schema as s  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.ledger import Claimed, Settle  # noqa: E402
 from newsletter.models import Issue  # noqa: E402
 from newsletter.pipeline import sending  # noqa: E402
 from newsletter.store import Store  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-ARTICLES = ROOT / "examples" / "articles"
-SENDER = "news@meridian.example.org"
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-# -- smtp-sink ---------------------------------------------------------------------------------
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or f"/usr/sbin/{name}"
-    if not os.access(path, os.X_OK):
-        sys.exit(f"{name} not found: apt-get install postfix")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a running process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def proc_memory(pid: int) -> tuple[int, int]:
@@ -83,42 +62,6 @@ def proc_memory(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
-@contextlib.contextmanager
-def smtp_sink() -> Iterator[subprocess.Popen[bytes]]:
-    """Postfix's smtp-sink on a free loopback port (answers 250 to everything, as fast as it
-    can); any Postfix daemon is stopped first so it cannot compete for the CPU."""
-    postfix = shutil.which("postfix") or "/usr/sbin/postfix"
-    if (os.geteuid() == 0 and os.access(postfix, os.X_OK)
-            and subprocess.run([postfix, "status"], capture_output=True).returncode == 0):
-        subprocess.run([postfix, "stop"], capture_output=True)
-    port = free_port()
-    cmd = [_tool("smtp-sink")]
-    if os.geteuid() == 0:  # smtp-sink wants a user to drop to when started as root
-        try:
-            cmd += ["-u", pwd.getpwnam("postfix").pw_name]
-        except KeyError:
-            cmd += ["-u", "nobody"]
-    cmd += [f"127.0.0.1:{port}", "256"]
-    proc = subprocess.Popen(cmd)
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"smtp-sink did not start: {cmd}")
-            time.sleep(0.05)
-        proc.port = port  # type: ignore[attr-defined]
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def smtp_source(port: int, message: bytes, count: int, connections: int) -> tuple[float, float]:
     """smtp-source sending `message` (the very bytes we send) `count` times over `connections`
     reused sessions (-d). Returns (seconds, CPU seconds)."""
@@ -128,7 +71,7 @@ def smtp_source(port: int, message: bytes, count: int, connections: int) -> tupl
         f.flush()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([_tool("smtp-source"), "-d", "-s", str(connections), "-m", str(count),
+        subprocess.run([tool("smtp-source"), "-d", "-s", str(connections), "-m", str(count),
                         "-F", f.name, "-M", "bench.test", "-f", SENDER,
                         "-t", "reader@example.com", f"127.0.0.1:{port}"], check=True)
         wall = time.perf_counter() - start
@@ -138,61 +81,8 @@ def smtp_source(port: int, message: bytes, count: int, connections: int) -> tupl
 
 # -- a send ------------------------------------------------------------------------------------
 
-def write_config(folder: Path, port: int, *, concurrency: int, batch_size: int, workers: int,
-                 dkim_key: Path | None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dkim = (f'dkim_key_path = "{dkim_key}"\ndkim_selector = "bench"\n'
-            f'dkim_domain = "meridian.example.org"\n') if dkim_key else ""
-    path = folder / "n.toml"
-    path.write_text(f"""
-[publication]
-name = "Meridian Policy Review"
-base_url = "https://meridian.example.org/"
-postal_address = "1 Harbour Street, Lisbon"
-[storage]
-database_url = "sqlite:///{folder / 'n.db'}"
-[feeds]
-output_dir = "{folder / 'feeds'}"
-[[sources]]
-type = "folder"
-path = "{ARTICLES}"
-[newsletter]
-lookback_days = 36500
-[secrets]
-secret_key = "bench-secret-key-bench-secret-key"
-[mail]
-transport = "smtp"
-from_address = "{SENDER}"
-reply_to = "editor@meridian.example.org"
-{dkim}
-[smtp]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-timeout = 30
-concurrency = {concurrency}
-[delivery]
-batch_size = {batch_size}
-workers = {workers}
-""", encoding="utf-8")
-    return path
-
-
-SEED = sa.text("""
-INSERT INTO subscribers (email, email_key, name, status, sections, hard_bounces,
-                         created_at, updated_at)
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
-SELECT 'reader' || i || '@example.com', 'reader' || i || '@example.com', 'Reader ' || i,
-       'active', '[]', 0, :now, :now FROM n
-""").bindparams(sa.bindparam("now", type_=s.UTCDateTime()))
-
-
-def seed(store: Store, count: int) -> float:
-    """`count` active subscribers in one INSERT … SELECT over a recursive CTE."""
-    start = time.perf_counter()
-    with store.engine.begin() as conn:
-        conn.execute(SEED, {"count": count, "now": datetime.now(UTC)})
-    return time.perf_counter() - start
+def sqlite_config(folder: Path, port: int, **options: Any) -> Path:
+    return write_config(folder, f"sqlite:///{folder / 'n.db'}", port, **options)
 
 
 @dataclass
@@ -259,12 +149,12 @@ class Result:
         return self.concurrency * self.workers
 
 
-def send(root: Path, sink: subprocess.Popen[bytes], n: int, *, concurrency: int,
+def send(root: Path, sink: Sink, n: int, *, concurrency: int,
          batch_size: int, workers: int, dkim_key: Path | None, label: str,
          reference: bool) -> Result:
-    port = sink.port  # type: ignore[attr-defined]
+    port = sink.port
     folder = root / label
-    config = write_config(folder, port, concurrency=concurrency, batch_size=batch_size,
+    config = sqlite_config(folder, port, concurrency=concurrency, batch_size=batch_size,
                           workers=workers, dkim_key=dkim_key)
     p = prepare(config, n)
     message = one_message(p)
@@ -360,17 +250,17 @@ def stage_smtp(p: Prepared, message: bytes, connections: int) -> tuple[float, fl
     return (time.process_time() - cpu0) / p.rows, time.perf_counter() - start
 
 
-def breakdown(root: Path, sink: subprocess.Popen[bytes], n: int, concurrency: int,
+def breakdown(root: Path, sink: Sink, n: int, concurrency: int,
               batch_size: int, dkim_key: Path) -> None:
     """Each stage of a delivery alone, on the same issue, ledger and message bytes."""
-    port = sink.port  # type: ignore[attr-defined]
+    port = sink.port
     parts: list[tuple[str, float, str]] = []
-    signed = prepare(write_config(root / "parts-dkim", port, concurrency=concurrency,
+    signed = prepare(sqlite_config(root / "parts-dkim", port, concurrency=concurrency,
                                   batch_size=batch_size, workers=1, dkim_key=dkim_key), n)
     _, render_dkim = stage_links_render(signed)
     signed.store.close()
     shutil.rmtree(root / "parts-dkim")
-    p = prepare(write_config(root / "parts", port, concurrency=concurrency,
+    p = prepare(sqlite_config(root / "parts", port, concurrency=concurrency,
                              batch_size=batch_size, workers=1, dkim_key=None), n)
     links, render = stage_links_render(p)
     message = one_message(p)
@@ -425,10 +315,10 @@ class Point:
     hwm: int
 
 
-def million(root: Path, sink: subprocess.Popen[bytes], count: int, checkpoints: list[int],
+def million(root: Path, sink: Sink, count: int, checkpoints: list[int],
             budget: float, concurrency: int, batch_size: int, dkim_key: Path | None) -> None:
     folder = root / "million"
-    config = write_config(folder, sink.port, concurrency=concurrency,  # type: ignore[attr-defined]
+    config = sqlite_config(folder, sink.port, concurrency=concurrency,
                           batch_size=batch_size, workers=1, dkim_key=dkim_key)
     p = prepare(config, count)
     p.store.close()

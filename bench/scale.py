@@ -18,10 +18,8 @@ import argparse
 import contextlib
 import os
 import platform
-import pwd
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
+from common import (  # noqa: E402
+    CLK,
+    ROOT,
+    proc_cpu,
+    seed,
+    smtp_sink,
+    write_config,
+)
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
@@ -46,24 +52,11 @@ from newsletter.models import Issue  # noqa: E402
 from newsletter.pipeline import sending  # noqa: E402
 from newsletter.store import Store  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTICLES = ROOT / "examples" / "articles"
-SENDER = "news@meridian.example.org"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-CLK = os.sysconf("SC_CLK_TCK")
 WORKER_APP = "bench-scale-worker"
 
 
 # -- processes and CPU -------------------------------------------------------------------------
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc/PID/stat (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK
-
 
 def postgres_cpu() -> dict[int, float]:
     """CPU seconds of every PostgreSQL process (server, background workers, backends)."""
@@ -97,46 +90,6 @@ class CpuMark:
                    senders, harness)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def smtp_sink() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Postfix's smtp-sink on a free loopback port: answers 250 to everything, as fast as it
-    can, so the sending side is what is measured."""
-    tool = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    if not os.access(tool, os.X_OK):
-        sys.exit("smtp-sink not found: apt-get install postfix")
-    port = free_port()
-    cmd = [tool]
-    if os.geteuid() == 0:  # smtp-sink wants a user to drop to when started as root
-        try:
-            cmd += ["-u", pwd.getpwnam("postfix").pw_name]
-        except KeyError:
-            cmd += ["-u", "nobody"]
-    cmd += [f"127.0.0.1:{port}", "256"]
-    proc = subprocess.Popen(cmd)
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"smtp-sink did not start: {cmd}")
-            time.sleep(0.05)
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- databases ---------------------------------------------------------------------------------
 
 def with_query(url: str, **params: str) -> str:
@@ -155,68 +108,6 @@ def pg_schema(admin: sa.Engine, base_url: str, label: str) -> Iterator[str]:
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {name} CASCADE")
-
-
-SEED_COLUMNS = ("INSERT INTO subscribers (email, email_key, name, status, sections, "
-                "hard_bounces, created_at, updated_at) ")
-SEED_SQLITE = sa.text(SEED_COLUMNS + """
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
-SELECT 'reader' || i || '@example.com', 'reader' || i || '@example.com', 'Reader ' || i,
-       'active', '[]', 0, :now, :now FROM n
-""").bindparams(sa.bindparam("now", type_=s.UTCDateTime()))
-SEED_PG = sa.text(SEED_COLUMNS + """
-SELECT 'reader' || i || '@example.com', 'reader' || i || '@example.com', 'Reader ' || i,
-       'active', '[]', 0, :now, :now FROM generate_series(1, :count) AS i
-""").bindparams(sa.bindparam("now", type_=s.UTCDateTime()))
-
-
-def seed(store: Store, count: int) -> float:
-    """`count` active subscribers in one set-based INSERT … SELECT; returns seconds."""
-    stmt = SEED_PG if store.engine.dialect.name == "postgresql" else SEED_SQLITE
-    start = time.perf_counter()
-    with store.engine.begin() as conn:
-        conn.execute(stmt, {"count": count, "now": datetime.now(UTC)})
-    return time.perf_counter() - start
-
-
-def write_config(folder: Path, database_url: str, port: int, *, concurrency: int,
-                 batch_size: int, dkim_key: Path | None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dkim = (f'dkim_key_path = "{dkim_key}"\ndkim_selector = "bench"\n'
-            f'dkim_domain = "meridian.example.org"\n') if dkim_key else ""
-    path = folder / "n.toml"
-    path.write_text(f"""
-[publication]
-name = "Meridian Policy Review"
-base_url = "https://meridian.example.org/"
-postal_address = "1 Harbour Street, Lisbon"
-[storage]
-database_url = "{database_url}"
-[feeds]
-output_dir = "{folder / 'feeds'}"
-[[sources]]
-type = "folder"
-path = "{ARTICLES}"
-[newsletter]
-lookback_days = 36500
-[secrets]
-secret_key = "bench-secret-key-bench-secret-key"
-[mail]
-transport = "smtp"
-from_address = "{SENDER}"
-reply_to = "editor@meridian.example.org"
-{dkim}
-[smtp]
-host = "127.0.0.1"
-port = {port}
-security = "none"
-timeout = 30
-concurrency = {concurrency}
-[delivery]
-batch_size = {batch_size}
-workers = 1
-""", encoding="utf-8")
-    return path
 
 
 @dataclass
@@ -579,7 +470,7 @@ def main() -> None:
               for k in args.workers]
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
-                smtp_sink() as (sink, port):
+                smtp_sink() as sink:
             root = Path(tmp)
             dkim_key = None
             if args.dkim:
@@ -590,7 +481,7 @@ def main() -> None:
                                                        serialization.NoEncryption()))
             for _ in range(args.repeat if args.cases else 0):
                 for case in cases:  # interleaved, so drift hits every case alike
-                    run_case(case, root, admin, args.pg_url, port, sink.pid,
+                    run_case(case, root, admin, args.pg_url, sink.port, sink.pid,
                              n=args.subscribers, concurrency=args.concurrency,
                              batch_size=args.batch_size, dkim_key=dkim_key)
                     print(f"  {case.label}: {case.rate:,.0f} msg/s", flush=True)

@@ -7,11 +7,12 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
 from newsletter import log
 from newsletter.ledger import Claimed, Settle
+from newsletter.models import now_utc
 
 T = TypeVar("T")
 
@@ -189,12 +190,8 @@ class Recorder:
                     fut.set_result(None)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
-                  clock: Callable[[], datetime] = _now,
+                  clock: Callable[[], datetime] = now_utc,
                   on_progress: Callable[[Summary], None] | None = None) -> Summary:
     """Work through every due row of the issue; stop early (rows deferred) if the server
     refuses connections or answers 421, or (rows freed at once) if `plan.halt` says so."""

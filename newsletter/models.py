@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+
+
+def now_utc() -> datetime:
+    """The one clock of the service: aware, in UTC."""
+    return datetime.now(UTC)
 
 
 def _require_aware(name: str, value: datetime | None) -> None:

@@ -7,9 +7,7 @@ load_settings() itself is tested in test_config.py; here the command an operator
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,6 @@ from click.testing import CliRunner, Result
 from newsletter.cli import cli
 
 BASE = '[publication]\nname = "Test"\nbase_url = "https://example.org/"\n'
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """`newsletter` sets up its own log handler; put the test run's back afterwards."""
-    logger = logging.getLogger("newsletter")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def check(path: Path, env: dict[str, str] | None = None) -> Result:

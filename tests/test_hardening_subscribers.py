@@ -12,7 +12,6 @@ import csv
 import email
 import email.policy
 import io
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -42,15 +41,6 @@ BAD_ADDRESSES = [
     ("alice@example.org)<bob@example.org>", "invalid characters"),
     ("alice@example.org\r\nBcc: eve@example.org", "line breaks"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """`newsletter` sets up its own log handler; put the test run's back afterwards."""
-    logger = logging.getLogger("newsletter")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @dataclass

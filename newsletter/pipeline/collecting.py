@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from newsletter import articles as arts
@@ -13,14 +13,10 @@ from newsletter import log
 from newsletter.config import Settings, Source
 from newsletter.errors import SourceError
 from newsletter.feeds import FeedMeta, write_feeds
-from newsletter.models import Article
+from newsletter.models import Article, now_utc
 from newsletter.sources.files import iter_article_files, read_article_file
 from newsletter.sources.upstream import FeedState, FetchLimits, fetch_all
 from newsletter.store import FileRecord, Store
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(slots=True)

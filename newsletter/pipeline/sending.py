@@ -10,7 +10,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from newsletter.dkim_sign import signer_from_settings
 from newsletter.errors import NewsletterError
 from newsletter.ledger import Claimed
 from newsletter.mail import MailIdentity, MessageTemplate, identity_from_settings, message_id
-from newsletter.models import Issue, IssueSection
+from newsletter.models import Issue, IssueSection, now_utc
 from newsletter.smtp import pool_from_settings
 from newsletter.store import Store
 from newsletter.subscriptions import subscriber_links
@@ -100,10 +100,6 @@ def make_plan(settings: Settings, store: Store, issue: Issue, *,
     return Plan(issue_id=issue.id, envelope_from=settings.mail.from_address,
                 variant_for=Variants(settings, issue, identity), urls_for=urls_for,
                 message_id_for=message_id_for, halt=halt)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
