@@ -277,6 +277,8 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
             return None
         return conn
 
+    # Set once gather returns, not derived from the tasks: when one worker fails, gather
+    # returns while the others still run, and the feeder must stop claiming all the same.
     workers_done: list[bool] = []
 
     async def feed(workers: int) -> None:
