@@ -156,6 +156,10 @@ class Recorder:
         self.pending: list[tuple[Settle, asyncio.Future[None]]] = []
         self.flushing: asyncio.Task[None] | None = None
         self.everyone_waits = asyncio.Event()
+        # Held around every write to this worker's own rows (settle, lease renewal): run
+        # at once on two pooled connections, the two UPDATEs lock the same rows in different
+        # orders and PostgreSQL aborts one as a deadlock, losing a batch of outcomes.
+        self.own_rows = asyncio.Lock()
 
     async def record(self, outcome: Settle) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -180,8 +184,9 @@ class Recorder:
                         await self.everyone_waits.wait()
             batch, self.pending = self.pending, []
             try:
-                await self.policy.call(self.ledger.settle, [o for o, _ in batch],
-                                       self.clock(), self.policy.max_hard_bounces)
+                async with self.own_rows:
+                    await self.policy.call(self.ledger.settle, [o for o, _ in batch],
+                                           self.clock(), self.policy.max_hard_bounces)
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of it
                 for _, fut in batch:
                     fut.set_exception(exc)
@@ -302,6 +307,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                         rows = await policy.call(ledger.claim, plan.issue_id, owner,
                                                  policy.batch_size, policy.lease, clock())
                         held.update(r.delivery_id for r in rows)
+                        lost.difference_update(r.delivery_id for r in rows)  # ours again
                         for row in rows:
                             queue.put_nowait(row)
                         exhausted = not rows
@@ -326,7 +332,9 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         # A lease must outlive the rows waiting in our queue, however slow the server:
         # renew it, and drop any row another worker took after our lease ran out.
         asked = list(held)
-        kept = await policy.call(ledger.renew, owner, asked, clock() + policy.lease, clock())
+        async with recorder.own_rows:
+            kept = await policy.call(ledger.renew, owner, asked, clock() + policy.lease,
+                                     clock())
         gone = (set(asked) - kept) & held
         if gone:
             lost.update(gone)
