@@ -172,6 +172,7 @@ _QP_BYTE = [chr(b) if 33 <= b <= 126 and b != 61 else f"={b:02X}" for b in range
 # can start with "." (SMTP dot-stuffing) or "From " or end in whitespace.
 _VALUE_UNSAFE_RE = re.compile(rb"[^!-\-/-<>-~]+")
 _VALUE_ESC = [b"=%02X" % b for b in range(256)]
+_PRINTABLE_RE = re.compile(rb"[!-~]*")  # no space: in it, only "." and "=" need escaping
 
 
 def _qp_tokens(data: bytes) -> list[str]:
@@ -224,8 +225,13 @@ def _qp_value(value: str) -> bytes:
     """A per-recipient value as whole encoded lines, each ending in a soft break."""
     if not value:
         return b""
-    data = _VALUE_UNSAFE_RE.sub(lambda m: b"".join(_VALUE_ESC[b] for b in m[0]),
-                                value.encode("utf-8"))
+    data = value.encode("utf-8")
+    if _PRINTABLE_RE.fullmatch(data):
+        # A URL or a plain name: "=" and "." are the only bytes to escape, and two C-level
+        # replaces do it in a fifth of the time of the general substitution.
+        data = data.replace(b"=", b"=3D").replace(b".", b"=2E")
+    else:
+        data = _VALUE_UNSAFE_RE.sub(lambda m: b"".join(_VALUE_ESC[b] for b in m[0]), data)
     if len(data) <= 75:
         return data + b"=\r\n"
     out = []
