@@ -125,9 +125,9 @@ class LedgerQueries:
         out = []
         for r in sorted(rows, key=lambda r: r.id):
             p = people[r.subscriber_id]
+            sections = () if p.sections == "[]" else tuple(json.loads(p.sections))
             out.append(Claimed(r.id, r.subscriber_id, p.email if p.status == "active" else "",
-                               p.name, tuple(json.loads(p.sections)), r.attempts,
-                               r.first_attempt_at))
+                               p.name, sections, r.attempts, r.first_attempt_at))
         return out
 
     def renew(self, owner: str, ids: Sequence[int], until: datetime,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -162,8 +162,25 @@ def preferences_url(base_url: str, token: str) -> str:
 def subscriber_links(base_url: str, secret: bytes, subscriber_id: int, email: str,
                      now: datetime) -> tuple[str, str]:
     """(unsubscribe URL, preferences URL) for one recipient of an issue."""
-    return (unsubscribe_url(base_url, unsubscribe_token(secret, subscriber_id, email, now)),
-            preferences_url(base_url, preferences_token(secret, subscriber_id, email, now)))
+    return issue_links(base_url, secret, now)(subscriber_id, email)
+
+
+def issue_links(base_url: str, secret: bytes,
+                now: datetime) -> Callable[[int, str], tuple[str, str]]:
+    """subscriber_links for every recipient of one send, (subscriber id, email) → URLs, with
+    the signers and URL prefixes prepared once rather than per message."""
+    unsubscribe = tokens.signer(secret, "unsubscribe", now)
+    preferences = tokens.signer(secret, "preferences", now)
+    # Tokens are base64url, which is all unreserved characters (RFC 3986): nothing to quote.
+    base = base_url.rstrip("/")
+    unsubscribe_at, preferences_at = f"{base}/unsubscribe?token=", f"{base}/preferences?token="
+
+    def links(subscriber_id: int, email: str) -> tuple[str, str]:
+        subject = str(subscriber_id)
+        return (unsubscribe_at + unsubscribe(subject, email),
+                preferences_at + preferences(subject, email))
+
+    return links
 
 
 def resolve_token(store: SubscriberQueries, secret: bytes, token: str, purpose: str, *,

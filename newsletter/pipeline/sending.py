@@ -24,7 +24,7 @@ from newsletter.mail import MailIdentity, MessageTemplate, identity_from_setting
 from newsletter.models import Issue, IssueSection, now_utc
 from newsletter.smtp import pool_from_settings
 from newsletter.store import Store
-from newsletter.subscriptions import subscriber_links
+from newsletter.subscriptions import issue_links
 from newsletter.tokens import load_or_create_secret
 
 T = TypeVar("T")
@@ -84,8 +84,10 @@ def make_plan(settings: Settings, store: Store, issue: Issue, *,
     base = settings.site_url
     stamp_time = now or now_utc()
 
+    links = issue_links(base, secret, stamp_time)
+
     def urls_for(row: Claimed) -> tuple[str, str]:
-        return subscriber_links(base, secret, row.subscriber_id, row.email, stamp_time)
+        return links(row.subscriber_id, row.email)
 
     def message_id_for(row: Claimed) -> str:
         return message_id(issue.number, row.subscriber_id, identity.message_id_domain)
