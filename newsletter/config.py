@@ -176,8 +176,10 @@ class Smtp:
     concurrency: int = opt("SMTP connections used at once.", 4, minimum=1, maximum=256)
     rate: float = opt("Messages per second at most; 0 means no limit.", 0.0, minimum=0)
     timeout: float = opt("Seconds to wait for each SMTP reply.", 60.0, minimum=0.1)
-    pipelining: bool = opt("Send MAIL, RCPT and DATA in one write when the server offers "
-                           "PIPELINING (RFC 2920); false for a relay that mishandles it.", True)
+    pipelining: bool = opt("When the server offers PIPELINING (RFC 2920), send MAIL, RCPT "
+                           "and DATA in one write, behind the previous message's data: one "
+                           "round trip per message. false for a relay that mishandles it.",
+                           True)
     fallback_hosts: list[str] = opt("Further relays as 'host:port', tried in order when the "
                                     "main one fails.", [])
 

@@ -32,7 +32,10 @@ class SendResult:
 
 
 class Connection(Protocol):
-    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult: ...
+    # `then`: the envelope of the next send() on this connection, which an SMTP connection
+    # may announce ahead of time; a connection left with one announced is closed unused.
+    async def send(self, sender: str, recipient: str, message: bytes,
+                   then: tuple[str, str] | None = None) -> SendResult: ...
 
     async def close(self) -> None: ...
 
@@ -195,6 +198,28 @@ class Recorder:
                     fut.set_result(None)
 
 
+@dataclass(slots=True)
+class Lane:
+    """One connection task: its connection and, taken early, the next row it will send,
+    whose envelope may already be announced on that connection."""
+
+    conn: Connection | None = None
+    next: Claimed | None = None
+    last: bool = False  # the queue's end marker was taken early: stop after `next`
+    announced: int | None = None  # delivery id whose envelope the connection sent ahead
+
+    async def drop(self) -> None:
+        if self.conn is not None:
+            await _close(self.conn)
+        self.conn, self.announced = None, None
+
+    async def unannounce(self, row: Claimed) -> None:
+        """`row` will not be sent after all: a connection that announced it is closed (the
+        server may be waiting for its data, and only closing ends that without a message)."""
+        if self.announced == row.delivery_id:
+            await self.drop()
+
+
 async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
                   clock: Callable[[], datetime] = now_utc,
                   on_progress: Callable[[Summary], None] | None = None) -> Summary:
@@ -215,31 +240,51 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
     wake = asyncio.Event()
 
     async def work() -> None:
-        conn: Connection | None = None
+        lane = Lane()
         try:
             while not abort and not halted:
-                row = await queue.get()
-                if row is None:
+                if lane.next is not None:
+                    row, lane.next = lane.next, None
+                elif lane.last:
                     return
+                else:
+                    row = await queue.get()
+                    if row is None:
+                        return
                 if queue.qsize() <= low_water:
                     wake.set()
                 if row.delivery_id in lost:
                     held.discard(row.delivery_id)
+                    await lane.unannounce(row)
                     continue
                 inflight[0] += 1
                 try:
-                    conn = await one(row, conn)
+                    await one(row, lane)
                 finally:
                     inflight[0] -= 1
                     recorder.nudge()
                 if abort:
                     wake.set()
         finally:
-            if conn is not None:
-                await _close(conn)
+            if lane.conn is not None:
+                await _close(lane.conn)
 
-    async def one(row: Claimed, conn: Connection | None) -> Connection | None:
-        """Send one row on `conn` (opened if None); returns the connection to go on with."""
+    def upcoming(lane: Lane) -> tuple[str, str] | None:
+        """Take the lane's next row now, so that its envelope can go out with this message's
+        data; None when there is none or it will not be sent by SMTP."""
+        if lane.next is None and not lane.last and not queue.empty():
+            row = queue.get_nowait()
+            lane.last = row is None
+            lane.next = row
+        row = lane.next
+        if (row is None or not row.email or row.delivery_id in lost
+                or plan.variant_for(row.sections) is None):
+            return None
+        lane.announced = row.delivery_id
+        return plan.envelope_from, row.email
+
+    async def one(row: Claimed, lane: Lane) -> None:
+        """Send one row on the lane's connection (opened if there is none)."""
         stamp = plan.variant_for(row.sections) if row.email else None
         if stamp is None:
             why = "no longer subscribed" if not row.email else "no chosen section here"
@@ -247,13 +292,14 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                                          why))
             held.discard(row.delivery_id)
             summary.add("skipped")
-            return conn
-        if conn is None:
+            return
+        if lane.conn is None:
             try:
-                conn = await pool.connect()
+                lane.conn = await pool.connect()
             except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
                 abort.append(f"cannot connect: {exc}")
-                return None
+                return
+        conn = lane.conn
         try:
             unsubscribe, preferences = plan.urls_for(row)
             message = stamp.render(to_address=row.email, to_name=row.name,
@@ -262,9 +308,11 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                                    date=clock())
         except ValueError as exc:  # an address or name no header may carry
             result = SendResult("failed", None, f"message not built: {exc}")
+            await lane.unannounce(row)
         else:
             await limiter.wait()
-            result = await conn.send(plan.envelope_from, row.email, message)
+            lane.announced = None
+            result = await conn.send(plan.envelope_from, row.email, message, upcoming(lane))
         if result.status == "failed" and result.reply.startswith("MAIL:"):
             # The server refuses our sender, not this reader: stop, fail no one.
             result = SendResult("deferred", result.code, result.reply, close=True)
@@ -276,11 +324,9 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         if on_progress:
             on_progress(summary)
         if result.close:
-            await _close(conn)
+            await lane.drop()
             if result.code == 421:
                 abort.append(f"server closed the session: {result.code} {result.reply}")
-            return None
-        return conn
 
     # Set once gather returns, not derived from the tasks: when one worker fails, gather
     # returns while the others still run, and the feeder must stop claiming all the same.

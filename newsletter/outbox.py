@@ -22,7 +22,8 @@ class OutboxConnection:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+    async def send(self, sender: str, recipient: str, message: bytes,
+                   then: tuple[str, str] | None = None) -> SendResult:
         head = message.partition(b"\r\n\r\n")[0]
         m = _MESSAGE_ID_RE.search(head)
         digest = hashlib.sha1(m[1] if m else message, usedforsecurity=False).hexdigest()

@@ -21,9 +21,9 @@ class ReplyReader(asyncio.Protocol):
     """Takes over the transport once EHLO, STARTTLS and AUTH are done (aiosmtplib's part).
 
     aiosmtplib reads one reply per command written and drops anything else that arrives, so
-    it cannot pipeline (RFC 2920). This reader queues every complete reply in order: MAIL,
-    RCPT and DATA go out in one write and their three replies are read together, which halves
-    the round trips, wake-ups and system calls per message.
+    it cannot pipeline (RFC 2920). This reader queues every complete reply in order, so a
+    message's data, its final dot and the next message's MAIL, RCPT and DATA go out in one
+    write and their four replies are read together: one round trip per message, not four.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:

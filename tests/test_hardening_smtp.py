@@ -157,6 +157,43 @@ def test_421_mid_session_defers_the_rest_then_each_is_sent_once(
         store.close()
 
 
+def test_a_row_announced_ahead_whose_message_cannot_be_built_delivers_nothing(
+        make_settings: Callable[..., Settings]) -> None:
+    # One connection, so each next row's envelope goes out behind the previous message's
+    # data. This address passes the envelope check but no To: header may carry it, so its
+    # message is never built: the connection announcing it must close, not send a "." (an
+    # empty message), and every other reader still gets exactly one copy.
+    bad = "reader3@odd_domain.example.org"
+    with SmtpTestServer() as srv:
+        settings = make_settings(f"""
+[mail]
+transport = "smtp"
+from_address = "news@ledger.example.org"
+[smtp]
+host = "{srv.host}"
+port = {srv.port}
+security = "none"
+concurrency = 1
+timeout = 5
+""")
+        store = pipeline.open_store(settings)
+        seed(store, 6)
+        with store.engine.begin() as conn:
+            conn.execute(s.subscribers.update().where(s.subscribers.c.email == r(3))
+                         .values(email=bad, email_key=bad))
+        issue = pipeline.build_issue(settings, store).issue
+        assert issue is not None
+        sending.start_sending(settings, store, issue)
+        summary = sending.run_worker(settings, store, issue)
+        rows = ledger(store, issue)
+        assert (summary.sent, summary.failed) == (5, 1)
+        assert rows[bad][0] == "failed" and rows[bad][2].startswith("message not built")
+        assert Counter(m.rcpt_tos[0] for m in srv.messages) == Counter(
+            {r(i): 1 for i in range(6) if i != 3})
+        assert all(m.data for m in srv.messages)
+        store.close()
+
+
 def test_server_down_at_the_start_then_back_sends_each_once(
         make_settings: Callable[..., Settings]) -> None:
     with SmtpTestServer() as gone:

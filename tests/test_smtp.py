@@ -6,7 +6,7 @@ import asyncio
 import email
 import email.policy
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,6 +149,92 @@ def test_data_refused_fails(code: int) -> None:
     assert (first.status, first.code, first.close) == ("failed", code, False)
     assert first.reply.startswith(f"end of data: {code} ")
     assert second.status == "sent"
+
+
+async def poll(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def test_the_next_envelope_rides_behind_the_data_when_pipelining() -> None:
+    second = "second@example.com"
+
+    async def go(srv: SmtpTestServer) -> tuple[list[SendResult], list[str]]:
+        conn = await pool(srv).connect()
+        try:
+            first = await conn.send(SENDER, GOOD, make_message(GOOD), then=(SENDER, second))
+            if conn.pipelining:  # MAIL and RCPT for `second` went out with the data (the
+                # server logs DATA once the message is in)
+                assert await poll(lambda: len(srv.commands) == 5)
+            seen = [verb for verb, _ in srv.commands]
+            last = await conn.send(SENDER, second, make_message(second, n=2))
+            return [first, last], seen
+        finally:
+            await conn.close()
+
+    with SmtpTestServer() as srv:
+        results, seen = run(go(srv))
+        got = srv.messages
+    assert [r.status for r in results] == ["sent", "sent"]
+    assert seen == ["MAIL", "RCPT", "DATA"] + (["MAIL", "RCPT"] if PIPELINING[0] else [])
+    assert [m.rcpt_tos for m in got] == [(GOOD,), (second,)]
+    assert [m.data for m in got] == [make_message(GOOD), make_message(second, n=2)]
+
+
+def test_an_envelope_sent_ahead_and_then_not_used_delivers_nothing() -> None:
+    async def go(p: SmtpPool) -> list[SendResult]:
+        conn = await p.connect()
+        first = await conn.send(SENDER, GOOD, make_message(), then=(SENDER, "second@example.com"))
+        other = await conn.send(SENDER, "third@example.com", make_message("third@example.com"))
+        await conn.close()
+        conn = await p.connect()  # announced, then closed with the server awaiting its data
+        last = await conn.send(SENDER, GOOD, make_message(n=3), then=(SENDER, "x@example.com"))
+        await conn.close()
+        return [first, other, last]
+
+    with SmtpTestServer() as srv:
+        results = run(go(pool(srv)))
+        assert run(send_one(pool(srv))).status == "sent"
+        got = [m.rcpt_tos[0] for m in srv.messages]
+    if PIPELINING[0]:  # the connection cannot leave DATA without a message: it is closed
+        assert [(r.status, r.close) for r in results] == [
+            ("sent", False), ("deferred", True), ("sent", False)]
+        assert results[1].reply.startswith("the envelope sent ahead was for another")
+        assert sorted(got) == [GOOD] * 3  # never an empty message to second@ or x@
+    else:
+        assert [r.status for r in results] == ["sent"] * 3
+        assert sorted(got) == [GOOD, GOOD, GOOD, "third@example.com"]
+
+
+@pytest.mark.parametrize("code", [450, 550, 421])
+def test_an_envelope_sent_ahead_and_refused(code: int) -> None:
+    bad = f"user{code}@example.com"
+    after = "after@example.com"
+
+    async def go(p: SmtpPool) -> list[SendResult]:
+        conn = await p.connect()
+        try:
+            return [await conn.send(SENDER, GOOD, make_message(), then=(SENDER, bad)),
+                    await conn.send(SENDER, bad, make_message(bad), then=(SENDER, after)),
+                    await conn.send(SENDER, after, make_message(after))]
+        finally:
+            await conn.close()
+
+    with SmtpTestServer(rcpt_codes={bad: code}) as srv:
+        first, refused, last = run(go(pool(srv)))
+        got = [m.rcpt_tos for m in srv.messages]
+    assert first.status == "sent"
+    assert refused.code == code and refused.reply.startswith(f"RCPT: {code} ")
+    if code == 421:  # the server is going away: the rest waits for a new connection
+        assert (refused.status, refused.close) == ("deferred", True)
+        assert last.status == "deferred" and got == [(GOOD,)]
+    else:
+        assert refused.status == ("deferred" if code < 500 else "failed")
+        assert not refused.close and last.status == "sent" and got == [(GOOD,), (after,)]
 
 
 def test_421_closes_then_a_new_connection_works() -> None:
