@@ -165,17 +165,7 @@ def test_a_row_announced_ahead_whose_message_cannot_be_built_delivers_nothing(
     # empty message), and every other reader still gets exactly one copy.
     bad = "reader3@odd_domain.example.org"
     with SmtpTestServer() as srv:
-        settings = make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = 1
-timeout = 5
-""")
+        settings = relay_settings(make_settings, srv, smtp="concurrency = 1")
         store = pipeline.open_store(settings)
         seed(store, 6)
         with store.engine.begin() as conn:
