@@ -151,7 +151,9 @@ class LedgerQueries:
             return
         sub = s.subscribers.c
         dialect = self.engine.dialect
-        stamp = s.UTCDateTime().bind_processor(dialect) or (lambda v: v)
+        # dialect_impl: the type as this dialect stores it (SQLite: SQLAlchemy's fixed-width
+        # text, which claims compare as strings), not the generic DateTime's processor.
+        stamp = s.UTCDateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
         when = stamp(now)
         rows = [(r.status, 0 if r.status == "skipped" else 1,
                  None if r.next_attempt_at is None else stamp(r.next_attempt_at),

@@ -64,6 +64,35 @@ def test_settle_never_downgrades_a_sent_row(db_url: str) -> None:
     store.close()
 
 
+def test_settle_stores_times_as_every_other_write_does(db_url: str) -> None:
+    # Settle bypasses SQLAlchemy's statement layer; its times must still be stored in the
+    # column's own format (SQLite: fixed-width text compared as strings by the claim) and
+    # come back as the same aware instants, whole seconds included.
+    store, issue_id = seeded(db_url, active=2, other=0)
+    store.enqueue(issue_id, T0)  # written through SQLAlchemy: the reference format
+    a, b = store.claim(issue_id, "a", 2, timedelta(minutes=5), T0)
+    retry = T0 + timedelta(minutes=5)
+    store.settle([Settle(a.delivery_id, a.subscriber_id, "sent", 250, "ok"),
+                  Settle(b.delivery_id, b.subscriber_id, "deferred", 451, "busy",
+                         next_attempt_at=retry)], T0, 1)
+    d = s.deliveries.c
+    with store.engine.connect() as conn:
+        typed = {r.id: r for r in conn.execute(
+            sa.select(d.id, d.sent_at, d.updated_at, d.first_attempt_at, d.next_attempt_at))}
+        raw = conn.execute(sa.select(sa.cast(d.updated_at, sa.Text),
+                                     sa.cast(d.next_attempt_at, sa.Text))
+                           .where(d.id == b.delivery_id)).one()
+    assert typed[a.delivery_id].sent_at == T0 and typed[a.delivery_id].first_attempt_at == T0
+    assert typed[b.delivery_id].sent_at is None and typed[b.delivery_id].next_attempt_at == retry
+    if store.engine.dialect.name == "sqlite":
+        assert raw == ("2026-11-20 09:00:00.000000", "2026-11-20 09:05:00.000000")
+    # The deferred row is due exactly at its retry time, not a moment before or after.
+    assert store.claim(issue_id, "b", 5, timedelta(minutes=5), retry - timedelta(seconds=1)) == []
+    assert [r.delivery_id for r in store.claim(issue_id, "b", 5, timedelta(minutes=5), retry)] \
+        == [b.delivery_id]
+    store.close()
+
+
 def test_backoff_give_up_and_hard_bounce(db_url: str) -> None:
     store, issue_id = seeded(db_url, active=2, other=0)
     store.enqueue(issue_id, T0)
