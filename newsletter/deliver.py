@@ -272,6 +272,10 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
     def upcoming(lane: Lane) -> tuple[str, str] | None:
         """Take the lane's next row now, so that its envelope can go out with this message's
         data; None when there is none or it will not be sent by SMTP."""
+        if limiter.interval:
+            # Paced sending: the server would sit in DATA for the whole pause (and may time
+            # out there), while the pause, not round trips, sets the rate anyway.
+            return None
         if lane.next is None and not lane.last and not queue.empty():
             row = queue.get_nowait()
             lane.last = row is None
@@ -352,9 +356,13 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                     if not (abort or halted or exhausted) and queue.qsize() <= low_water:
                         rows = await policy.call(ledger.claim, plan.issue_id, owner,
                                                  policy.batch_size, policy.lease, clock())
-                        held.update(r.delivery_id for r in rows)
-                        lost.difference_update(r.delivery_id for r in rows)  # ours again
-                        for row in rows:
+                        # A row we still hold (queued, in a lane or being sent) can come
+                        # back only after its lease ran out: it is ours again, and its copy
+                        # already here is the one to send, never a second.
+                        fresh = [r for r in rows if r.delivery_id not in held]
+                        lost.difference_update(r.delivery_id for r in rows)
+                        held.update(r.delivery_id for r in fresh)
+                        for row in fresh:
                             queue.put_nowait(row)
                         exhausted = not rows
                         if rows:

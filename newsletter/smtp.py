@@ -141,7 +141,7 @@ class SmtpConnection:
             return SendResult("deferred", None, "the envelope sent ahead was for another "
                               "recipient; connection closed", close=True)
         following = self._commands(*then) if then is not None and self.pipelining else None
-        payload = _dot_stuffed(message) + b".\r\n"
+        message = _dot_stuffed(message)
         stage = "MAIL"
         try:
             replies = await (self._replies.read(3, self._timeout) if ahead
@@ -149,8 +149,15 @@ class SmtpConnection:
             for stage, ok, reply in zip(_STAGES, _ACCEPT, replies, strict=False):
                 if reply.code not in ok:
                     if len(replies) == 3 and replies[2].code == 354:
-                        # Pipelined DATA accepted although a recipient was refused: end the
-                        # empty transaction (RFC 2920 §3.1) before resetting.
+                        if not 400 <= reply.code < 600:
+                            # Not a refusal we understand: the recipient may stand, and a
+                            # "." would deliver an empty message. Only closing is safe.
+                            self._drop()
+                            return SendResult("deferred", None, _one_line(
+                                f"{stage}: unexpected reply {reply.code} {reply.message}"),
+                                close=True)
+                        # Pipelined DATA accepted although the recipient was refused: end
+                        # the empty transaction (RFC 2920 §3.1) before resetting.
                         self._replies.write(b".\r\n")
                         await self._replies.read(1, self._timeout)
                     return await self._refused(stage, reply.code, reply.message)
@@ -160,11 +167,11 @@ class SmtpConnection:
             if not self._replies.usable:  # closed after its DATA was accepted: nothing sent
                 raise self._replies.error or SMTPServerDisconnected("connection closed")
             stage = "dot"
-            if isinstance(following, tuple):
-                self._replies.write(payload + b"".join(following))
+            if isinstance(following, tuple):  # one copy of the ~25 KB message, not two
+                self._replies.write(b"".join((message, b".\r\n", *following)))
                 self._ahead = then
             else:
-                self._replies.write(payload)
+                self._replies.write(message + b".\r\n")
             end = await self._replies.read(1, self._timeout)
             if not end:
                 raise self._replies.error or SMTPServerDisconnected("connection lost")

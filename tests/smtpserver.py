@@ -8,6 +8,7 @@ import ipaddress
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 REPLIES = {
+    252: "252 2.1.5 Cannot verify the user, will try delivery",  # accepted, oddly worded
     421: "421 4.7.0 Too many messages, closing connection",
     450: "450 4.2.1 Mailbox busy, try again later",
     451: "451 4.3.0 Local error in processing",
@@ -113,6 +115,8 @@ class _Handler:
         if address in self.o.drop_on_rcpt:
             await self._drop(server)
         if address in self.o.rcpt_codes:
+            if self.o.rcpt_codes[address] < 400:  # an acceptance in unusual words
+                envelope.rcpt_tos.append(address)
             return REPLIES[self.o.rcpt_codes[address]]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -190,6 +194,7 @@ class SmtpTestServer:
     port: int = 0
     cert_pem: bytes = b""
     commands: list[tuple[str, bool]] = field(default_factory=list)  # (verb, over TLS)
+    times: list[tuple[str, float]] = field(default_factory=list)  # (verb, time.monotonic())
     _messages: list[Received] = field(default_factory=list)
     _sessions: list[SMTP] = field(default_factory=list)
     _count: dict[int, int] = field(default_factory=dict)  # messages per session
@@ -205,6 +210,7 @@ class SmtpTestServer:
     def _log(self, verb: str, server: SMTP) -> None:
         with self._lock:
             self.commands.append((verb, _over_tls(server)))
+            self.times.append((verb, time.monotonic()))
 
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts this server's certificate (and nothing else)."""

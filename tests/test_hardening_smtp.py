@@ -184,6 +184,24 @@ def test_a_row_announced_ahead_whose_message_cannot_be_built_delivers_nothing(
         store.close()
 
 
+def test_rate_limit_paces_messages_and_sends_no_envelope_ahead(
+        make_settings: Callable[..., Settings]) -> None:
+    # 10 messages/s on one connection: six messages span about half a second. The next
+    # envelope is not sent ahead while pacing (the server would wait in DATA for the whole
+    # pause), so each MAIL comes a pause after the previous message, not right behind it.
+    with SmtpTestServer() as srv:
+        settings = relay_settings(make_settings, srv, smtp="concurrency = 1\nrate = 10")
+        store, issue = start(settings, 6)
+        assert sending.run_worker(settings, store, issue).sent == 6
+        times = srv.times
+        store.close()
+    mails = [t for verb, t in times if verb == "MAIL"]
+    ends = [t for verb, t in times if verb == "DATA"]  # logged once the data is in
+    assert len(mails) == len(ends) == 6
+    assert mails[-1] - mails[0] >= 0.45  # five pauses of 0.1 s (timers may fire a bit early)
+    assert min(nxt - end for end, nxt in zip(ends, mails[1:], strict=False)) >= 0.05
+
+
 def test_server_down_at_the_start_then_back_sends_each_once(
         make_settings: Callable[..., Settings]) -> None:
     with SmtpTestServer() as gone:

@@ -237,6 +237,27 @@ def test_an_envelope_sent_ahead_and_refused(code: int) -> None:
         assert not refused.close and last.status == "sent" and got == [(GOOD,), (after,)]
 
 
+def test_an_unusual_rcpt_reply_never_ends_in_an_empty_message() -> None:
+    # 252 is not a refusal: the server may well keep the recipient, and with DATA already
+    # accepted (pipelined) a "." would deliver an empty message. The connection is closed.
+    odd = "odd@example.com"
+
+    async def go(p: SmtpPool) -> SendResult:
+        conn = await p.connect()
+        try:
+            return await conn.send(SENDER, odd, make_message(odd))
+        finally:
+            await conn.close()
+
+    with SmtpTestServer(rcpt_codes={odd: 252}) as srv:
+        result = run(go(pool(srv)))
+        assert run(send_one(pool(srv))).status == "sent"  # the server still works
+        got = [m.rcpt_tos for m in srv.messages]
+    assert (result.status, result.close) == ("deferred", True)
+    assert "252" in result.reply
+    assert got == [(GOOD,)]
+
+
 def test_421_closes_then_a_new_connection_works() -> None:
     async def go(p: SmtpPool) -> list[SendResult]:
         conn = await p.connect()

@@ -19,8 +19,20 @@ from test_send import seed, smtp_settings
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.deliver import Policy, Summary, deliver
+from newsletter.models import Issue
 from newsletter.pipeline import sending
 from newsletter.smtp import pool_from_settings
+from newsletter.store import Store
+
+
+def started(settings: Settings, readers: int) -> tuple[Store, Issue, list[str]]:
+    """An issue for `readers` new subscribers, its ledger filled; issue.id is set."""
+    store = pipeline.open_store(settings)
+    addresses = seed(store, readers)
+    issue = pipeline.build_issue(settings, store).issue
+    assert issue is not None and issue.id is not None
+    sending.start_sending(settings, store, issue)
+    return store, issue, addresses
 
 
 def test_a_batch_slower_than_its_lease_is_never_sent_twice(
@@ -29,11 +41,7 @@ def test_a_batch_slower_than_its_lease_is_never_sent_twice(
     worker takes the rows that wait in the queue and both send them."""
     with SmtpTestServer(delay=0.05) as srv:  # ~0.15 s a message
         settings = smtp_settings(make_settings, srv)
-        store = pipeline.open_store(settings)
-        addresses = seed(store, 40)
-        issue = pipeline.build_issue(settings, store).issue
-        assert issue is not None and issue.id is not None
-        sending.start_sending(settings, store, issue)
+        store, issue, addresses = started(settings, 40)
         policy = Policy(batch_size=20, lease=timedelta(seconds=1), concurrency=1)
         summaries: list[Summary] = []
 
@@ -52,6 +60,39 @@ def test_a_batch_slower_than_its_lease_is_never_sent_twice(
         assert received == Counter(addresses)  # every address, each exactly once
         assert sum(x.sent for x in summaries) == 40
         assert store.delivery_counts(issue.id)["sent"] == 40
+        store.close()
+
+
+def test_a_row_reclaimed_while_still_queued_here_is_sent_once(
+        make_settings: Callable[..., Settings]) -> None:
+    """The worker's clock jumps past its own leases after the first claim (a stall longer
+    than the lease, compressed): its next claim takes back the rows still waiting in its
+    own queue. They are its own again, and each must go out once, not once per copy."""
+    with SmtpTestServer() as srv:
+        settings = smtp_settings(make_settings, srv)
+        store, issue, addresses = started(settings, 30)
+        start = datetime.now(UTC)
+        claims = [0]
+        real_claim = store.claim
+
+        def claim(*args: object) -> object:
+            claims[0] += 1
+            return real_claim(*args)  # type: ignore[arg-type]
+
+        store.claim = claim  # type: ignore[method-assign]  # counts, changes nothing
+
+        def clock() -> datetime:  # ten minutes later from the second claim on
+            return start + (timedelta(minutes=10) if claims[0] >= 1 else timedelta(0))
+
+        # A lease of five minutes in real time: no renewal runs during the test.
+        policy = Policy(batch_size=10, lease=timedelta(minutes=5), concurrency=1,
+                        ledger_inline=True)
+        plan = sending.make_plan(settings, store, issue)
+        summary = asyncio.run(deliver(store, plan, pool_from_settings(settings), policy,
+                                      owner="w", clock=clock))
+        assert claims[0] >= 3  # the second claim ran while rows of the first were queued
+        assert Counter(m.rcpt_tos[0] for m in srv.messages) == Counter(addresses)
+        assert summary.sent == 30 and store.delivery_counts(issue.id)["sent"] == 30
         store.close()
 
 
