@@ -32,8 +32,10 @@ class SendResult:
 
 
 class Connection(Protocol):
-    # `then`: the envelope of the next send() on this connection, which an SMTP connection
-    # may announce ahead of time; a connection left with one announced is closed unused.
+    # True when send() honours `then`: the envelope of the next send() on this connection,
+    # announced ahead of time; a connection left with one announced is closed unused.
+    pipelining: bool
+
     async def send(self, sender: str, recipient: str, message: bytes,
                    then: tuple[str, str] | None = None) -> SendResult: ...
 
@@ -243,14 +245,12 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         lane = Lane()
         try:
             while not abort and not halted:
-                if lane.next is not None:
-                    row, lane.next = lane.next, None
-                elif lane.last:
+                row: Claimed | None = lane.next
+                lane.next = None
+                if row is None:
+                    row = None if lane.last else await queue.get()
+                if row is None:
                     return
-                else:
-                    row = await queue.get()
-                    if row is None:
-                        return
                 if queue.qsize() <= low_water:
                     wake.set()
                 if row.delivery_id in lost:
@@ -272,7 +272,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
     def upcoming(lane: Lane) -> tuple[str, str] | None:
         """Take the lane's next row now, so that its envelope can go out with this message's
         data; None when there is none or it will not be sent by SMTP."""
-        if limiter.interval:
+        if limiter.interval or lane.conn is None or not lane.conn.pipelining:
             # Paced sending: the server would sit in DATA for the whole pause (and may time
             # out there), while the pause, not round trips, sets the rate anyway.
             return None

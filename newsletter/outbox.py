@@ -19,6 +19,8 @@ class OutboxConnection:
     """Writes `<folder>/<UTC timestamp>-<sha1 of Message-ID>.eml`; readers never see a
     half-written file (temporary name, then rename in the same folder)."""
 
+    pipelining = False  # nothing to announce ahead: each message is one file write
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 

@@ -100,7 +100,7 @@ class SmtpConnection:
     def usable(self) -> bool:
         return self._replies.usable
 
-    def _commands(self, sender: str, recipient: str) -> tuple[bytes, ...] | SendResult:
+    def _commands(self, sender: str, recipient: str) -> tuple[bytes, bytes, bytes] | SendResult:
         """MAIL, RCPT and DATA for one recipient, or why they cannot be sent (a failure)."""
         for address in (sender, recipient):
             if not _ENVELOPE_RE.fullmatch(address):
