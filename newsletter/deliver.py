@@ -219,8 +219,9 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         """Take the lane's next row now, so that its envelope can go out with this message's
         data; None when there is none or it will not be sent by SMTP."""
         if limiter.interval or lane.conn is None or not lane.conn.pipelining:
-            # Paced sending: the server would sit in DATA for the whole pause (and may time
-            # out there), while the pause, not round trips, sets the rate anyway.
+            # Nothing to announce on a connection that does not pipeline. When paced, the
+            # server would sit in DATA for the whole pause (and may time out there), while
+            # the pause, not round trips, sets the rate anyway.
             return None
         if lane.next is None and not lane.last and not queue.empty():
             row = queue.get_nowait()
