@@ -212,8 +212,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
                 if abort:
                     wake.set()
         finally:
-            if lane.conn is not None:
-                await _close(lane.conn)
+            await lane.drop()
 
     def upcoming(lane: Lane) -> tuple[str, str] | None:
         """Take the lane's next row now, so that its envelope can go out with this message's

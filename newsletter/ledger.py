@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,11 +69,17 @@ _SETTLE_SQL = ("UPDATE deliveries SET status = {p}, attempts = attempts + {p}, "
 _MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # sqlite3; psycopg
 
 
-def _settle_sql(dialect: Dialect) -> str:
+@functools.cache
+def _settle_for(dialect: Dialect) -> tuple[str, Callable[[datetime], Any]]:
+    """The settle SQL in this driver's parameter style, and how this dialect stores a time:
+    dialect_impl is the type as the dialect writes it (SQLite: SQLAlchemy's fixed-width text,
+    which claims compare as strings), not the generic DateTime's processor. Once per engine's
+    dialect, not per commit."""
     if dialect.paramstyle not in _MARKERS:
         raise NotImplementedError(f"settle needs a qmark or format driver, not "
                                   f"{dialect.driver} ({dialect.paramstyle})")
-    return _SETTLE_SQL.format(p=_MARKERS[dialect.paramstyle])
+    stamp = s.UTCDateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+    return _SETTLE_SQL.format(p=_MARKERS[dialect.paramstyle]), stamp
 
 
 class LedgerQueries:
@@ -150,17 +157,14 @@ class LedgerQueries:
         if not results:
             return
         sub = s.subscribers.c
-        dialect = self.engine.dialect
-        # dialect_impl: the type as this dialect stores it (SQLite: SQLAlchemy's fixed-width
-        # text, which claims compare as strings), not the generic DateTime's processor.
-        stamp = s.UTCDateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+        sql, stamp = _settle_for(self.engine.dialect)
         when = stamp(now)
         rows = [(r.status, 0 if r.status == "skipped" else 1,
                  None if r.next_attempt_at is None else stamp(r.next_attempt_at),
                  when, r.code, r.reply[:500], when if r.status == "sent" else None, when,
                  r.delivery_id) for r in results]
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(_settle_sql(dialect), rows)
+            conn.exec_driver_sql(sql, rows)
             for r in results:
                 if r.hard_bounce:
                     conn.execute(s.subscribers.update().where(sub.id == r.subscriber_id)

@@ -143,8 +143,12 @@ def preferences_token(secret: bytes, subscriber_id: int, email: str, now: dateti
     return tokens.sign(secret, "preferences", str(subscriber_id), now, extra=email)
 
 
+def _url_prefix(base_url: str, path: str) -> str:
+    return f"{base_url.rstrip('/')}/{path}?token="
+
+
 def _url(base_url: str, path: str, token: str) -> str:
-    return f"{base_url.rstrip('/')}/{path}?token={quote(token, safe='')}"
+    return _url_prefix(base_url, path) + quote(token, safe="")
 
 
 def confirm_url(base_url: str, token: str) -> str:
@@ -171,9 +175,10 @@ def issue_links(base_url: str, secret: bytes,
     the signers and URL prefixes prepared once rather than per message."""
     unsubscribe = tokens.signer(secret, "unsubscribe", now)
     preferences = tokens.signer(secret, "preferences", now)
-    # Tokens are base64url, which is all unreserved characters (RFC 3986): nothing to quote.
-    base = base_url.rstrip("/")
-    unsubscribe_at, preferences_at = f"{base}/unsubscribe?token=", f"{base}/preferences?token="
+    # Tokens signed here are base64url, all unreserved characters (RFC 3986): _url's quoting
+    # would leave them as they are, so it is skipped per message.
+    unsubscribe_at = _url_prefix(base_url, "unsubscribe")
+    preferences_at = _url_prefix(base_url, "preferences")
 
     def links(subscriber_id: int, email: str) -> tuple[str, str]:
         subject = str(subscriber_id)

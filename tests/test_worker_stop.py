@@ -14,25 +14,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from smtpserver import SmtpTestServer
-from test_send import seed, smtp_settings
+from test_hardening_smtp import r, start
+from test_send import smtp_settings
 
-from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.deliver import Policy, Summary, deliver
-from newsletter.models import Issue
 from newsletter.pipeline import sending
 from newsletter.smtp import pool_from_settings
-from newsletter.store import Store
-
-
-def started(settings: Settings, readers: int) -> tuple[Store, Issue, list[str]]:
-    """An issue for `readers` new subscribers, its ledger filled; issue.id is set."""
-    store = pipeline.open_store(settings)
-    addresses = seed(store, readers)
-    issue = pipeline.build_issue(settings, store).issue
-    assert issue is not None and issue.id is not None
-    sending.start_sending(settings, store, issue)
-    return store, issue, addresses
 
 
 def test_a_batch_slower_than_its_lease_is_never_sent_twice(
@@ -41,7 +29,8 @@ def test_a_batch_slower_than_its_lease_is_never_sent_twice(
     worker takes the rows that wait in the queue and both send them."""
     with SmtpTestServer(delay=0.05) as srv:  # ~0.15 s a message
         settings = smtp_settings(make_settings, srv)
-        store, issue, addresses = started(settings, 40)
+        store, issue = start(settings, 40)
+        addresses = [r(i) for i in range(40)]
         policy = Policy(batch_size=20, lease=timedelta(seconds=1), concurrency=1)
         summaries: list[Summary] = []
 
@@ -70,8 +59,9 @@ def test_a_row_reclaimed_while_still_queued_here_is_sent_once(
     own queue. They are its own again, and each must go out once, not once per copy."""
     with SmtpTestServer() as srv:
         settings = smtp_settings(make_settings, srv)
-        store, issue, addresses = started(settings, 30)
-        start = datetime.now(UTC)
+        store, issue = start(settings, 30)
+        addresses = [r(i) for i in range(30)]
+        began = datetime.now(UTC)
         claims = [0]
         real_claim = store.claim
 
@@ -82,7 +72,7 @@ def test_a_row_reclaimed_while_still_queued_here_is_sent_once(
         store.claim = claim  # type: ignore[method-assign]  # counts, changes nothing
 
         def clock() -> datetime:  # ten minutes later from the second claim on
-            return start + (timedelta(minutes=10) if claims[0] >= 1 else timedelta(0))
+            return began + (timedelta(minutes=10) if claims[0] >= 1 else timedelta(0))
 
         # A lease of five minutes in real time: no renewal runs during the test.
         policy = Policy(batch_size=10, lease=timedelta(minutes=5), concurrency=1,
@@ -100,11 +90,8 @@ def test_sigterm_stops_a_worker_mid_send_and_frees_its_rows(
         make_settings: Callable[..., Settings]) -> None:
     with SmtpTestServer(delay=0.01) as srv:
         settings = smtp_settings(make_settings, srv, "batch_size = 50")
-        store = pipeline.open_store(settings)
-        addresses = seed(store, 400)
-        issue = pipeline.build_issue(settings, store).issue
-        assert issue is not None and issue.id is not None
-        sending.start_sending(settings, store, issue)
+        store, issue = start(settings, 400)
+        addresses = [r(i) for i in range(400)]
         cmd = [sys.executable, "-m", "newsletter.cli", "--config", str(settings.path),
                "--log-level", "WARNING", "worker", "--poll", "0.2"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
