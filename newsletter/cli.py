@@ -63,11 +63,21 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.option("--connect", is_flag=True,
+              help="Also open the database (and migrate it), as every command will.")
 @click.pass_context
-def config_check(ctx: click.Context) -> None:
+@fail_cleanly
+def config_check(ctx: click.Context, connect: bool) -> None:
     """Validate the configuration and print the effective settings, secrets masked."""
+    from newsletter import dburl
+
     settings = settings_of(ctx)
-    click.echo(f"# {settings.path}: valid")
+    dburl.check(settings.storage.database_url)
+    if connect:
+        from newsletter.store import Store
+
+        Store(settings.storage.database_url).close()
+    click.echo(f"# {settings.path}: valid" + ("; database reachable" if connect else ""))
     click.echo(json.dumps(effective_settings(settings), indent=2, ensure_ascii=False))
 
 
@@ -135,7 +145,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, *,
     if settings.secrets.admin_token:
         click.echo(f"admin dashboard: http://{host}:{port}/admin/ (log in with the admin token)")
     else:
-        click.echo("admin dashboard: off until NEWSLETTER_SECRETS_ADMIN_TOKEN is set")
+        click.echo("admin dashboard: off (no admin token: set NEWSLETTER_SECRETS_ADMIN_TOKEN "
+                   "to 16 or more characters to turn it on)")
     try:
         # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
         uvicorn.run(app, host=host, port=port, log_level="warning",

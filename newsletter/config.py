@@ -18,6 +18,13 @@ from urllib.parse import urlsplit
 from newsletter.errors import ConfigError
 
 DEFAULT_CONFIG = "config/newsletter.toml"
+MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
+# Variables that start with NEWSLETTER_ but are not NEWSLETTER_<SECTION>_<KEY> settings; any
+# other such name is taken for a mistyped setting and refused.
+ENV_NOT_SETTINGS = frozenset({
+    "NEWSLETTER_CONFIG",  # the configuration file (--config)
+    "NEWSLETTER_TEST_DATABASE_URL",  # the PostgreSQL the test suite and CI use
+})
 
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
@@ -308,8 +315,29 @@ def _build(where: str, cls: type, data: Any) -> Any:
     return cls(**values)
 
 
+def _env_names() -> list[str]:
+    return [f"NEWSLETTER_{section}_{f.name}".upper() for section, cls in _sections().items()
+            if section != "sources" for f in dataclasses.fields(cls)]
+
+
+def _check_env_names(environ: dict[str, str]) -> None:
+    """A mistyped NEWSLETTER_* name used to be ignored, so the setting silently kept its value."""
+    import difflib
+
+    known = set(_env_names())
+    for name in sorted(environ):
+        if not name.startswith("NEWSLETTER_") or name in known or name in ENV_NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(name, sorted(known | ENV_NOT_SETTINGS), n=1,
+                                          cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else \
+            "settings are NEWSLETTER_<SECTION>_<KEY>, see `newsletter config example`"
+        raise ConfigError(f"environment {name}: unknown setting ({hint})")
+
+
 def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
     """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al."""
+    _check_env_names(environ)
     for section, cls in _sections().items():
         if section == "sources":
             continue
@@ -332,7 +360,23 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
             data.setdefault(section, {})[f.name] = value
 
 
-def _check(settings: Settings, where: str) -> None:
+def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
+    from newsletter import dburl
+
+    token = settings.secrets.admin_token
+    if token and len(token) < MIN_ADMIN_TOKEN_CHARS:  # the dashboard would stay off
+        origin = ("environment NEWSLETTER_SECRETS_ADMIN_TOKEN"
+                  if "NEWSLETTER_SECRETS_ADMIN_TOKEN" in environ
+                  else f"{where}: secrets.admin_token")
+        raise ConfigError(f"{origin}: expected at least {MIN_ADMIN_TOKEN_CHARS} characters, "
+                          f"got {len(token)} (leave it empty to turn the admin dashboard off)")
+    try:
+        dburl.parse(settings.storage.database_url,
+                    "environment NEWSLETTER_STORAGE_DATABASE_URL"
+                    if "NEWSLETTER_STORAGE_DATABASE_URL" in environ
+                    else f"{where}: storage.database_url")
+    except dburl.DatabaseError as exc:
+        raise ConfigError(str(exc)) from None
     urls = [("publication.base_url", settings.publication.base_url)]
     if settings.feeds.public_url:
         urls.append(("feeds.public_url", settings.feeds.public_url))
@@ -412,7 +456,7 @@ def load_settings(path: str | Path | None = None,
         elif name in data:
             values[name] = _build(f"{where}: {name}", cls, data[name])
     settings = Settings(path=path, **values)
-    _check(settings, where)
+    _check(settings, where, environ)
     return settings
 
 

@@ -18,3 +18,7 @@ class SourceError(NewsletterError):
 
 class ConfigError(NewsletterError):
     """The configuration file (or an environment override) is not valid."""
+
+
+class DatabaseError(NewsletterError):
+    """The database URL is malformed or unsupported, or the database cannot be opened."""

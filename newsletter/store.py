@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter import migrations
+from newsletter import dburl, migrations
 from newsletter import schema as s
 from newsletter.ledger import LedgerQueries
 from newsletter.models import Article
@@ -57,6 +57,26 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def open_engine(url: str) -> Engine:
+    """make_engine for an operator's URL: every way it can be wrong is a DatabaseError."""
+    dburl.parse(url)
+    try:
+        return make_engine(url)
+    except ImportError as exc:  # the driver library (psycopg) is not installed
+        raise dburl.DatabaseError(f"database {dburl.mask(url)}: cannot load its driver: "
+                                  f"{exc}") from None
+    except (OSError, sa.exc.ArgumentError) as exc:  # e.g. the SQLite folder is not writable
+        raise dburl.connect_error(url, exc) from None
+
+
+def connect(engine: Engine, url: str) -> sa.Connection:
+    """A connection, or DatabaseError with the driver's reason (refused, no such database)."""
+    try:
+        return engine.connect()
+    except sa.exc.DBAPIError as exc:
+        raise dburl.connect_error(url, exc) from None
+
+
 @dataclass(slots=True)
 class FileRecord:
     mtime_ns: int
@@ -92,10 +112,10 @@ class Store(IssueQueries, LedgerQueries, SubscriberQueries):
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = open_engine(url)
         if migrate:
             try:
-                with self.engine.connect() as conn:
+                with connect(self.engine, url) as conn:
                     migrations.migrate(conn)
             except BaseException:
                 self.engine.dispose()  # no caller holds this Store to close it

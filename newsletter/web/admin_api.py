@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from newsletter import log, subscriptions
+from newsletter.config import MIN_ADMIN_TOKEN_CHARS
 from newsletter.errors import NewsletterError
 from newsletter.schema import SUBSCRIBER_STATUSES
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from newsletter.subscribers_csv import ImportReport
 
 Jobs = list[tuple[str, datetime | None]]
-MIN_TOKEN_CHARS = 16  # a short token is guessable despite the failure limit: stay disabled
+MIN_TOKEN_CHARS = MIN_ADMIN_TOKEN_CHARS  # config refuses shorter; stay disabled anyway
 DISABLED = ("the admin API and dashboard are disabled: set NEWSLETTER_SECRETS_ADMIN_TOKEN "
             f"(at least {MIN_TOKEN_CHARS} characters) to enable them")
 NO_STORE = {"cache-control": "no-store", "x-content-type-options": "nosniff",
