@@ -90,10 +90,7 @@ def config_example() -> None:
 
 
 def _print_collect(report: Any) -> None:
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    for error in report.errors:
-        click.echo(f"error: {error}", err=True)
+    # Each error and warning is already on stderr once, as collect's WARNING log line.
     click.echo(f"collected: {report.new} new, {report.updated} updated, "
                f"{report.unchanged} unchanged, {report.skipped_files} files unchanged on disk, "
                f"{len(report.errors)} failed")

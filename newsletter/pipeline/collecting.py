@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -162,8 +163,12 @@ def collect(settings: Settings, store: Store, *, now: datetime | None = None) ->
     report.new, report.updated = len(result.new), len(result.updated)
     report.unchanged = result.unchanged
     store.record_collect(started, now_utc(), report.new, report.updated, len(report.errors))
+    # The one report of each problem, for the CLI and the scheduler alike: the CLI used to
+    # print them again after this INFO line. WARNING: a broken source is for the operator.
     for err in report.errors:
-        log.event("collect.error", detail=err)
+        log.event("collect.error", logging.WARNING, detail=err)
+    for warning in report.warnings:
+        log.event("collect.warning", logging.WARNING, detail=warning)
     log.event("collect.done", new=report.new, updated=report.updated,
               unchanged=report.unchanged, skipped_files=report.skipped_files,
               errors=len(report.errors))

@@ -14,6 +14,7 @@ from markdown_it.token import Token
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
 from newsletter.sanitize import slug_for, slugify
+from newsletter.sources.yaml_depth import nesting_depth
 
 # The C loader is much faster; both are "safe" (plain data only, no Python objects).
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -26,6 +27,7 @@ MAX_YEAR = 2999
 # Front matter is a handful of fields; anything this large is a mistake or an attack.
 MAX_FRONT_MATTER = 64 * 1024
 MAX_YAML_DEPTH = 16
+_TOO_DEEP = f"front matter is nested more than {MAX_YAML_DEPTH} levels deep"
 
 _FENCE_CLOSE = ("---", "...")
 
@@ -104,6 +106,10 @@ def _load_yaml(source: str, origin: str) -> Any:
         # they are how "billion laughs" documents expand a few bytes into gigabytes.
         # Deep nesting is refused because the loaders build data recursively: the
         # pure-Python one raises RecursionError, and libyaml's overflows the C stack.
+        # Counted on the text first, so PyYAML (whose own limits and messages change
+        # between releases) never sees a deep document; the event count below is exact.
+        if nesting_depth(source, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:
+            raise SourceError(origin, _TOO_DEEP)
         depth = 0
         for event in yaml.parse(source, Loader=_YamlLoader):
             if isinstance(event, yaml.AliasEvent):
@@ -112,8 +118,7 @@ def _load_yaml(source: str, origin: str) -> Any:
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    reason = f"front matter is nested more than {MAX_YAML_DEPTH} levels deep"
-                    raise SourceError(origin, reason)
+                    raise SourceError(origin, _TOO_DEEP)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
         return yaml.load(source, Loader=_YamlLoader)  # noqa: S506 - a safe loader
