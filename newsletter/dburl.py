@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
 from typing import TYPE_CHECKING
 
@@ -66,11 +66,13 @@ def check(url: str, where: str = "storage.database_url") -> None:
     dialect, _, driver = parsed.drivername.partition("+")
     default, drivers = SUPPORTED[dialect]
     module = drivers[driver or default]
-    if importlib.util.find_spec(module) is None:
-        extra = " (install the project with its 'postgres' extra)" if dialect == "postgresql" \
+    try:  # imported, not just found: psycopg without a libpq of its own fails only then
+        importlib.import_module(module)
+    except ImportError as exc:
+        extra = "; install the project with its 'postgres' extra" if dialect == "postgresql" \
             else ""
         raise DatabaseError(f"{where}: {mask(url)!r} needs the Python package {module!r}, "
-                            f"which is not installed{extra}")
+                            f"which is not installed or cannot be loaded ({exc}){extra}") from None
 
 
 def connect_error(url: str, exc: BaseException) -> DatabaseError:
