@@ -15,16 +15,11 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from newsletter.config_env import check_env_names
 from newsletter.errors import ConfigError
 
 DEFAULT_CONFIG = "config/newsletter.toml"
 MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
-# Variables that start with NEWSLETTER_ but are not NEWSLETTER_<SECTION>_<KEY> settings; any
-# other such name is taken for a mistyped setting and refused.
-ENV_NOT_SETTINGS = frozenset({
-    "NEWSLETTER_CONFIG",  # the configuration file (--config)
-    "NEWSLETTER_TEST_DATABASE_URL",  # the PostgreSQL the test suite and CI use
-})
 
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
@@ -320,24 +315,9 @@ def _env_names() -> list[str]:
             if section != "sources" for f in dataclasses.fields(cls)]
 
 
-def _check_env_names(environ: dict[str, str]) -> None:
-    """A mistyped NEWSLETTER_* name used to be ignored, so the setting silently kept its value."""
-    import difflib
-
-    known = set(_env_names())
-    for name in sorted(environ):
-        if not name.startswith("NEWSLETTER_") or name in known or name in ENV_NOT_SETTINGS:
-            continue
-        close = difflib.get_close_matches(name, sorted(known | ENV_NOT_SETTINGS), n=1,
-                                          cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else \
-            "settings are NEWSLETTER_<SECTION>_<KEY>, see `newsletter config example`"
-        raise ConfigError(f"environment {name}: unknown setting ({hint})")
-
-
 def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
     """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al."""
-    _check_env_names(environ)
+    check_env_names(environ, _env_names())
     for section, cls in _sections().items():
         if section == "sources":
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,52 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0
     assert "feeds.max_entries: expected an integer" in res.stderr
+
+
+def test_unknown_environment_setting_suggests_the_real_one(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"^environment NEWSLETTER_FEEDS_MAX_ENTIRES: unknown "
+                                          r"setting \(did you mean NEWSLETTER_FEEDS_MAX_ENTRIES"):
+        load_settings(path, environ={"NEWSLETTER_FEEDS_MAX_ENTIRES": "10"})
+    with pytest.raises(ConfigError, match="NEWSLETTER_<SECTION>_<KEY>"):
+        load_settings(path, environ={"NEWSLETTER_ZZZ": "1"})
+    allowed = {"NEWSLETTER_CONFIG": str(path), "NEWSLETTER_TEST_DATABASE_URL": "x",
+               "NEWSLETTERX": "not ours", "NEWSLETTER_SMTP_PORT": "2526"}
+    assert load_settings(None, environ=allowed).smtp.port == 2526
+
+
+def test_short_admin_token_is_refused_and_empty_means_off(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + '[secrets]\nadmin_token = "fifteen-chars-x"\n')
+    with pytest.raises(ConfigError, match="secrets.admin_token: expected at least 16 "
+                                          "characters, got 15"):
+        load_settings(path, environ={})
+    ok = load_settings(path, environ={"NEWSLETTER_SECRETS_ADMIN_TOKEN": "sixteen-chars-xx"})
+    assert ok.secrets.admin_token == "sixteen-chars-xx"
+    assert load_settings(write(tmp_path, BASE), environ={}).secrets.admin_token == ""
+
+
+@pytest.mark.parametrize(("url", "phrase"), [
+    ("sqlite:///var/n.db", None), ("sqlite://", None),
+    ("postgresql+psycopg://u:p@h:5432/d?sslmode=require", None),
+    ("postgres://u:p@h/d", "write postgresql+psycopg://"),
+    ("postgresql+asyncpg://u@h/d", "the driver 'asyncpg' is not supported"),
+    ("mssql+pyodbc://u@h/d", "the database 'mssql' is not supported"),
+    ("var/n.db", "expected a database URL"),
+    ("sqlite:///var/n.db?bad=%zz&&", None),
+])
+def test_database_url_form(tmp_path: Path, url: str, phrase: str | None) -> None:
+    path = write(tmp_path, BASE + f'[storage]\ndatabase_url = "{url}"\n')
+    if phrase is None:
+        assert load_settings(path, environ={}).storage.database_url == url
+    else:
+        with pytest.raises(ConfigError, match=f"storage.database_url: .*{re.escape(phrase)}"):
+            load_settings(path, environ={})
+
+
+def test_connect_error_masks_the_password_everywhere() -> None:
+    from newsletter.dburl import connect_error
+
+    url = "postgresql+psycopg://app:pa55word@db.internal/news"
+    err = connect_error(url, OSError("could not log in app:pa55word\n\tsecond line"))
+    assert str(err) == ("database postgresql+psycopg://app:***@db.internal/news: cannot open: "
+                        "could not log in app:*** second line")

@@ -319,3 +319,66 @@ def test_arbitrary_front_matter_only_ever_raises_source_error(front: str, body: 
     else:
         assert draft.title
         assert draft.published.utcoffset() is not None
+
+
+DEEP_FORMS = {
+    "flow": "x: " + "[" * 17 + "]" * 17,
+    "braces": "x: " + "{a: " * 17 + "1" + "}" * 17,
+    "compact sequences": "x:\n" + "- " * 17 + "1",
+    "indented mappings": "".join(" " * i + f"k{i}:\n" for i in range(0, 40, 2)) + " " * 40 + "1",
+    "sequences at their key's column": "".join(" " * i + f"k{i}:\n" + " " * i + "-\n"
+                                               for i in range(0, 20, 2)),
+    "multi-line flow": "x: [\n" + "[\n" * 17 + "]\n" * 17 + "]",
+    "after a block scalar": "s: |\n  text\nx: " + "[" * 17 + "]" * 17,
+}
+
+
+@pytest.mark.parametrize("text", DEEP_FORMS.values(), ids=DEEP_FORMS.keys())
+def test_deep_nesting_is_refused_by_our_count_before_pyyaml(
+        text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    def unreachable(*_a: object, **_k: object) -> None:
+        raise AssertionError("PyYAML saw a deeply nested document")
+
+    monkeypatch.setattr(yaml, "parse", unreachable)
+    monkeypatch.setattr(yaml, "load", unreachable)
+    with pytest.raises(SourceError, match="front matter is nested more than 16 levels deep"):
+        parse("title: T\ndate: 2025-01-01\n" + text)
+
+
+SHALLOW_LOOKALIKES = {
+    "brackets in a quoted value": 'x: "' + "[" * 40 + '"',
+    "brackets in a single-quoted value": "x: 'it''s " + "{" * 40 + "'",
+    "brackets in a comment": "x: 1  # " + "[" * 40,
+    "brackets inside a plain value": "x: don't " + "[" * 40,
+    "brackets in a block scalar": "x: |\n  " + "[" * 40 + "\n  more\ny: 2",
+    "deep indentation in a folded scalar": "x: >\n" + "".join(" " * (2 + i) + "w\n"
+                                                              for i in range(40)),
+    "a multi-line quoted value": 'x: "a\n  ' + "[" * 40 + '\n  b"',
+}
+
+
+@pytest.mark.parametrize("text", SHALLOW_LOOKALIKES.values(), ids=SHALLOW_LOOKALIKES.keys())
+def test_brackets_that_are_text_are_not_nesting(text: str) -> None:
+    assert parse("title: T\ndate: 2025-01-01\n" + text).title == "T"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.text(max_size=8) | st.integers(),
+                    lambda kids: st.lists(kids, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), kids, max_size=3), max_leaves=30),
+       st.sampled_from([False, True, None]), st.sampled_from([None, "'", '"', "|"]))
+def test_text_count_matches_what_pyyaml_builds(data: object, flow: bool | None,
+                                               style: str | None) -> None:
+    import yaml
+
+    from newsletter.sources.yaml_depth import nesting_depth
+
+    def depth(x: object) -> int:
+        kids = list(x.values()) if isinstance(x, dict) else x if isinstance(x, list) else None
+        return 0 if kids is None else 1 + max(map(depth, kids), default=0)
+
+    text = yaml.safe_dump({"k": data}, default_flow_style=flow, default_style=style,
+                          allow_unicode=True, width=40)
+    assert nesting_depth(text, 1000) == depth(yaml.safe_load(text))

@@ -1,0 +1,29 @@
+"""NEWSLETTER_* environment variables: each one a setting, or named in an allow-list."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+
+from newsletter.errors import ConfigError
+
+# Variables that start with NEWSLETTER_ but are not NEWSLETTER_<SECTION>_<KEY> settings; any
+# other such name is taken for a mistyped setting and refused. Add new ones here.
+ENV_NOT_SETTINGS = frozenset({
+    "NEWSLETTER_CONFIG",  # the configuration file (--config)
+    "NEWSLETTER_TEST_DATABASE_URL",  # the PostgreSQL the test suite and CI use
+})
+
+
+def check_env_names(environ: Mapping[str, str], settings: Iterable[str]) -> None:
+    """A mistyped name used to be ignored, so its setting silently kept the file's value."""
+    known = set(settings) | ENV_NOT_SETTINGS
+    for name in sorted(environ):
+        if not name.startswith("NEWSLETTER_") or name in known:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(name[11:], sorted(k[11:] for k in known), n=1,
+                                          cutoff=0.6)
+        hint = (f"did you mean NEWSLETTER_{close[0]}?" if close else
+                "settings are NEWSLETTER_<SECTION>_<KEY>, see `newsletter config example`")
+        raise ConfigError(f"environment {name}: unknown setting ({hint})")
