@@ -64,7 +64,7 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.option("--connect", is_flag=True,
-              help="Also open the database (and migrate it), as every command will.")
+              help="Also connect to the database (without changing it).")
 @click.pass_context
 @fail_cleanly
 def config_check(ctx: click.Context, connect: bool) -> None:
@@ -74,9 +74,14 @@ def config_check(ctx: click.Context, connect: bool) -> None:
     settings = settings_of(ctx)
     dburl.check(settings.storage.database_url)
     if connect:
-        from newsletter.store import Store
+        from newsletter.store import connect as connect_to
+        from newsletter.store import open_engine
 
-        Store(settings.storage.database_url).close()
+        engine = open_engine(settings.storage.database_url)
+        try:
+            connect_to(engine, settings.storage.database_url).close()
+        finally:
+            engine.dispose()
     click.echo(f"# {settings.path}: valid" + ("; database reachable" if connect else ""))
     click.echo(json.dumps(effective_settings(settings), indent=2, ensure_ascii=False))
 
