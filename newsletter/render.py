@@ -27,12 +27,12 @@ from newsletter.render_text import (
     issue_text,
     long_date,
 )
+from newsletter.resources import DEFAULT_TEMPLATES
 from newsletter.sanitize import first_paragraph, one_line, shorten
 
 __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize",
            "personalize_text", "SIZE_LIMIT"]
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Gmail clips messages whose HTML exceeds about 102 KB, hiding the footer (and with it the
 # unsubscribe link); the margin leaves room for the personal URLs filled in later.
 SIZE_LIMIT = 100_000

@@ -16,10 +16,10 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
 from newsletter import tokens
+from newsletter.resources import DEFAULT_TEMPLATES
 from newsletter.store_subscribers import Subscriber, SubscriberQueries
 from newsletter.tokens import TokenError
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_ADDRESS_CHARS = 254  # RFC 5321's limit on a forward path, less the angle brackets
 MAX_NAME_CHARS = 100
 METHODS = ("form", "import", "admin")
