@@ -208,7 +208,7 @@ def issue_build(ctx: click.Context, force: bool) -> None:
 
     settings, store = _with_store(ctx)
     result = pipeline.build_issue(settings, store, force=force)
-    click.echo(result.message)
+    click.echo(result.message + (" (--force builds one anyway)" if result.nothing_new else ""))
 
 
 @issue.command("list")

@@ -290,7 +290,9 @@ class _Dashboard:
 
     async def build(self, request: Request, fields: dict[str, str]) -> str:
         result = await run_in_threadpool(self.deps.build_issue, fields.get("force") == "1")
-        return result.message[:1].upper() + result.message[1:] + "."
+        hint = " Tick “even if nothing is new” to build one anyway." if result.nothing_new \
+            else ""
+        return result.message[:1].upper() + result.message[1:] + "." + hint
 
     async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
         number, verb = int(request.path_params["number"]), request.path_params["action"]

@@ -280,7 +280,8 @@ class _Api:
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
         log.event("admin.build", ip=client_ip(request), force=force, created=result.created)
-        return json_response({"message": result.message, "created": result.created,
+        hint = ' (send {"force": true} to build one anyway)' if result.nothing_new else ""
+        return json_response({"message": result.message + hint, "created": result.created,
                               "issue": issue}, 201 if result.created else 200)
 
     async def list_issues(self, request: Request) -> Response:
