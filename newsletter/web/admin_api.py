@@ -95,6 +95,7 @@ class AdminDeps:
     preview_html: Callable[[int], str]  # the issue as a reader sees it, sample values filled
     import_subscribers: Callable[[Path], ImportReport]
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
+    next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"
