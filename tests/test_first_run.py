@@ -116,6 +116,11 @@ def test_dashboard_build_makes_issue_1_and_home_shows_next_issue(
             assert "Nothing new since issue 1" in page.text
             assert "Tick “even if nothing is new” to build one anyway." in page.text
             assert "--force" not in page.text
+            api = client.post("/admin/api/issues", json={},
+                              headers={"authorization": f"Bearer {TOKEN}"})
+            assert api.status_code == 200 and api.json()["message"] == (
+                'nothing new since issue 1: no issue built (send {"force": true} to build one '
+                'anyway)')
             assert store.get_issue(2) is None
     finally:
         store.close()
