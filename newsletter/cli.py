@@ -14,6 +14,7 @@ import click
 from newsletter import log
 from newsletter.config import DEFAULT_CONFIG, Settings, effective_settings, load_settings
 from newsletter.errors import NewsletterError
+from newsletter.words import plural
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,8 +86,8 @@ def _print_collect(report: Any) -> None:
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     click.echo(f"collected: {report.new} new, {report.updated} updated, "
-               f"{report.unchanged} unchanged, {report.skipped_files} files unchanged on disk, "
-               f"{len(report.errors)} failed")
+               f"{report.unchanged} unchanged, {plural(report.skipped_files, 'file')} unchanged "
+               f"on disk, {len(report.errors)} failed")
 
 
 @cli.command()
@@ -119,7 +120,7 @@ def feeds(ctx: click.Context) -> None:
         written = pipeline.publish_feeds(settings, store)
     finally:
         store.close()
-    click.echo(f"feeds: {len(written)} files changed in {settings.feeds_dir}/")
+    click.echo(f"feeds: {plural(len(written), 'file')} changed in {settings.feeds_dir}/")
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, *,
@@ -208,7 +209,7 @@ def issue_build(ctx: click.Context, force: bool) -> None:
 
     settings, store = _with_store(ctx)
     result = pipeline.build_issue(settings, store, force=force)
-    click.echo(result.message)
+    click.echo(result.message + (" (--force builds one anyway)" if result.nothing_new else ""))
 
 
 @issue.command("list")
@@ -274,7 +275,7 @@ def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> No
 def _print_counts(number: int, counts: dict[str, int]) -> None:
     total = sum(counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("sent", "failed"))
-    click.echo(f"issue {number}: {total} deliveries — {parts}")
+    click.echo(f"issue {number}: {plural(total, 'delivery', 'deliveries')} — {parts}")
 
 
 @issue.command("send")
@@ -295,7 +296,8 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
         return
     if dry_run:
         report = sending.dry_run(settings, store, it)
-        click.echo(f"dry run: {report.recipients} messages in {report.variants} variants, "
+        click.echo(f"dry run: {plural(report.recipients, 'message')} in "
+                   f"{plural(report.variants, 'variant')}, "
                    f"{report.total_bytes / 1e6:.1f} MB; {report.skipped} skipped (no chosen "
                    f"section in this issue); nothing sent")
         return

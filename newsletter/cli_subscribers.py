@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from newsletter.errors import NewsletterError
+from newsletter.words import plural
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -130,7 +131,7 @@ def export(ctx: click.Context, output: Path | None) -> None:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise NewsletterError(f"{output}: cannot write: {exc.strerror or exc}") from None
-        click.echo(f"exported {count} subscribers to {output}", err=True)
+        click.echo(f"exported {plural(count, 'subscriber')} to {output}", err=True)
 
 
 @subscribers.command("list")

@@ -26,6 +26,7 @@ from newsletter.render_text import (
     byline,
     issue_text,
     long_date,
+    names_publication,
 )
 from newsletter.resources import DEFAULT_TEMPLATES
 from newsletter.sanitize import first_paragraph, one_line, shorten
@@ -82,6 +83,11 @@ class Masthead:
     direction: str = "ltr"
     postal_address: str = ""
     reason: str = ""  # "You are receiving this because …"
+
+    @property
+    def footer_name(self) -> str:
+        """The name above the postal address, or "" when the address starts with it."""
+        return "" if names_publication(self.postal_address, self.name) else self.name
 
     def __post_init__(self) -> None:
         _require_absolute("Masthead.base_url", self.base_url)

@@ -15,6 +15,7 @@ from newsletter import log
 from newsletter.errors import NewsletterError
 from newsletter.store_subscribers import ImportRow, Subscriber, SubscriberQueries
 from newsletter.subscriptions import AddressError, clean_name, clean_sections, normalise_address
+from newsletter.words import plural
 
 MAX_REPORTED_ERRORS = 1000  # the count goes on; the list stays bounded for huge bad files
 EMAIL_COLUMNS = ("email", "e-mail", "email address")
@@ -44,7 +45,7 @@ class ImportReport:
             self.errors.append((line, reason))
 
     def summary(self) -> str:
-        return (f"{self.rows} rows: {self.added} added, {self.merged} merged, "
+        return (f"{plural(self.rows, 'row')}: {self.added} added, {self.merged} merged, "
                 f"{self.suppressed} left unsubscribed, {self.invalid} invalid")
 
 

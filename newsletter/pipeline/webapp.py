@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.sending import confirmation_sender
+    from newsletter.scheduler import next_issue_line
     from newsletter.tokens import load_or_create_secret
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
@@ -36,7 +37,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     routes += _admin_routes(settings, store, scheduler, secret, confirm_mail)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                      extra_routes=routes)
+                      extra_routes=routes, next_issue=lambda: next_issue_line(settings))
 
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: bytes,
@@ -47,7 +48,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: byte
     from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
     from newsletter.render import personalize
-    from newsletter.scheduler import next_runs
+    from newsletter.scheduler import next_issue_line, next_runs
     from newsletter.subscribers_csv import import_csv
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import AdminDeps, admin_api_routes
@@ -93,7 +94,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: byte
         jobs=lambda: next_runs(settings, store) if scheduler is None or
         scheduler.scheduler is None else [(j.id, j.next_run_time)
                                           for j in scheduler.scheduler.get_jobs()],
-        preview_html=preview_html,
+        preview_html=preview_html, next_issue=lambda: next_issue_line(settings),
         import_subscribers=lambda p: import_csv(store, p, now=datetime.now(UTC),
                                                 smtputf8=settings.mail.smtputf8),
         send_confirmation=send_confirmation, publication_name=settings.publication.name,

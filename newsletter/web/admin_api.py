@@ -95,6 +95,7 @@ class AdminDeps:
     preview_html: Callable[[int], str]  # the issue as a reader sees it, sample values filled
     import_subscribers: Callable[[Path], ImportReport]
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
+    next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"
@@ -280,7 +281,8 @@ class _Api:
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
         log.event("admin.build", ip=client_ip(request), force=force, created=result.created)
-        return json_response({"message": result.message, "created": result.created,
+        hint = ' (send {"force": true} to build one anyway)' if result.nothing_new else ""
+        return json_response({"message": result.message + hint, "created": result.created,
                               "issue": issue}, 201 if result.created else 200)
 
     async def list_issues(self, request: Request) -> Response:
