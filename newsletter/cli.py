@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -14,6 +16,10 @@ import click
 from newsletter import log
 from newsletter.config import DEFAULT_CONFIG, Settings, effective_settings, load_settings
 from newsletter.errors import NewsletterError
+
+# `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
+# error; 128 + the signal (130 for Ctrl-C) when interrupted, rows given back at once.
+SEND_STOPPED_EARLY = 1
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -300,18 +306,41 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
                    f"section in this issue); nothing sent")
         return
     assert it.id is not None
-    sending.start_sending(settings, store, it)
-    issue_id = it.id
-    with _progress(lambda: store.delivery_counts(issue_id)) as update:
-        if settings.delivery.workers > 1:
-            sending.run_workers(settings, store, it, on_counts=update)
-        else:
-            summary = sending.run_worker(settings, store, it,
-                                         on_progress=lambda _s: update(None))
-            if summary.stopped:
-                click.echo(f"stopped early: {summary.stopped}", err=True)
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:  # Ctrl-C: stop like a worker does
+        signals.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    early: list[str] = []  # why the run stopped before the end, if it did
+    try:
+        sending.start_sending(settings, store, it)
+        issue_id = it.id
+        with _progress(lambda: store.delivery_counts(issue_id)) as update:
+            if settings.delivery.workers > 1:
+                sending.run_workers(settings, store, it, on_counts=update, stop=stop,
+                                    on_stopped=early.append)
+            else:
+                summary = sending.run_worker(settings, store, it, stop=stop,
+                                             on_progress=lambda _s: update(None))
+                if summary.stopped:
+                    early.append(summary.stopped + ("" if summary.halted else
+                                                    "; the rest is deferred"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     counts = store.delivery_counts(it.id)
     _print_counts(number, counts)
+    if signals:
+        click.echo(f"interrupted: {counts['sent']} sent so far, nothing lost; "
+                   f"`newsletter issue send {number}` resumes", err=True)
+        sys.exit(128 + signals[0])
+    if early:
+        click.echo(f"stopped early: {early[0]}; `newsletter issue send {number}` resumes "
+                   f"(or `newsletter run` retries deferred rows)", err=True)
+        sys.exit(SEND_STOPPED_EARLY)
     after = store.get_issue(number, with_articles=False)
     if after and after.status == "sent":
         click.echo(f"issue {number} is sent")

@@ -105,6 +105,7 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     stopped: str = ""  # why the run stopped early, for the operator
+    halted: bool = False  # stopped by `plan.halt` (rows free now), not by the server
 
     def add(self, status: str) -> None:
         setattr(self, status, getattr(self, status) + 1)
@@ -357,6 +358,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         await feeder  # raises the feeder's own error, if it had one
     if abort or halted:
         summary.stopped = (abort or halted)[0]
+        summary.halted = not abort
         now = clock()
         retry_at = now + policy.retry_initial if abort else now
         freed = await policy.call(ledger.release, owner, now, retry_at, summary.stopped)
