@@ -128,28 +128,6 @@ def feeds(ctx: click.Context) -> None:
     click.echo(f"feeds: {len(written)} files changed in {settings.feeds_dir}/")
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, *,
-           scheduler: Any = None) -> None:
-    import uvicorn
-
-    from newsletter import pipeline
-
-    store = pipeline.open_store(settings)
-    app = pipeline.web_app(settings, store, scheduler=scheduler)
-    host, port = host or settings.server.host, port or settings.server.port
-    click.echo(f"serving http://{host}:{port}/ — feeds at /feeds/, archive at /issues/")
-    if settings.secrets.admin_token:
-        click.echo(f"admin dashboard: http://{host}:{port}/admin/ (log in with the admin token)")
-    else:
-        click.echo("admin dashboard: off until NEWSLETTER_SECRETS_ADMIN_TOKEN is set")
-    try:
-        # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
-        uvicorn.run(app, host=host, port=port, log_level="warning",
-                    forwarded_allow_ips=settings.server.forwarded_allow_ips or None)
-    finally:
-        store.close()
-
-
 @cli.command()
 @click.option("--host", default=None, help="Listen address (default from [server]).")
 @click.option("--port", default=None, type=int, help="Port (default from [server]).")
@@ -157,7 +135,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, *,
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
-    _serve(settings_of(ctx), host, port)
+    from newsletter.cli_serve import listen, serve_on
+
+    settings = settings_of(ctx)
+    serve_on(settings, listen(settings, host, port))
 
 
 @cli.command()
@@ -168,9 +149,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.cli_serve import listen, serve_on
     from newsletter.scheduler import SingleScheduler
 
     settings = settings_of(ctx)
+    sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)
     try:
         _print_collect(pipeline.collect(settings, store))
@@ -183,8 +166,9 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
                  if settings.mail.transport == "outbox"
                  else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
         click.echo(f"{where}; feeds in {settings.feeds_dir}/")
-        _serve(settings, host, port, scheduler=scheduler)
+        serve_on(settings, sock, scheduler=scheduler)
     finally:
+        sock.close()
         if "scheduler" in locals():
             scheduler.stop()
         store.close()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from smtpserver import SmtpTestServer
@@ -155,3 +157,19 @@ def test_ctrl_c_during_send_leaves_nothing_sending_and_says_how_to_resume(
         assert received == Counter(f"reader{i}@example.org" for i in range(readers))
     assert store.get_issue(1).status == "sent"  # type: ignore[union-attr]
     store.close()
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_a_port_in_use_is_one_line_and_nothing_claims_to_serve(
+        make_settings: Callable[..., Settings], tmp_path: Path, command: str) -> None:
+    settings = make_settings(f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = cli(settings, command, "--host", "127.0.0.1", "--port", str(port))
+    assert proc.returncode == 2
+    one_error_line(proc, f"error: port {port} on 127.0.0.1 is in use", "--port")
+    assert "serving" not in proc.stdout and "scheduler" not in proc.stdout
+    if command == "run":  # refused before collecting or starting anything
+        assert not (tmp_path / "feeds").exists()
