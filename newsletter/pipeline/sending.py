@@ -262,7 +262,11 @@ def _child(config_path: str, number: int, level: str = "WARNING",
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if halt_all is not None:  # the parent's word (its Ctrl-C): the same clean stop
-        threading.Thread(target=lambda: (halt_all.wait(), stop.set()), daemon=True).start()
+        def relay() -> None:
+            halt_all.wait()
+            stop.set()
+
+        threading.Thread(target=relay, name="halt-relay", daemon=True).start()
     settings = load_settings(config_path)
     store = Store(settings.storage.database_url)
     try:
