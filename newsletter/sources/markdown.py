@@ -118,9 +118,6 @@ def _load_yaml(source: str, origin: str) -> Any:
                 depth -= 1
         return yaml.load(source, Loader=_YamlLoader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as exc:
-        if "maximum nesting depth" in str(exc.problem):  # libyaml's own limit came first
-            reason = f"front matter is nested more than {MAX_YAML_DEPTH} levels deep"
-            raise SourceError(origin, reason) from None
         where = ""
         if exc.problem_mark is not None:
             # +2: one for 1-based counting, one for the opening '---' line.
