@@ -119,7 +119,7 @@ def export(ctx: click.Context, output: Path | None) -> None:
 
     _settings, store = _open(ctx)
     if output is None:
-        count = export_csv(store, sys.stdout)  # click 8.3 deprecates get_text_stream
+        count = export_csv(store, click.get_text_stream("stdout"))
     else:
         # Written beside the target and renamed, so a failed export leaves no half file.
         tmp = output.with_name(f".{output.name}.tmp")
