@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -15,6 +17,10 @@ from newsletter import log
 from newsletter.config import DEFAULT_CONFIG, Settings, effective_settings, load_settings
 from newsletter.errors import NewsletterError
 from newsletter.words import plural
+
+# `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
+# error; 128 + the signal (130 for Ctrl-C) when interrupted, rows given back at once.
+SEND_STOPPED_EARLY = 1
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -123,28 +129,6 @@ def feeds(ctx: click.Context) -> None:
     click.echo(f"feeds: {plural(len(written), 'file')} changed in {settings.feeds_dir}/")
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, *,
-           scheduler: Any = None) -> None:
-    import uvicorn
-
-    from newsletter import pipeline
-
-    store = pipeline.open_store(settings)
-    app = pipeline.web_app(settings, store, scheduler=scheduler)
-    host, port = host or settings.server.host, port or settings.server.port
-    click.echo(f"serving http://{host}:{port}/ — feeds at /feeds/, archive at /issues/")
-    if settings.secrets.admin_token:
-        click.echo(f"admin dashboard: http://{host}:{port}/admin/ (log in with the admin token)")
-    else:
-        click.echo("admin dashboard: off until NEWSLETTER_SECRETS_ADMIN_TOKEN is set")
-    try:
-        # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
-        uvicorn.run(app, host=host, port=port, log_level="warning",
-                    forwarded_allow_ips=settings.server.forwarded_allow_ips or None)
-    finally:
-        store.close()
-
-
 @cli.command()
 @click.option("--host", default=None, help="Listen address (default from [server]).")
 @click.option("--port", default=None, type=int, help="Port (default from [server]).")
@@ -152,7 +136,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, *,
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
-    _serve(settings_of(ctx), host, port)
+    from newsletter.cli_serve import listen, serve_on
+
+    settings = settings_of(ctx)
+    serve_on(settings, listen(settings, host, port))
 
 
 @cli.command()
@@ -163,9 +150,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.cli_serve import listen, serve_on
     from newsletter.scheduler import SingleScheduler
 
     settings = settings_of(ctx)
+    sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)
     try:
         _print_collect(pipeline.collect(settings, store))
@@ -178,8 +167,9 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
                  if settings.mail.transport == "outbox"
                  else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
         click.echo(f"{where}; feeds in {settings.feeds_dir}/")
-        _serve(settings, host, port, scheduler=scheduler)
+        serve_on(settings, sock, scheduler=scheduler)
     finally:
+        sock.close()
         if "scheduler" in locals():
             scheduler.stop()
         store.close()
@@ -302,18 +292,41 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
                    f"section in this issue); nothing sent")
         return
     assert it.id is not None
-    sending.start_sending(settings, store, it)
-    issue_id = it.id
-    with _progress(lambda: store.delivery_counts(issue_id)) as update:
-        if settings.delivery.workers > 1:
-            sending.run_workers(settings, store, it, on_counts=update)
-        else:
-            summary = sending.run_worker(settings, store, it,
-                                         on_progress=lambda _s: update(None))
-            if summary.stopped:
-                click.echo(f"stopped early: {summary.stopped}", err=True)
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:  # Ctrl-C: stop like a worker does
+        signals.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    early: list[str] = []  # why the run stopped before the end, if it did
+    try:
+        sending.start_sending(settings, store, it)
+        issue_id = it.id
+        with _progress(lambda: store.delivery_counts(issue_id)) as update:
+            if settings.delivery.workers > 1:
+                sending.run_workers(settings, store, it, on_counts=update, stop=stop,
+                                    on_stopped=early.append)
+            else:
+                summary = sending.run_worker(settings, store, it, stop=stop,
+                                             on_progress=lambda _s: update(None))
+                if summary.stopped:
+                    early.append(summary.stopped + ("" if summary.halted else
+                                                    "; the rest is deferred"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     counts = store.delivery_counts(it.id)
     _print_counts(number, counts)
+    if signals:
+        click.echo(f"interrupted: {counts['sent']} sent so far, nothing lost; "
+                   f"`newsletter issue send {number}` resumes", err=True)
+        sys.exit(128 + signals[0])
+    if early:
+        click.echo(f"stopped early: {early[0]}; `newsletter issue send {number}` resumes "
+                   f"(or `newsletter run` retries deferred rows)", err=True)
+        sys.exit(SEND_STOPPED_EARLY)
     after = store.get_issue(number, with_articles=False)
     if after and after.status == "sent":
         click.echo(f"issue {number} is sent")

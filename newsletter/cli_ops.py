@@ -27,11 +27,14 @@ def parse_time(value: str, zone: str) -> datetime:
     """ISO 8601; a time without an offset is read in the schedule's time zone."""
     from zoneinfo import ZoneInfo
 
+    from newsletter.models import example_send_time, now_utc
+
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise NewsletterError(f"--at: expected a time like 2026-11-27T09:00 or "
-                              f"2026-11-27T09:00+01:00, got {value!r}") from None
+        example = example_send_time(zone, now_utc())
+        raise NewsletterError(f"--at: expected a time like {example[:16]} or {example}, "
+                              f"got {value!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
 
 

@@ -18,3 +18,7 @@ class SourceError(NewsletterError):
 
 class ConfigError(NewsletterError):
     """The configuration file (or an environment override) is not valid."""
+
+
+class BadValue(NewsletterError):
+    """A value the operator gave is refused as such (a 400 in the admin API, not a 409)."""

@@ -98,5 +98,5 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: byte
         import_subscribers=lambda p: import_csv(store, p, now=datetime.now(UTC),
                                                 smtputf8=settings.mail.smtputf8),
         send_confirmation=send_confirmation, publication_name=settings.publication.name,
-        smtputf8=settings.mail.smtputf8)
+        smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone)
     return [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter import log
 from newsletter.errors import NewsletterError
+from newsletter.models import example_send_time, now_utc
 from newsletter.subscriptions import DEFAULT_TEMPLATES
 from newsletter.web.admin_api import (
     DISABLED,
@@ -202,6 +203,7 @@ class _Dashboard:
         response = self.page(
             "dashboard.html", view=view, jobs=jobs or view.jobs, issues=issues,
             subscribers=subscribers, next_issue=next_issue,
+            example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request),
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from newsletter import log, subscriptions
-from newsletter.errors import NewsletterError
+from newsletter.errors import BadValue, NewsletterError
 from newsletter.schema import SUBSCRIBER_STATUSES
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class AdminDeps:
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"
+    timezone: str = "UTC"  # [schedule] timezone: the dashboard's example send time
     smtputf8: bool = False
     max_body_bytes: int = 64 * 1024
     max_import_bytes: int = 50 * 1024 * 1024
@@ -249,6 +250,8 @@ class _Api:
                 return await handler(request)
             except HttpError as exc:
                 return json_response({"error": exc.text}, exc.code, exc.headers)
+            except BadValue as exc:  # e.g. a send time already past
+                return json_response({"error": str(exc)}, 400)
             except NewsletterError as exc:  # an invalid transition, an unsendable issue
                 return json_response({"error": str(exc)}, 409)
 

@@ -116,7 +116,8 @@ def _paths() -> dict[str, Any]:
                                 params=[NUMBER])}
              for verb in ("pause", "resume", "cancel")}
     at = {"type": "object", "required": ["at"], "properties": {"at": {
-        "type": "string", "format": "date-time", "description": "ISO 8601 with UTC offset"}}}
+        "type": "string", "format": "date-time",
+        "description": "ISO 8601 with UTC offset; over a minute in the past is refused (400)"}}}
     return {
         "/admin/api/collect": {"post": _op(
             "Collect from every source now and republish the feeds",
