@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -16,6 +18,7 @@ from newsletter.errors import NewsletterError
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.store_subscribers import SubscriberStore
+    from newsletter.subscribers_csv import ImportReport
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,12 +97,18 @@ def add(ctx: click.Context, email: str, name: str, confirmed: bool) -> None:
 @click.pass_context
 @_fail_cleanly
 def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
-    """Import a CSV with columns email, name, sections (a|b); bad rows are listed."""
+    """Import a CSV with columns email, name, sections (a|b); bad rows are listed.
+
+    FILE may be '-' for standard input.
+    """
     from newsletter.subscribers_csv import import_csv
 
     settings, store = _open(ctx)
-    report = import_csv(store, file, now=_now(), batch_size=batch_size,
-                        smtputf8=settings.mail.smtputf8)
+    if str(file) == "-":
+        report = _import_stdin(store, batch_size, settings.mail.smtputf8)
+    else:
+        report = import_csv(store, file, now=_now(), batch_size=batch_size,
+                            smtputf8=settings.mail.smtputf8)
     for line, reason in report.errors:
         click.echo(f"{file}:{line}: {reason}", err=True)
     if report.invalid > len(report.errors):
@@ -108,9 +117,25 @@ def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
     sys.exit(1 if report.invalid else 0)
 
 
+def _import_stdin(store: SubscriberStore, batch_size: int, smtputf8: bool) -> ImportReport:
+    """Standard input, spooled to a private file: the import reads its file twice (the
+    UTF-8 check first, so a bad file changes nothing)."""
+    from newsletter.subscribers_csv import import_csv
+
+    with tempfile.NamedTemporaryFile(prefix="newsletter-import-", suffix=".csv") as spool:
+        with click.open_file("-", "rb") as src:
+            shutil.copyfileobj(src, spool)
+        spool.flush()
+        try:
+            return import_csv(store, spool.name, now=_now(), batch_size=batch_size,
+                              smtputf8=smtputf8)
+        except NewsletterError as exc:
+            raise NewsletterError(str(exc).replace(spool.name, "-")) from None
+
+
 @subscribers.command("export")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to this file instead of standard output.")
+              help="Write to this file instead of standard output ('-': standard output).")
 @click.pass_context
 @_fail_cleanly
 def export(ctx: click.Context, output: Path | None) -> None:
@@ -118,8 +143,11 @@ def export(ctx: click.Context, output: Path | None) -> None:
     from newsletter.subscribers_csv import export_csv
 
     _settings, store = _open(ctx)
-    if output is None:
-        count = export_csv(store, click.get_text_stream("stdout"))
+    if output is None or str(output) == "-":
+        # click.open_file("-") wraps standard output as get_text_stream (deprecated in
+        # click 8.5) did: the stream's own encoding, corrected where it is misconfigured.
+        with click.open_file("-", "w") as out:
+            count = export_csv(store, out)
     else:
         # Written beside the target and renamed, so a failed export leaves no half file.
         tmp = output.with_name(f".{output.name}.tmp")

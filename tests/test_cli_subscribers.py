@@ -103,3 +103,24 @@ def test_import_and_export(run: Callable[..., Result], tmp_path: Path) -> None:
     assert r.output.splitlines()[0].startswith("email,name,status")
     r = run("import", str(tmp_path / "missing.csv"))
     assert r.exit_code == 2 and "cannot read" in r.output
+
+
+def test_dash_is_standard_input_and_output(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: bytes | None = None) -> Result:
+        return runner.invoke(root, ["--config", str(settings.path), "subscribers", *args],
+                             input=stdin, catch_exceptions=False)
+
+    r = invoke("import", "-", stdin="email,name\nzoe@example.org,Zoë\nbad@@x,B\n".encode())
+    assert r.exit_code == 1
+    assert "-:3: " in r.stderr and "2 rows: 1 added" in r.stdout
+    out = invoke("export", "--output", "-")
+    assert out.exit_code == 0
+    # UTF-8 bytes on standard output, as click's text stream wrote them before.
+    assert "zoe@example.org,Zoë,active".encode() in out.stdout_bytes
+    assert invoke("export").stdout_bytes == out.stdout_bytes
+    r = invoke("import", "-", stdin=b"email\nzo\xe9@example.org\n")
+    assert r.exit_code == 2 and r.stderr.startswith("error: -: line 2: not UTF-8")
+    assert "newsletter-import-" not in r.stderr
