@@ -31,9 +31,11 @@ class ConsentRefused(NewsletterError):
         why = _WHY.get(subscriber.status, subscriber.status)
         if subscriber.status == "unsubscribed" and subscriber.unsubscribed_at:
             why += f" since {subscriber.unsubscribed_at:%Y-%m-%d}"
+        # The form mails no confirmation to a complained address, so it is no way back.
+        form = "" if subscriber.status == "complained" else (
+            ", or let them sign up again through the subscribe form")
         super().__init__(f"{subscriber.email}: not added: it is {why}, and nothing was "
-                         f"changed. {hint}, or let them sign up again through the "
-                         f"subscribe form.")
+                         f"changed. {hint}{form}.")
         self.subscriber = subscriber
         self.hint = hint
 
@@ -56,9 +58,7 @@ def admin_add(store: SubscriberQueries, email: str, name: str = "", *, actor: st
                         confirmed=confirmed, resubscribe=resubscribe, reason=reason,
                         actor=actor, smtputf8=smtputf8, resend_window=resend_window)
     if outcome.state == "suppressed" and outcome.subscriber.status in SUPPRESSED:
-        log.event("subscriber_add_refused", subscriber=outcome.subscriber.id,
-                  status=outcome.subscriber.status, actor=actor)
-        raise ConsentRefused(outcome.subscriber, hint)
+        raise ConsentRefused(outcome.subscriber, hint)  # each door reports it its own way
     if outcome.state == "reactivated":
         log.event("subscriber_resubscribed", subscriber=outcome.subscriber.id, actor=actor)
     return outcome

@@ -353,6 +353,8 @@ class _Api:
             code, body = await run_in_threadpool(add_subscriber, self.deps, data, actor,
                                                  consent.HINT_API)
         except consent.ConsentRefused as exc:
+            log.event("admin.subscriber_add_refused", ip=client_ip(request),
+                      subscriber=exc.subscriber.id, status=exc.subscriber.status)
             return json_response({"error": str(exc), "status": exc.subscriber.status,
                                   "how": 'send "resubscribe": true and a "reason" (who '
                                          'asked, when, how)'}, 409)
