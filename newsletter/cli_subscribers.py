@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
@@ -173,7 +173,7 @@ def export(ctx: click.Context, output: Path | None) -> None:
         # click.open_file("-") wraps standard output as get_text_stream (deprecated in
         # click 8.5) did: the stream's own encoding, corrected where it is misconfigured.
         with click.open_file("-", "w") as out:
-            count = export_csv(store, out)
+            count = export_csv(store, cast("TextIO", out))
     else:
         # Written beside the target and renamed, so a failed export leaves no half file.
         tmp = output.with_name(f".{output.name}.tmp")

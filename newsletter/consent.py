@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from newsletter import log
 from newsletter.errors import NewsletterError
@@ -44,13 +45,15 @@ def clean_reason(raw: object) -> str:
     return clean_name(raw, MAX_REASON_CHARS)
 
 
-def admin_add(store: SubscriberQueries, email: str, name: str = "", *, actor: str,
+def admin_add(store: SubscriberQueries, email: Any, name: str = "", *, actor: str,
               now: datetime, hint: str, confirmed: bool = False, resubscribe: bool = False,
               reason: str = "", smtputf8: bool = False,
               resend_window: timedelta = timedelta(hours=1)) -> SubscribeOutcome:
-    """subscribe() for an operator: ConsentRefused for an opted-out address unless
-    `resubscribe` with a reason; NewsletterError for a resubscribe without one; AddressError
-    for an unusable address."""
+    """subscribe() for an operator (`email` as it came; subscribe() checks it).
+
+    ConsentRefused for an opted-out address unless `resubscribe` with a reason;
+    NewsletterError for a resubscribe without one; AddressError for an unusable address.
+    """
     reason = clean_reason(reason)
     if resubscribe and not reason:
         raise NewsletterError(f"{email}: {REASON_REQUIRED}")

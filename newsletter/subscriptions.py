@@ -256,9 +256,10 @@ def subscribe(store: SubscriberQueries, email: str, name: str = "", *, method: s
     address, key = normalise_address(email, smtputf8=smtputf8)
     name = clean_name(name)
     sections = clean_sections(sections)
-    consent = {"consent_at": now, "consent_method": method,
-               "consent_ip": _clip(ip, 64) if method == "form" else None,
-               "consent_user_agent": _clip(user_agent, 500) if method == "form" else None}
+    consent: dict[str, Any] = {"consent_at": now, "consent_method": method,
+                               "consent_ip": _clip(ip, 64) if method == "form" else None,
+                               "consent_user_agent": _clip(user_agent, 500)
+                               if method == "form" else None}
 
     def record(action: str, previous: str | None = None) -> Consent:
         return Consent(action, actor=actor, reason=reason, previous_status=previous,
