@@ -226,3 +226,27 @@ def remove(ctx: click.Context, email: str) -> None:
                    f"deliveries refer to it (and so that no import adds it again)")
     else:
         click.echo(f"{sub.email}: {result}")
+
+
+@subscribers.command("history")
+@click.argument("email")
+@click.pass_context
+@_fail_cleanly
+def history(ctx: click.Context, email: str) -> None:
+    """Show every consent recorded for EMAIL: when, what, who, why (oldest first)."""
+    from newsletter.subscriptions import AddressError, normalise_address
+
+    _settings, store = _open(ctx)
+    try:
+        _address, key = normalise_address(email, smtputf8=True)
+    except AddressError as exc:
+        raise NewsletterError(f"{email!r}: {exc.reason}") from None
+    sub = store.get_subscriber_by_key(key)
+    if sub is None:
+        raise NewsletterError(f"{email}: no such subscriber")
+    click.echo(f"{sub.email}: {sub.status}")
+    for e in store.consent_history(sub.id):
+        was = f" (was {e.previous_status})" if e.previous_status else ""
+        who = e.actor or "the person"
+        why = f": {e.reason}" if e.reason else ""
+        click.echo(f"{e.at:%Y-%m-%d %H:%M} UTC  {e.action}{was} by {who}{why}")

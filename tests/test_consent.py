@@ -140,6 +140,10 @@ def test_cli_refuses_every_opted_out_address_unless_resubscribed_with_a_reason(
                 "resubscribe", status, "asked at the book fair, 2026-10-30")
             assert last.actor.startswith("cli ") and last.ip is None
             assert len(history(store, sub_id)) == len(before[1]) + 1
+            shown = cli(settings, "history", email.upper())
+            assert shown.returncode == 0 and shown.stdout.startswith(f"{email}: active\n")
+            assert shown.stdout.splitlines()[-1].endswith(
+                f"resubscribe (was {status}) by {last.actor}: asked at the book fair, 2026-10-30")
         assert outbox(tmp_path) == []  # nobody was mailed by any of it
     finally:
         store.close()
