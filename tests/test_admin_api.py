@@ -93,8 +93,8 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
         "resume_issue": lambda n: control.resume_issue(store, n),
         "cancel_issue": lambda n: control.cancel_issue(store, n),
         "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
-        "import_subscribers": lambda path: import_csv(store, path, now=datetime.now(UTC),
-                                                      smtputf8=settings.mail.smtputf8),
+        "import_subscribers": lambda path, actor="": import_csv(
+            store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
         "send_confirmation": send_confirmation, "publication_name": settings.publication.name,
         "smtputf8": settings.mail.smtputf8}
     values.update(overrides)

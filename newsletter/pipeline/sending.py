@@ -24,6 +24,7 @@ from newsletter.mail import MailIdentity, MessageTemplate, identity_from_setting
 from newsletter.models import Issue, IssueSection, now_utc
 from newsletter.smtp import pool_from_settings
 from newsletter.store import Store
+from newsletter.store_subscribers import Subscriber
 from newsletter.subscriptions import issue_links
 from newsletter.tokens import load_or_create_secret
 
@@ -348,5 +349,18 @@ def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
                                  subject=subject, text=text, date=now,
                                  message_id=f"<confirm.{token}@{identity.message_id_domain}>")
         send_one(settings, address, message, what="confirmation mail")
+
+    return send
+
+
+def subscriber_confirmation(settings: Settings, secret: bytes) -> Callable[[Subscriber], None]:
+    """confirmation_sender for a stored subscriber: the link is signed here, now."""
+    from newsletter.subscriptions import confirm_token, confirm_url
+
+    mail = confirmation_sender(settings)
+
+    def send(sub: Subscriber) -> None:
+        token = confirm_token(secret, sub, now_utc())
+        mail(sub.email, sub.name, confirm_url(settings.site_url, token))
 
     return send

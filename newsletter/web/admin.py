@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import log
+from newsletter import consent, log
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
 from newsletter.subscriptions import DEFAULT_TEMPLATES
+from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_api import (
     DISABLED,
     AdminDeps,
@@ -302,6 +303,22 @@ class _Dashboard:
             else ""
         return result.message[:1].upper() + result.message[1:] + "." + hint
 
+    async def add_subscriber(self, request: Request, fields: dict[str, str]) -> str:
+        data = {"email": fields.get("email", ""), "name": fields.get("name", ""),
+                "reason": fields.get("reason", ""), "confirmed": fields.get("confirmed") == "1",
+                "resubscribe": fields.get("resubscribe") == "1"}
+        _code, body = await run_in_threadpool(add_subscriber, self.deps, data,
+                                              f"dashboard {client_ip(request)}",
+                                              consent.HINT_DASHBOARD)
+        email, state = body["subscriber"]["email"], body["state"]
+        text = {"new": "added", "pending": "already pending confirmation",
+                "active": "already active", "activated": "confirmed: now active",
+                "reactivated": "subscribed again, as you said the person asked"}[state]
+        if body["subscriber"]["status"] == "pending":
+            text += ("; a confirmation mail went out" if body["confirmation_sent"]
+                     else "; no confirmation mail went out now")
+        return f"{email}: {text}."
+
     async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
         number, verb = int(request.path_params["number"]), request.path_params["action"]
         await run_in_threadpool(load_issue, self.deps, number)
@@ -341,6 +358,8 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
         Route("/admin/progress.json", d.progress, methods=["GET"]),
         Route("/admin/collect", d.action(lambda r: "collect", d.collect), methods=["POST"]),
         Route("/admin/build", d.action(lambda r: "build", d.build), methods=["POST"]),
+        Route("/admin/subscribers", d.action(lambda r: "subscriber_add", d.add_subscriber),
+              methods=["POST"]),
         Route("/admin/issues/{number:int}/preview", d.preview, methods=["GET"]),
         Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
     ]
