@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -14,6 +16,11 @@ import click
 from newsletter import log
 from newsletter.config import DEFAULT_CONFIG, Settings, effective_settings, load_settings
 from newsletter.errors import NewsletterError
+from newsletter.words import plural
+
+# `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
+# error; 128 + the signal (130 for Ctrl-C) when interrupted, rows given back at once.
+SEND_STOPPED_EARLY = 1
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,8 +104,8 @@ def config_example() -> None:
 def _print_collect(report: Any) -> None:
     # Each error and warning is already on stderr once, as collect's WARNING log line.
     click.echo(f"collected: {report.new} new, {report.updated} updated, "
-               f"{report.unchanged} unchanged, {report.skipped_files} files unchanged on disk, "
-               f"{len(report.errors)} failed")
+               f"{report.unchanged} unchanged, {plural(report.skipped_files, 'file')} unchanged "
+               f"on disk, {len(report.errors)} failed")
 
 
 @cli.command()
@@ -131,30 +138,7 @@ def feeds(ctx: click.Context) -> None:
         written = pipeline.publish_feeds(settings, store)
     finally:
         store.close()
-    click.echo(f"feeds: {len(written)} files changed in {settings.feeds_dir}/")
-
-
-def _serve(settings: Settings, host: str | None, port: int | None, *,
-           scheduler: Any = None) -> None:
-    import uvicorn
-
-    from newsletter import pipeline
-
-    store = pipeline.open_store(settings)
-    app = pipeline.web_app(settings, store, scheduler=scheduler)
-    host, port = host or settings.server.host, port or settings.server.port
-    click.echo(f"serving http://{host}:{port}/ — feeds at /feeds/, archive at /issues/")
-    if settings.secrets.admin_token:
-        click.echo(f"admin dashboard: http://{host}:{port}/admin/ (log in with the admin token)")
-    else:
-        click.echo("admin dashboard: off (no admin token: set NEWSLETTER_SECRETS_ADMIN_TOKEN "
-                   "to 16 or more characters to turn it on)")
-    try:
-        # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
-        uvicorn.run(app, host=host, port=port, log_level="warning",
-                    forwarded_allow_ips=settings.server.forwarded_allow_ips or None)
-    finally:
-        store.close()
+    click.echo(f"feeds: {plural(len(written), 'file')} changed in {settings.feeds_dir}/")
 
 
 @cli.command()
@@ -164,7 +148,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, *,
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
-    _serve(settings_of(ctx), host, port)
+    from newsletter.cli_serve import listen, serve_on
+
+    settings = settings_of(ctx)
+    serve_on(settings, listen(settings, host, port))
 
 
 @cli.command()
@@ -175,9 +162,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.cli_serve import listen, serve_on
     from newsletter.scheduler import SingleScheduler
 
     settings = settings_of(ctx)
+    sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)
     try:
         _print_collect(pipeline.collect(settings, store))
@@ -190,8 +179,9 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
                  if settings.mail.transport == "outbox"
                  else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
         click.echo(f"{where}; feeds in {settings.feeds_dir}/")
-        _serve(settings, host, port, scheduler=scheduler)
+        serve_on(settings, sock, scheduler=scheduler)
     finally:
+        sock.close()
         if "scheduler" in locals():
             scheduler.stop()
         store.close()
@@ -221,7 +211,7 @@ def issue_build(ctx: click.Context, force: bool) -> None:
 
     settings, store = _with_store(ctx)
     result = pipeline.build_issue(settings, store, force=force)
-    click.echo(result.message)
+    click.echo(result.message + (" (--force builds one anyway)" if result.nothing_new else ""))
 
 
 @issue.command("list")
@@ -287,7 +277,7 @@ def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> No
 def _print_counts(number: int, counts: dict[str, int]) -> None:
     total = sum(counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("sent", "failed"))
-    click.echo(f"issue {number}: {total} deliveries — {parts}")
+    click.echo(f"issue {number}: {plural(total, 'delivery', 'deliveries')} — {parts}")
 
 
 @issue.command("send")
@@ -308,23 +298,47 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
         return
     if dry_run:
         report = sending.dry_run(settings, store, it)
-        click.echo(f"dry run: {report.recipients} messages in {report.variants} variants, "
+        click.echo(f"dry run: {plural(report.recipients, 'message')} in "
+                   f"{plural(report.variants, 'variant')}, "
                    f"{report.total_bytes / 1e6:.1f} MB; {report.skipped} skipped (no chosen "
                    f"section in this issue); nothing sent")
         return
     assert it.id is not None
-    sending.start_sending(settings, store, it)
-    issue_id = it.id
-    with _progress(lambda: store.delivery_counts(issue_id)) as update:
-        if settings.delivery.workers > 1:
-            sending.run_workers(settings, store, it, on_counts=update)
-        else:
-            summary = sending.run_worker(settings, store, it,
-                                         on_progress=lambda _s: update(None))
-            if summary.stopped:
-                click.echo(f"stopped early: {summary.stopped}", err=True)
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:  # Ctrl-C: stop like a worker does
+        signals.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    early: list[str] = []  # why the run stopped before the end, if it did
+    try:
+        sending.start_sending(settings, store, it)
+        issue_id = it.id
+        with _progress(lambda: store.delivery_counts(issue_id)) as update:
+            if settings.delivery.workers > 1:
+                sending.run_workers(settings, store, it, on_counts=update, stop=stop,
+                                    on_stopped=early.append)
+            else:
+                summary = sending.run_worker(settings, store, it, stop=stop,
+                                             on_progress=lambda _s: update(None))
+                if summary.stopped:
+                    early.append(summary.stopped + ("" if summary.halted else
+                                                    "; the rest is deferred"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     counts = store.delivery_counts(it.id)
     _print_counts(number, counts)
+    if signals:
+        click.echo(f"interrupted: {counts['sent']} sent so far, nothing lost; "
+                   f"`newsletter issue send {number}` resumes", err=True)
+        sys.exit(128 + signals[0])
+    if early:
+        click.echo(f"stopped early: {early[0]}; `newsletter issue send {number}` resumes "
+                   f"(or `newsletter run` retries deferred rows)", err=True)
+        sys.exit(SEND_STOPPED_EARLY)
     after = store.get_issue(number, with_articles=False)
     if after and after.status == "sent":
         click.echo(f"issue {number} is sent")

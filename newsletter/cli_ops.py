@@ -27,11 +27,14 @@ def parse_time(value: str, zone: str) -> datetime:
     """ISO 8601; a time without an offset is read in the schedule's time zone."""
     from zoneinfo import ZoneInfo
 
+    from newsletter.models import example_send_time, now_utc
+
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise NewsletterError(f"--at: expected a time like 2026-11-27T09:00 or "
-                              f"2026-11-27T09:00+01:00, got {value!r}") from None
+        example = example_send_time(zone, now_utc())
+        raise NewsletterError(f"--at: expected a time like {example[:16]} or {example}, "
+                              f"got {value!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
 
 
@@ -69,17 +72,28 @@ def register(issue: click.Group, cli: click.Group) -> None:
     @_fail
     def status(ctx: click.Context) -> None:
         """Next scheduled runs, the last collect, and recent issues with delivery counts."""
+        from zoneinfo import ZoneInfo
+
         from newsletter.pipeline import control
         from newsletter.scheduler import job_specs, next_runs
+        from newsletter.words import friendly_time
 
         settings, store = _store(ctx)
+        zone = ZoneInfo(settings.schedule.timezone)
+        now = datetime.now(zone)
         click.echo(f"schedule ({settings.schedule.timezone}):")
         stored = dict(next_runs(settings, store))
+        next_issue = None
         for job_id, (_f, trigger, grace) in job_specs(settings).items():
-            when = stored.get(job_id)
-            shown = when.strftime("%Y-%m-%d %H:%M %Z") if when else "at the next start"
+            # Not stored yet (the service has not run): the trigger says when it will fire.
+            when = stored.get(job_id) or trigger.get_next_fire_time(None, now)
+            shown = when.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if when else "never"
             extra = f", not sent if over {grace // 60} min late" if grace else ""
             click.echo(f"  {job_id:<8} {trigger}  next: {shown}{extra}")
+            if job_id == "issue" and when:
+                next_issue = when.astimezone(zone)
+        click.echo(f"next issue: {friendly_time(next_issue, now)}" if next_issue else
+                   "next issue: none scheduled ([schedule] issue_cron is empty)")
         view = control.overview(store)
         last = view.last_collect
         click.echo(f"articles: {view.articles}; last collect: " + (

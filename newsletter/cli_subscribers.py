@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
 from newsletter.errors import NewsletterError
+from newsletter.words import plural
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.store_subscribers import SubscriberStore
+    from newsletter.subscribers_csv import ImportReport
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,43 +55,66 @@ def subscribers() -> None:
     """Manage subscribers: add, import, export, list, remove."""
 
 
+def _actor() -> str:
+    """Who ran the command, for the consent record."""
+    try:
+        return f"cli {getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return f"cli uid {os.getuid()}"
+
+
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="Display name.")
 @click.option("--confirmed", is_flag=True,
-              help="The person has already opted in: make the address active at once, "
-                   "even if it had unsubscribed.")
+              help="The person has already opted in: make a new or pending address active "
+                   "at once, without a confirmation mail.")
+@click.option("--resubscribe", is_flag=True,
+              help="Subscribe again an address that unsubscribed, bounced or complained, "
+                   "because the person asked to; needs --reason. Recorded with who and why.")
+@click.option("--reason", default="",
+              help="Why (who asked, when, how): required with --resubscribe, recorded.")
 @click.pass_context
 @_fail_cleanly
-def add(ctx: click.Context, email: str, name: str, confirmed: bool) -> None:
-    """Add EMAIL; without --confirmed it waits for the person to confirm."""
-    from newsletter import subscriptions, tokens
+def add(ctx: click.Context, email: str, name: str, confirmed: bool, resubscribe: bool,
+        reason: str) -> None:
+    """Add EMAIL; without --confirmed a confirmation mail goes out and it waits for the
+    person to confirm. An address that opted out is refused unless --resubscribe."""
+    from newsletter import consent, subscriptions, tokens
+    from newsletter.pipeline.sending import subscriber_confirmation
 
     settings, store = _open(ctx)
     now = _now()
     try:
-        outcome = subscriptions.subscribe(store, email, name, method="admin", ip=None,
-                                          user_agent=None, now=now, confirmed=confirmed,
-                                          smtputf8=settings.mail.smtputf8)
+        outcome = consent.admin_add(
+            store, email, name, actor=_actor(), now=now, hint=consent.HINT_CLI,
+            confirmed=confirmed, resubscribe=resubscribe, reason=reason,
+            smtputf8=settings.mail.smtputf8,
+            resend_window=timedelta(minutes=settings.subscriptions.confirm_resend_minutes))
     except subscriptions.AddressError as exc:
         raise NewsletterError(f"{email!r}: {exc.reason}") from None
     sub = outcome.subscriber
     messages = {
-        "new": "added, active" if confirmed else "added, pending confirmation",
+        "new": "added, active" if sub.status == "active" else "added, pending confirmation",
         "pending": "already pending confirmation",
         "active": "already active",
         "activated": "confirmed: now active",
-        "reactivated": "reactivated: now active again",
-        "suppressed": f"left {sub.status}: it opted out; add --confirmed only if the person "
-                      f"has asked to subscribe again",
+        "reactivated": f"subscribed again (was {outcome.previous_status}); recorded with "
+                       f"your reason",
     }
     click.echo(f"{sub.email}: {messages[outcome.state]}")
-    if sub.status == "pending":
-        # The CLI has no mail transport of its own: show the link to pass on.
-        secret = tokens.load_or_create_secret(settings)
-        url = subscriptions.confirm_url(settings.site_url,
-                                        subscriptions.confirm_token(secret, sub, now))
-        click.echo(f"confirmation link (valid {settings.subscriptions.confirm_hours} h): {url}")
+    if outcome.send_confirmation:
+        # The same mail, through the same transport, as the subscribe form and the API send.
+        send = subscriber_confirmation(settings, tokens.load_or_create_secret(settings))
+        why = consent.mail_confirmation(store, sub, send, now)
+        if why is not None:
+            raise NewsletterError(f"{sub.email}: stored as pending, but the confirmation "
+                                  f"mail was not sent: {why}")
+        click.echo(f"confirmation mail sent to {sub.email} (the link is valid "
+                   f"{settings.subscriptions.confirm_hours} h)")
+    elif sub.status == "pending" and sub.confirmation_sent_at is not None:
+        click.echo(f"no new confirmation mail: one went out at "
+                   f"{sub.confirmation_sent_at:%Y-%m-%d %H:%M} UTC")
 
 
 @subscribers.command("import")
@@ -94,13 +123,20 @@ def add(ctx: click.Context, email: str, name: str, confirmed: bool) -> None:
 @click.pass_context
 @_fail_cleanly
 def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
-    """Import a CSV with columns email, name, sections (a|b); bad rows are listed."""
+    """Import a CSV with columns email, name, sections (a|b); bad rows are listed, and so
+    are addresses left as they were (opted out, or awaiting the person's confirmation).
+
+    FILE may be '-' for standard input.
+    """
     from newsletter.subscribers_csv import import_csv
 
     settings, store = _open(ctx)
-    report = import_csv(store, file, now=_now(), batch_size=batch_size,
-                        smtputf8=settings.mail.smtputf8)
-    for line, reason in report.errors:
+    if str(file) == "-":
+        report = _import_stdin(store, batch_size, settings.mail.smtputf8)
+    else:
+        report = import_csv(store, file, now=_now(), batch_size=batch_size,
+                            smtputf8=settings.mail.smtputf8, actor=_actor())
+    for line, reason in sorted(report.errors + report.skipped_rows):
         click.echo(f"{file}:{line}: {reason}", err=True)
     if report.invalid > len(report.errors):
         click.echo(f"… and {report.invalid - len(report.errors)} more invalid rows", err=True)
@@ -108,9 +144,25 @@ def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
     sys.exit(1 if report.invalid else 0)
 
 
+def _import_stdin(store: SubscriberStore, batch_size: int, smtputf8: bool) -> ImportReport:
+    """Standard input, spooled to a private file: the import reads its file twice (the
+    UTF-8 check first, so a bad file changes nothing)."""
+    from newsletter.subscribers_csv import import_csv
+
+    with tempfile.NamedTemporaryFile(prefix="newsletter-import-", suffix=".csv") as spool:
+        with click.open_file("-", "rb") as src:
+            shutil.copyfileobj(src, spool)
+        spool.flush()
+        try:
+            return import_csv(store, spool.name, now=_now(), batch_size=batch_size,
+                              smtputf8=smtputf8, actor=_actor())
+        except NewsletterError as exc:
+            raise NewsletterError(str(exc).replace(spool.name, "-")) from None
+
+
 @subscribers.command("export")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write to this file instead of standard output.")
+              help="Write to this file instead of standard output ('-': standard output).")
 @click.pass_context
 @_fail_cleanly
 def export(ctx: click.Context, output: Path | None) -> None:
@@ -118,8 +170,11 @@ def export(ctx: click.Context, output: Path | None) -> None:
     from newsletter.subscribers_csv import export_csv
 
     _settings, store = _open(ctx)
-    if output is None:
-        count = export_csv(store, click.get_text_stream("stdout"))
+    if output is None or str(output) == "-":
+        # click.open_file("-") wraps standard output as get_text_stream (deprecated in
+        # click 8.5) did: the stream's own encoding, corrected where it is misconfigured.
+        with click.open_file("-", "w") as out:
+            count = export_csv(store, cast("TextIO", out))
     else:
         # Written beside the target and renamed, so a failed export leaves no half file.
         tmp = output.with_name(f".{output.name}.tmp")
@@ -130,7 +185,7 @@ def export(ctx: click.Context, output: Path | None) -> None:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise NewsletterError(f"{output}: cannot write: {exc.strerror or exc}") from None
-        click.echo(f"exported {count} subscribers to {output}", err=True)
+        click.echo(f"exported {plural(count, 'subscriber')} to {output}", err=True)
 
 
 @subscribers.command("list")
@@ -172,3 +227,27 @@ def remove(ctx: click.Context, email: str) -> None:
                    f"deliveries refer to it (and so that no import adds it again)")
     else:
         click.echo(f"{sub.email}: {result}")
+
+
+@subscribers.command("history")
+@click.argument("email")
+@click.pass_context
+@_fail_cleanly
+def history(ctx: click.Context, email: str) -> None:
+    """Show every consent recorded for EMAIL: when, what, who, why (oldest first)."""
+    from newsletter.subscriptions import AddressError, normalise_address
+
+    _settings, store = _open(ctx)
+    try:
+        _address, key = normalise_address(email, smtputf8=True)
+    except AddressError as exc:
+        raise NewsletterError(f"{email!r}: {exc.reason}") from None
+    sub = store.get_subscriber_by_key(key)
+    if sub is None:
+        raise NewsletterError(f"{email}: no such subscriber")
+    click.echo(f"{sub.email}: {sub.status}")
+    for e in store.consent_history(sub.id):
+        was = f" (was {e.previous_status})" if e.previous_status else ""
+        who = e.actor or "the person"
+        why = f": {e.reason}" if e.reason else ""
+        click.echo(f"{e.at:%Y-%m-%d %H:%M} UTC  {e.action}{was} by {who}{why}")

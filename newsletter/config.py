@@ -190,15 +190,17 @@ class Smtp:
 class Newsletter:
     templates_dir: str = opt("Folder of templates that override the built-in ones, file by "
                              "file; empty uses templates/.", "")
-    lookback_days: int = opt("How far back the first issue looks for articles.", 7, minimum=1)
-    max_articles: int = opt("Most articles in one issue (newest kept).", 30, minimum=1,
-                            maximum=500)
+    lookback_days: int = opt("How far back a forced build looks when nothing is new since "
+                             "the previous issue.", 7, minimum=1)
+    max_articles: int = opt("Most articles in one issue (newest kept). The first issue takes "
+                            "the newest this many, however old.", 30, minimum=1, maximum=500)
     section_order: list[str] = opt("Sections in this order first; others follow "
                                    "alphabetically.", [])
     subject: str = opt("Subject template: {publication}, {number} and {date} (strftime "
-                       "codes allowed, e.g. {date:%d %B %Y}).", "{publication} — {date:%d %B %Y}")
-    preheader: str = opt("Preview text shown by mail clients; empty uses the first article's "
-                         "summary.", "")
+                       "codes allowed, e.g. {date:%d %B %Y}).",
+                       "{publication} No. {number} — {date:%d %B %Y}")
+    preheader: str = opt("Preview text shown by mail clients and as the intro; empty counts "
+                         "the articles and names the sections.", "")
     reason: str = opt("Footer line telling readers why they get the email; {publication} is "
                       "replaced.", "You are receiving this because you subscribed to "
                       "{publication}.")

@@ -21,6 +21,7 @@ _EXAMPLES: dict[tuple[str, str], Any] = {
     ("publication", "base_url"): "https://policy-ledger.example.org/",
     ("sources", "type"): "folder",
     ("sources", "path"): "examples/articles",
+    ("schedule", "issue_cron"): "0 7 * * mon",  # as config/newsletter.toml ships it
 }
 
 _FOOTER = """

@@ -12,6 +12,7 @@ from newsletter.errors import ConfigError
 ENV_NOT_SETTINGS = frozenset({
     "NEWSLETTER_CONFIG",  # the configuration file (--config)
     "NEWSLETTER_TEST_DATABASE_URL",  # the PostgreSQL the test suite and CI use
+    "NEWSLETTER_BENCH_PG_URL",  # the PostgreSQL bench/ measures against
 })
 
 

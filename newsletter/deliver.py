@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
@@ -105,6 +105,7 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     stopped: str = ""  # why the run stopped early, for the operator
+    halted: bool = False  # stopped by `plan.halt` (rows free now), not by the server
 
     def add(self, status: str) -> None:
         setattr(self, status, getattr(self, status) + 1)
@@ -130,20 +131,23 @@ def settle_for(row: Claimed, result: SendResult, policy: Policy, now: datetime) 
 
 
 class RateLimit:
-    """Token bucket shared by every connection task of one process."""
+    """Token bucket shared by every connection task of one process. The clock and sleep
+    can be replaced, so a test checks the pacing on time it controls."""
 
-    def __init__(self, per_second: float) -> None:
+    def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self.next_slot = time.monotonic()
+        self.clock, self.sleep = clock, sleep
+        self.next_slot = clock()
 
     async def wait(self) -> None:
         if not self.interval:
             return
-        now = time.monotonic()
+        now = self.clock()
         slot = max(self.next_slot, now)
         self.next_slot = slot + self.interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self.sleep(slot - now)
 
 
 @dataclass(slots=True)
@@ -170,13 +174,15 @@ class Lane:
 
 async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
                   clock: Callable[[], datetime] = now_utc,
-                  on_progress: Callable[[Summary], None] | None = None) -> Summary:
+                  on_progress: Callable[[Summary], None] | None = None,
+                  limiter: RateLimit | None = None) -> Summary:
     """Work through every due row of the issue; stop early (rows deferred) if the server
-    refuses connections or answers 421, or (rows freed at once) if `plan.halt` says so."""
+    refuses connections or answers 421, or (rows freed at once) if `plan.halt` says so.
+    `limiter` replaces the one built from `policy.rate` (a test's own clock)."""
     summary = Summary()
     inflight = [0]  # workers between taking a row and having its outcome committed
     recorder = Recorder(ledger, policy, clock, busy=lambda: inflight[0])
-    limiter = RateLimit(policy.rate)
+    limiter = limiter or RateLimit(policy.rate)
     abort: list[str] = []  # the server is in trouble: held rows wait `retry_initial`
     halted: list[str] = []  # paused, cancelled or stopping: held rows are free again now
     queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
@@ -352,6 +358,7 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
         await feeder  # raises the feeder's own error, if it had one
     if abort or halted:
         summary.stopped = (abort or halted)[0]
+        summary.halted = not abort
         now = clock()
         retry_at = now + policy.retry_initial if abort else now
         freed = await policy.call(ledger.release, owner, now, retry_at, summary.stopped)

@@ -22,3 +22,7 @@ class ConfigError(NewsletterError):
 
 class DatabaseError(NewsletterError):
     """The database URL is malformed or unsupported, or the database cannot be opened."""
+
+
+class BadValue(NewsletterError):
+    """A value the operator gave is refused as such (a 400 in the admin API, not a 409)."""

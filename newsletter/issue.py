@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from newsletter.errors import NewsletterError
 from newsletter.models import Article, Issue, IssueSection
 from newsletter.sanitize import one_line
+from newsletter.words import joined, plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +18,13 @@ class IssueRules:
     lookback: timedelta = timedelta(days=7)
     max_articles: int = 30
     section_order: tuple[str, ...] = ()
-    subject: str = "{publication} — {date:%d %B %Y}"
+    subject: str = "{publication} No. {number} — {date:%d %B %Y}"
     preheader: str = ""
     untitled_section: str = "More"
 
 
 def window_start(previous: Issue | None, now: datetime, rules: IssueRules) -> datetime:
-    """After the previous (not cancelled) issue's window; the first issue looks back."""
+    """After the previous (not cancelled) issue's window; without one, the look-back."""
     return previous.window_end if previous else now - rules.lookback
 
 
@@ -40,6 +41,17 @@ def group_sections(articles: Sequence[Article], rules: IssueRules) -> tuple[Issu
     return tuple(IssueSection(n, tuple(by_section[n])) for n in names)
 
 
+def default_intro(sections: Sequence[IssueSection], rules: IssueRules) -> str:
+    """'This issue: 5 articles in City, Economy and Culture.' Not an article's summary: the
+    intro sits just above the first article, which would then say the same thing twice."""
+    count = sum(len(s.articles) for s in sections)
+    if not count:
+        return ""
+    names = [s.name for s in sections]
+    where = "" if names == [rules.untitled_section] else f" in {joined(names)}"
+    return f"This issue: {plural(count, 'article')}{where}."
+
+
 def make_subject(rules: IssueRules, number: int, date: datetime) -> str:
     try:
         subject = rules.subject.format(publication=rules.publication, number=number, date=date)
@@ -53,7 +65,6 @@ def make_subject(rules: IssueRules, number: int, date: datetime) -> str:
 def make_issue(*, number: int, articles: Sequence[Article], start: datetime, end: datetime,
                rules: IssueRules) -> Issue:
     sections = group_sections(articles, rules)
-    first = sections[0].articles[0] if sections else None
-    preheader = one_line(rules.preheader or (first.summary if first else ""))
+    preheader = one_line(rules.preheader or default_intro(sections, rules))
     return Issue(number=number, subject=make_subject(rules, number, end), preheader=preheader,
                  created=end, window_start=start, window_end=end, sections=sections)

@@ -42,10 +42,32 @@ def _v3(op: Operations) -> None:
         table.to_metadata(frozen).create(op.get_bind())
 
 
+BACKFILLED = "recorded before consent history was kept"
+
+
+def _v4(op: Operations) -> None:
+    """Consent history, started from each subscriber's stored consent and confirmation."""
+    frozen = sa.MetaData()
+    sub = s.subscribers.to_metadata(frozen)
+    events = s.consent_events.to_metadata(frozen)
+    events.create(op.get_bind())
+    columns = ["subscriber_id", "at", "action", "actor", "reason", "ip", "user_agent"]
+    op.get_bind().execute(events.insert().from_select(columns, sa.select(
+        sub.c.id, sub.c.consent_at, sub.c.consent_method, sa.literal(""),
+        sa.literal(BACKFILLED), sub.c.consent_ip, sub.c.consent_user_agent,
+    ).where(sub.c.consent_at.is_not(None), sub.c.consent_method.is_not(None))))
+    # A form sign-up that was confirmed: the person's own opt-in, the one that counts.
+    op.get_bind().execute(events.insert().from_select(columns[:5], sa.select(
+        sub.c.id, sub.c.confirmed_at, sa.literal("confirm"), sa.literal(""),
+        sa.literal(BACKFILLED),
+    ).where(sub.c.confirmed_at.is_not(None), sub.c.consent_method == "form")))
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
     (3, "subscribers and the delivery ledger", _v3),
+    (4, "consent history", _v4),
 ]
 
 

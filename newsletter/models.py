@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 
 def now_utc() -> datetime:
     """The one clock of the service: aware, in UTC."""
     return datetime.now(UTC)
+
+
+def example_send_time(zone: str, now: datetime) -> str:
+    """Next Monday 07:00 in `zone`, as ISO 8601: a send time to show, never a past one."""
+    local = now.astimezone(ZoneInfo(zone))
+    ahead = local + timedelta(days=(7 - local.weekday()) % 7 or 7)
+    return ahead.replace(hour=7, minute=0, second=0, microsecond=0).isoformat(
+        timespec="minutes")
 
 
 def _require_aware(name: str, value: datetime | None) -> None:

@@ -26,13 +26,14 @@ from newsletter.render_text import (
     byline,
     issue_text,
     long_date,
+    names_publication,
 )
+from newsletter.resources import DEFAULT_TEMPLATES
 from newsletter.sanitize import first_paragraph, one_line, shorten
 
 __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize",
            "personalize_text", "SIZE_LIMIT"]
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Gmail clips messages whose HTML exceeds about 102 KB, hiding the footer (and with it the
 # unsubscribe link); the margin leaves room for the personal URLs filled in later.
 SIZE_LIMIT = 100_000
@@ -82,6 +83,11 @@ class Masthead:
     direction: str = "ltr"
     postal_address: str = ""
     reason: str = ""  # "You are receiving this because …"
+
+    @property
+    def footer_name(self) -> str:
+        """The name above the postal address, or "" when the address starts with it."""
+        return "" if names_publication(self.postal_address, self.name) else self.name
 
     def __post_init__(self) -> None:
         _require_absolute("Masthead.base_url", self.base_url)

@@ -59,6 +59,11 @@ def byline(authors: tuple[str, ...]) -> str:
     return f"By {', '.join(names[:-1])} and {names[-1]}"
 
 
+def names_publication(postal_address: str, publication: str) -> bool:
+    """Whether the address already starts with the name, so the footer need not repeat it."""
+    return postal_address.casefold().startswith(publication.casefold())
+
+
 def _wrap(text: str) -> list[str]:
     # No long-word or hyphen breaking: a URL inside a paragraph must stay clickable, so it
     # may overflow its line rather than be split.
@@ -79,8 +84,9 @@ def _heading(name: str) -> list[str]:
 def issue_text(view: IssueView, *, publication: str, postal_address: str, reason: str,
                archive_url: str) -> str:
     """The text/plain part, with the same articles and summaries as the HTML part."""
-    out: list[str] = [*_wrap(publication), *_wrap(view.subject),
-                      f"Issue {view.number} · {view.date}", ""]
+    # As the HTML masthead: the name, then number and date. The subject (which usually holds
+    # the name too) is already the message's Subject header.
+    out: list[str] = [*_wrap(publication), f"Issue {view.number} · {view.date}", ""]
     out += _labelled("View in browser", archive_url)
     out += ["", "Hello %%NAME%%,", ""]
     if view.preheader:
@@ -101,7 +107,9 @@ def issue_text(view: IssueView, *, publication: str, postal_address: str, reason
         out += ["", *_labelled(f"{view.omitted} more {more} in the archive", archive_url)]
     elif view.shortened:
         out += ["", *_labelled("Read the full issue", archive_url)]
-    out += ["", "-" * 20, *_wrap(publication)]
+    out += ["", "-" * 20]
+    if not names_publication(postal_address, publication):
+        out += _wrap(publication)
     for line in postal_address.splitlines():
         out += _wrap(line)
     if reason:

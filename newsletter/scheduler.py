@@ -306,6 +306,27 @@ class SingleScheduler:
         self._stand_down()
 
 
+def next_issue_time(settings: Settings, now: datetime | None = None) -> datetime | None:
+    """When the issue cron next fires, in the schedule's zone; None without a cron."""
+    sch = settings.schedule
+    if not sch.issue_cron:
+        return None
+    zone = ZoneInfo(sch.timezone)
+    trigger = CronTrigger.from_crontab(sch.issue_cron, timezone=zone)
+    fire: datetime | None = trigger.get_next_fire_time(None, (now or datetime.now(zone))
+                                                        .astimezone(zone))
+    return fire
+
+
+def next_issue_line(settings: Settings, now: datetime | None = None) -> str:
+    """'Next issue: Monday 7 December, 07:00 UTC', or '' when no issue is scheduled."""
+    from newsletter.words import friendly_time
+
+    when = next_issue_time(settings, now)
+    return f"Next issue: {friendly_time(when, now or datetime.now(when.tzinfo))}" if when \
+        else ""
+
+
 def next_runs(settings: Settings, store: Store) -> list[tuple[str, datetime | None]]:
     """The effective schedule as stored (readable from any process, acting on nothing)."""
     scheduler = make_scheduler(settings, store)

@@ -177,3 +177,24 @@ deliveries = Table(
     sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
     Index("ix_deliveries_claim", "issue_id", "status", "next_attempt_at"),
 )
+
+# Every grant of consent, kept beside the subscriber's latest one: who (actor: "cli <user>",
+# "api <ip>", "dashboard <ip>"; empty for the person themself), when, why, and from which
+# status an operator brought someone back.
+CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
+
+consent_events = Table(
+    "consent_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("subscriber_id", Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("actor", Text, nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+    Column("previous_status", String(20), nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", Text, nullable=True),
+    Index("ix_consent_events_subscriber", "subscriber_id", "at"),
+)

@@ -371,7 +371,13 @@ class SmtpPool:
         if self.security == "none" and not _is_loopback(peer[0] if peer else ""):
             raise SmtpSetupError(f"{where}: refusing AUTH without TLS (smtp.security = 'none')")
         if not client.supports_extension("auth"):
-            raise SmtpSetupError(f"{where} does not offer AUTH")
+            raise SmtpSetupError(f"server at {where} does not offer AUTH; remove [smtp] "
+                                 "username/password or use a server that supports it")
+        if not client.supported_auth_methods:
+            offered = " ".join(client.server_auth_methods) or "no mechanism"
+            ours = ", ".join(client.AUTH_METHODS).upper()
+            raise SmtpSetupError(f"server at {where} offers AUTH only as {offered}, which "
+                                 f"this client cannot use (it speaks {ours})")
         try:
             await client.login(self.username, self._password)
         except SMTPAuthenticationError as exc:

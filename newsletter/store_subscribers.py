@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +14,10 @@ from sqlalchemy.engine import Engine
 from newsletter import schema as s
 
 _C = s.subscribers.c
+_E = s.consent_events.c
 # Statuses a person left on purpose or that the mail system said never to use again: nothing
-# but their own confirmed opt-in (or an admin's explicit --confirmed) brings them back.
+# but their own confirmed opt-in (or an admin's explicit --resubscribe, with a reason) brings
+# them back.
 SUPPRESSED = ("unsubscribed", "bounced", "complained")
 _CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
@@ -41,6 +43,31 @@ class Subscriber:
 
 
 @dataclass(frozen=True, slots=True)
+class Consent:
+    """One grant of consent to record: what (schema.CONSENT_ACTIONS), who, why, from where."""
+
+    action: str
+    actor: str = ""  # empty: the person themself
+    reason: str = ""
+    previous_status: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    id: int
+    subscriber_id: int
+    at: datetime
+    action: str
+    actor: str
+    reason: str
+    previous_status: str | None
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ImportRow:
     """One valid, normalised CSV record; `line` is where it starts in the file."""
 
@@ -55,7 +82,9 @@ class ImportRow:
 class BatchCounts:
     added: int = 0
     merged: int = 0  # already in the store, or earlier in the file: name refreshed
-    suppressed: int = 0  # unsubscribed, bounced or complained: left alone
+    # Left exactly as stored, (line, status): unsubscribed, bounced, complained, or pending
+    # (a form sign-up the person has not confirmed; the operator cannot confirm it for them).
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _to_subscriber(row: Any) -> Subscriber:
@@ -68,6 +97,13 @@ def _sections_json(sections: Sequence[str]) -> str:
     return json.dumps(list(sections), ensure_ascii=False)
 
 
+def _record(conn: sa.Connection, subscriber_id: int, now: datetime, consent: Consent) -> None:
+    if consent.action not in s.CONSENT_ACTIONS:
+        raise ValueError(f"unknown consent action {consent.action!r}")
+    conn.execute(s.consent_events.insert().values(subscriber_id=subscriber_id, at=now,
+                                                  **asdict(consent)))
+
+
 class SubscriberQueries:
     engine: Engine
 
@@ -76,8 +112,10 @@ class SubscriberQueries:
     def add_subscriber(self, *, email: str, email_key: str, name: str, status: str,
                        now: datetime, consent_method: str, consent_ip: str | None = None,
                        consent_user_agent: str | None = None, sections: Sequence[str] = (),
-                       confirmed: bool = False) -> Subscriber | None:
-        """Insert one subscriber; None when the address (its email_key) is already stored."""
+                       confirmed: bool = False,
+                       consent: Consent | None = None) -> Subscriber | None:
+        """Insert one subscriber (and its consent record, if given, in the same transaction);
+        None when the address (its email_key) is already stored."""
         row = {"email": email, "email_key": email_key, "name": name, "status": status,
                "sections": _sections_json(sections), "consent_at": now,
                "consent_method": consent_method, "consent_ip": consent_ip,
@@ -87,6 +125,8 @@ class SubscriberQueries:
         try:
             with self.engine.begin() as conn:
                 new_id = conn.execute(s.subscribers.insert().values(row)).inserted_primary_key[0]
+                if consent is not None:
+                    _record(conn, new_id, now, consent)
         except sa.exc.IntegrityError:
             return None  # lost a race with another insert of the same address
         return self.get_subscriber(new_id)
@@ -119,8 +159,10 @@ class SubscriberQueries:
         return counts
 
     def update_subscriber(self, subscriber_id: int, now: datetime, *,
-                          expect: Sequence[str] = (), **values: Any) -> bool:
-        """Set columns of one subscriber only while its status is in `expect` (any if empty).
+                          expect: Sequence[str] = (), consent: Consent | None = None,
+                          **values: Any) -> bool:
+        """Set columns of one subscriber only while its status is in `expect` (any if empty);
+        `consent` is recorded in the same transaction when the row changed.
 
         The status condition sits in the UPDATE itself, so a concurrent unsubscribe cannot
         be overwritten by a decision made on a row read a moment earlier.
@@ -131,13 +173,28 @@ class SubscriberQueries:
         if expect:
             q = q.where(_C.status.in_(tuple(expect)))
         with self.engine.begin() as conn:
-            return conn.execute(q).rowcount == 1
+            changed = conn.execute(q).rowcount == 1
+            if changed and consent is not None:
+                _record(conn, subscriber_id, now, consent)
+            return changed
 
     def activate_subscriber(self, subscriber_id: int, now: datetime, *,
-                            expect: Sequence[str] = ("pending",)) -> bool:
+                            expect: Sequence[str] = ("pending",),
+                            consent: Consent | None = None) -> bool:
         """Make active (a confirmed opt-in); a fresh start also forgets earlier bounces."""
-        return self.update_subscriber(subscriber_id, now, expect=expect, status="active",
-                                      confirmed_at=now, hard_bounces=0)
+        return self.update_subscriber(subscriber_id, now, expect=expect, consent=consent,
+                                      status="active", confirmed_at=now, hard_bounces=0)
+
+    def record_consent(self, subscriber_id: int, now: datetime, consent: Consent) -> None:
+        with self.engine.begin() as conn:
+            _record(conn, subscriber_id, now, consent)
+
+    def consent_history(self, subscriber_id: int) -> list[ConsentEvent]:
+        """Every consent recorded for one subscriber, oldest first."""
+        q = (sa.select(s.consent_events).where(_E.subscriber_id == subscriber_id)
+             .order_by(_E.at, _E.id))
+        with self.engine.connect() as conn:
+            return [ConsentEvent(**r._mapping) for r in conn.execute(q)]
 
     def unsubscribe_subscriber(self, subscriber_id: int, now: datetime) -> bool:
         """Unsubscribe at once; False when already out (complained keeps its stronger mark)."""
@@ -209,6 +266,8 @@ class SubscriberQueries:
                 status=sa.case((_C.status == "complained", "complained"),
                                else_="unsubscribed"),
                 unsubscribed_at=sa.func.coalesce(_C.unsubscribed_at, now)))
+            conn.execute(s.consent_events.update().where(_E.subscriber_id == subscriber_id)
+                         .values(ip=None, user_agent=None))
             return "anonymised"
 
     # -- streaming ------------------------------------------------------------------------
@@ -237,8 +296,10 @@ class SubscriberQueries:
 
     # -- bulk import ----------------------------------------------------------------------
 
-    def merge_import_batch(self, rows: Sequence[ImportRow], now: datetime) -> BatchCounts:
-        """Insert new addresses, refresh known ones, leave suppressed ones: one transaction.
+    def merge_import_batch(self, rows: Sequence[ImportRow], now: datetime, *,
+                           actor: str = "") -> BatchCounts:
+        """Insert new addresses, refresh active ones' names, leave every other one as it is:
+        one transaction, with a consent record per added address.
 
         A SELECT of the batch's keys then an executemany INSERT is portable across SQLite
         and PostgreSQL; if a web sign-up inserts one of the keys in between, the INSERT
@@ -246,13 +307,13 @@ class SubscriberQueries:
         """
         for attempt in range(3):
             try:
-                return self._merge_once(rows, now)
+                return self._merge_once(rows, now, actor)
             except sa.exc.IntegrityError:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _merge_once(self, rows: Sequence[ImportRow], now: datetime) -> BatchCounts:
+    def _merge_once(self, rows: Sequence[ImportRow], now: datetime, actor: str) -> BatchCounts:
         counts = BatchCounts()
         latest: dict[str, ImportRow] = {}
         for row in rows:  # the last occurrence of an address in the batch wins
@@ -268,7 +329,7 @@ class SubscriberQueries:
                 q = sa.select(_C.id, _C.email_key, _C.status, _C.name).where(
                     _C.email_key.in_(keys[i:i + _CHUNK]))
                 existing.update({r.email_key: r for r in conn.execute(q)})
-            inserts, renames, activations = [], [], []
+            inserts, renames = [], []
             for key, row in latest.items():
                 found = existing.get(key)
                 if found is None:
@@ -277,32 +338,30 @@ class SubscriberQueries:
                         "status": "active", "sections": _sections_json(row.sections),
                         "consent_at": now, "consent_method": "import", "hard_bounces": 0,
                         "created_at": now, "updated_at": now})
-                elif found.status in SUPPRESSED:
-                    counts.suppressed += 1
+                elif found.status != "active":
+                    # Pending too: a form sign-up waits for the person's own confirmation,
+                    # which a file of addresses cannot give for them.
+                    counts.skipped.append((row.line, found.status))
                 else:
                     counts.merged += 1
-                    name = row.name or found.name
-                    if found.status == "pending":
-                        # The operator vouches for everyone in the file: the same consent
-                        # that makes new rows active activates a form sign-up left pending.
-                        activations.append({"b_id": found.id, "b_name": name})
-                    elif name != found.name:
-                        renames.append({"b_id": found.id, "b_name": name})
+                    if row.name and row.name != found.name:
+                        renames.append({"b_id": found.id, "b_name": row.name})
             if inserts:
                 conn.execute(s.subscribers.insert(), inserts)
                 counts.added = len(inserts)
+                added = [r["email_key"] for r in inserts]
+                for i in range(0, len(added), _CHUNK):
+                    # Every key was absent a moment ago in this transaction: these rows
+                    # are the ones just inserted.
+                    conn.execute(s.consent_events.insert().from_select(
+                        ["subscriber_id", "at", "action", "actor", "reason"],
+                        sa.select(_C.id, sa.literal(now, s.UTCDateTime), sa.literal("import"),
+                                  sa.literal(actor), sa.literal(""))
+                        .where(_C.email_key.in_(added[i:i + _CHUNK]))))
             if renames:
                 conn.execute(s.subscribers.update().where(_C.id == sa.bindparam("b_id"))
                              .values(name=sa.bindparam("b_name"), updated_at=now), renames)
-            if activations:
-                conn.execute(
-                    s.subscribers.update()
-                    .where(_C.id == sa.bindparam("b_id"), _C.status == "pending")
-                    .values(name=sa.bindparam("b_name"), status="active", consent_at=now,
-                            consent_method="import", consent_ip=None,
-                            consent_user_agent=None, updated_at=now), activations)
         return counts
-
 
 if TYPE_CHECKING:
     from newsletter.store import Store

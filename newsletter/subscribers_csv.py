@@ -15,6 +15,7 @@ from newsletter import log
 from newsletter.errors import NewsletterError
 from newsletter.store_subscribers import ImportRow, Subscriber, SubscriberQueries
 from newsletter.subscriptions import AddressError, clean_name, clean_sections, normalise_address
+from newsletter.words import plural
 
 MAX_REPORTED_ERRORS = 1000  # the count goes on; the list stays bounded for huge bad files
 EMAIL_COLUMNS = ("email", "e-mail", "email address")
@@ -23,6 +24,16 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = ("email", "name", "status", "sections", "consent_at", "consent_method",
                   "consent_ip", "consent_user_agent", "confirmed_at", "unsubscribed_at",
                   "created_at")
+
+
+SKIP_LABELS = {"pending": "pending confirmation"}
+SKIP_REASONS = {
+    "pending": "skipped: signed up through the form and not yet confirmed; only the person's "
+               "own confirmation makes it active",
+    "unsubscribed": "skipped: unsubscribed; an import never subscribes it again",
+    "bounced": "skipped: bounced; an import never subscribes it again",
+    "complained": "skipped: complained (marked as spam); an import never subscribes it again",
+}
 
 
 class CsvError(NewsletterError):
@@ -34,18 +45,36 @@ class ImportReport:
     rows: int = 0  # records read, header and blank lines not counted
     added: int = 0
     merged: int = 0  # already subscribed, or repeated in the file: merged into one
-    suppressed: int = 0  # unsubscribed, bounced or complained: never re-subscribed by import
+    # Left as stored, by status: unsubscribed, bounced and complained are never subscribed
+    # again by an import, and a pending form sign-up waits for the person's confirmation.
+    skipped_by: dict[str, int] = field(default_factory=dict)
+    skipped_rows: list[tuple[int, str]] = field(default_factory=list)  # (line, why), bounded
     invalid: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), bounded
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by.values())
+
+    @property
+    def suppressed(self) -> int:
+        """Skipped because they opted out or the mail system refused them."""
+        return self.skipped - self.skipped_by.get("pending", 0)
 
     def add_error(self, line: int, reason: str) -> None:
         self.invalid += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append((line, reason))
 
+    def add_skipped(self, line: int, status: str) -> None:
+        self.skipped_by[status] = self.skipped_by.get(status, 0) + 1
+        if len(self.skipped_rows) < MAX_REPORTED_ERRORS:
+            self.skipped_rows.append((line, SKIP_REASONS.get(status, status)))
+
     def summary(self) -> str:
-        return (f"{self.rows} rows: {self.added} added, {self.merged} merged, "
-                f"{self.suppressed} left unsubscribed, {self.invalid} invalid")
+        why = ", ".join(f"{n} {SKIP_LABELS.get(k, k)}" for k, n in sorted(self.skipped_by.items()))
+        return (f"{plural(self.rows, 'row')}: {self.added} added, {self.merged} merged, "
+                f"{self.skipped} skipped{f' ({why})' if why else ''}, {self.invalid} invalid")
 
 
 def _check_utf8(path: Path) -> None:
@@ -99,11 +128,12 @@ def _records(f: TextIO) -> Iterator[tuple[int, list[str] | csv.Error]]:
 
 
 def import_csv(store: SubscriberQueries, path: str | Path, *, now: datetime,
-               batch_size: int = 1000, smtputf8: bool = False) -> ImportReport:
+               batch_size: int = 1000, smtputf8: bool = False,
+               actor: str = "") -> ImportReport:
     """Import columns email (required), name and sections ("a|b"); one transaction per batch.
 
     Rows are read, checked and written batch by batch, so memory does not grow with the
-    file. Bad rows are reported with their line number and skipped.
+    file. Bad rows are reported with their line number, and so are rows left as stored.
     """
     path = Path(path)
     _check_utf8(path)
@@ -111,10 +141,11 @@ def import_csv(store: SubscriberQueries, path: str | Path, *, now: datetime,
     batch: list[ImportRow] = []
 
     def flush() -> None:
-        counts = store.merge_import_batch(batch, now)
+        counts = store.merge_import_batch(batch, now, actor=actor)
         report.added += counts.added
         report.merged += counts.merged
-        report.suppressed += counts.suppressed
+        for line, status in sorted(counts.skipped):
+            report.add_skipped(line, status)
         batch.clear()
 
     # utf-8-sig drops a spreadsheet's byte order mark; newline="" keeps quoted newlines.
@@ -153,7 +184,7 @@ def import_csv(store: SubscriberQueries, path: str | Path, *, now: datetime,
         if batch:
             flush()
     log.event("subscribers_imported", path=path, rows=report.rows, added=report.added,
-              merged=report.merged, suppressed=report.suppressed, invalid=report.invalid)
+              merged=report.merged, skipped=report.skipped, invalid=report.invalid)
     return report
 
 

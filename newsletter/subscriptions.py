@@ -16,10 +16,10 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
 from newsletter import tokens
-from newsletter.store_subscribers import Subscriber, SubscriberQueries
+from newsletter.resources import DEFAULT_TEMPLATES
+from newsletter.store_subscribers import SUPPRESSED, Consent, Subscriber, SubscriberQueries
 from newsletter.tokens import TokenError
 
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_ADDRESS_CHARS = 254  # RFC 5321's limit on a forward path, less the angle brackets
 MAX_NAME_CHARS = 100
 METHODS = ("form", "import", "admin")
@@ -216,12 +216,14 @@ class SubscribeOutcome:
     """What happened; only the caller's logs and the admin CLI may tell it apart.
 
     state: "new", "pending", "active", "activated" (pending → active), "reactivated"
-    (suppressed → active by an admin), "suppressed" (left unsubscribed/bounced/complained).
+    (suppressed → active by an admin's explicit resubscribe), "suppressed" (left
+    unsubscribed/bounced/complained).
     """
 
     subscriber: Subscriber
     state: str
     send_confirmation: bool
+    previous_status: str | None = None  # set when an admin changed the status
 
 
 def _clip(value: str | None, limit: int) -> str | None:
@@ -232,32 +234,45 @@ def _clip(value: str | None, limit: int) -> str | None:
 def subscribe(store: SubscriberQueries, email: str, name: str = "", *, method: str,
               ip: str | None, user_agent: str | None, now: datetime, confirmed: bool = False,
               sections: Sequence[str] = (), smtputf8: bool = False,
-              resend_window: timedelta = timedelta(hours=1)) -> SubscribeOutcome:
+              resend_window: timedelta = timedelta(hours=1), resubscribe: bool = False,
+              reason: str = "", actor: str = "") -> SubscribeOutcome:
     """Record a request to subscribe; raise AddressError for an unusable address.
 
     Rules: a new address starts pending (active when `confirmed`, i.e. an admin vouches).
     A form request for a pending, unsubscribed or bounced address asks for a (new)
     confirmation, at most one per `resend_window`; confirming is the person's own opt-in
-    again. Import and unconfirmed admin adds never touch unsubscribed, bounced or
-    complained rows; `confirmed=True` (admin, explicit) reactivates any of them. A
-    complained address gets no confirmation email from the form: the form cannot tell the
-    person from someone who wants to annoy them, and another complaint hurts delivery.
+    again. Import and admin adds never touch unsubscribed, bounced or complained rows, not
+    even `confirmed` ones: only `resubscribe` (an admin, explicitly, with a `reason`) brings
+    one back, and it implies `confirmed`. A complained address gets no confirmation email
+    from the form: the form cannot tell the person from someone who wants to annoy them,
+    and another complaint hurts delivery. Each grant of consent is recorded with `actor`
+    and `reason` (see schema.consent_events).
     """
     if method not in METHODS:
         raise ValueError(f"unknown consent method {method!r}")
+    if resubscribe and (method != "admin" or not reason.strip()):
+        raise ValueError("resubscribe is for an admin, with a reason")
+    confirmed = confirmed or resubscribe
     address, key = normalise_address(email, smtputf8=smtputf8)
     name = clean_name(name)
     sections = clean_sections(sections)
-    consent = {"consent_at": now, "consent_method": method,
-               "consent_ip": _clip(ip, 64) if method == "form" else None,
-               "consent_user_agent": _clip(user_agent, 500) if method == "form" else None}
+    consent: dict[str, Any] = {"consent_at": now, "consent_method": method,
+                               "consent_ip": _clip(ip, 64) if method == "form" else None,
+                               "consent_user_agent": _clip(user_agent, 500)
+                               if method == "form" else None}
+
+    def record(action: str, previous: str | None = None) -> Consent:
+        return Consent(action, actor=actor, reason=reason, previous_status=previous,
+                       ip=consent["consent_ip"], user_agent=consent["consent_user_agent"])
+
     sub = store.get_subscriber_by_key(key)
     if sub is None:
         sub = store.add_subscriber(email=address, email_key=key, name=name,
                                    status="active" if confirmed else "pending", now=now,
                                    consent_method=method, consent_ip=consent["consent_ip"],
                                    consent_user_agent=consent["consent_user_agent"],
-                                   sections=sections, confirmed=confirmed)
+                                   sections=sections, confirmed=confirmed,
+                                   consent=record(method))
         if sub is not None:
             send = not confirmed and store.claim_confirmation(sub.id, now, resend_window)
             return SubscribeOutcome(_fresh(store, sub), "new", send)
@@ -267,21 +282,30 @@ def subscribe(store: SubscriberQueries, email: str, name: str = "", *, method: s
     changes: dict[str, Any] = {"name": name} if name else {}
     if sections:
         changes["sections"] = sections
-    if confirmed:
-        if sub.status == "active":
+    if confirmed and (sub.status == "pending" or (resubscribe and sub.status in SUPPRESSED)):
+        action = "admin" if sub.status == "pending" else "resubscribe"
+        changed = store.update_subscriber(
+            sub.id, now, expect=(sub.status,), consent=record(action, sub.status),
+            status="active", confirmed_at=now, hard_bounces=0, **changes, **consent)
+        if not changed:  # the status moved meanwhile: decide again on what is stored now
+            return subscribe(store, email, name, method=method, ip=ip, user_agent=user_agent,
+                             now=now, confirmed=confirmed, sections=sections,
+                             smtputf8=smtputf8, resend_window=resend_window,
+                             resubscribe=resubscribe, reason=reason, actor=actor)
+        state = "activated" if sub.status == "pending" else "reactivated"
+        return SubscribeOutcome(_fresh(store, sub), state, False, sub.status)
+    if sub.status == "active":
+        if confirmed:  # an admin may correct the name and sections it vouches for
             store.update_subscriber(sub.id, now, **changes)
             return SubscribeOutcome(_fresh(store, sub), "active", False)
-        store.update_subscriber(sub.id, now, expect=(sub.status,), status="active",
-                                confirmed_at=now, hard_bounces=0, **changes, **consent)
-        state = "activated" if sub.status == "pending" else "reactivated"
-        return SubscribeOutcome(_fresh(store, sub), state, False)
-    if sub.status == "active":
-        # Nobody may change an active subscriber's name or sections without their link.
+        # Nobody else may change an active subscriber's name or sections without their link.
         return SubscribeOutcome(sub, "active", False)
     if sub.status == "pending" or (method == "form" and sub.status in ("unsubscribed",
                                                                          "bounced")):
         store.update_subscriber(sub.id, now, expect=(sub.status,), **changes, **consent)
         send = store.claim_confirmation(sub.id, now, resend_window, expect=(sub.status,))
+        if send and method == "form":  # once per window, however often the form is sent
+            store.record_consent(sub.id, now, record("form", sub.status))
         state = "pending" if sub.status == "pending" else "suppressed"
         return SubscribeOutcome(_fresh(store, sub), state, send)
     return SubscribeOutcome(sub, "suppressed", False)
@@ -305,7 +329,8 @@ def confirm(store: SubscriberQueries, secret: bytes, token: str, *, now: datetim
         return TokenOutcome(sub, False)
     if sub.status == "complained":
         raise TokenError("expired")  # only an admin brings back someone who complained
-    changed = store.activate_subscriber(sub.id, now, expect=("pending", "unsubscribed", "bounced"))
+    changed = store.activate_subscriber(sub.id, now, expect=("pending", "unsubscribed", "bounced"),
+                                        consent=Consent("confirm", previous_status=sub.status))
     return TokenOutcome(_fresh(store, sub), changed)
 
 

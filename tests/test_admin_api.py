@@ -93,8 +93,8 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
         "resume_issue": lambda n: control.resume_issue(store, n),
         "cancel_issue": lambda n: control.cancel_issue(store, n),
         "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
-        "import_subscribers": lambda path: import_csv(store, path, now=datetime.now(UTC),
-                                                      smtputf8=settings.mail.smtputf8),
+        "import_subscribers": lambda path, actor="": import_csv(
+            store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
         "send_confirmation": send_confirmation, "publication_name": settings.publication.name,
         "smtputf8": settings.mail.smtputf8}
     values.update(overrides)
@@ -569,3 +569,27 @@ def admin_csrf(admin: Admin, client: httpx.Client, purpose: str) -> str:
     """The token a form for `purpose` would carry (for actions the page does not offer)."""
     nonce = client.cookies[SESSION_COOKIE].split(".")[1]
     return Sessions(admin.deps).csrf(nonce, purpose)
+
+
+def test_a_past_send_time_is_refused_by_the_api_and_the_dashboard(admin: Admin) -> None:
+    seed(admin.store, 2)
+    assert admin.api.post("/admin/api/issues", json={"force": True}).status_code == 201
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    r = admin.api.post("/admin/api/issues/1/schedule", json={"at": past})
+    assert r.status_code == 400 and "is in the past" in r.json()["error"]
+    # Typed by hand as "now", a time some seconds old is within the grace and accepted.
+    just_now = (datetime.now(UTC) - timedelta(seconds=20)).isoformat()
+    r = admin.api.post("/admin/api/issues/1/schedule", json={"at": just_now})
+    assert r.status_code == 200 and r.json()["status"] == "scheduled", r.text
+    admin.api.post("/admin/api/issues/1/pause")
+    with login(admin) as client:
+        page = client.get("/admin/").text
+        example = re.search(r'name="at" class="when" placeholder="([^"]+)"', page)
+        assert example is not None
+        shown = datetime.fromisoformat(example[1])
+        assert shown > datetime.now(UTC) and shown.utcoffset() is not None
+        assert (shown.weekday(), shown.hour, shown.minute) == (0, 7, 0)  # next Monday 07:00
+        r = client.post("/admin/issues/1/schedule", data={
+            "csrf": csrf_of(page, "/admin/issues/1/schedule"), "at": past})
+        assert r.status_code == 303 and "is in the past" in client.get("/admin/").text
+    assert admin.store.get_issue(1).status == "paused"  # type: ignore[union-attr]

@@ -29,8 +29,8 @@ root.add_command(subscribers)
 
 
 @pytest.fixture
-def run(make_settings: Callable[..., Settings]) -> Callable[..., Result]:
-    settings = make_settings()
+def run(make_settings: Callable[..., Settings], tmp_path: Path) -> Callable[..., Result]:
+    settings = make_settings(f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
 
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(root, ["--config", str(settings.path), "subscribers", *args],
@@ -46,8 +46,10 @@ def db(tmp_path: Path) -> SubscriberStore:
 def test_add_list_remove(run: Callable[..., Result], tmp_path: Path) -> None:
     r = run("add", "Ann@Example.org", "--name", "Ann")
     assert r.exit_code == 0, r.output
-    assert "pending confirmation" in r.output
-    assert "https://ledger.example.org/confirm?token=" in r.output
+    assert "pending confirmation" in r.output and "confirmation mail sent" in r.output
+    assert "/confirm?token=" not in r.output  # mailed to the person, not shown here
+    mails = [p.read_text() for p in (tmp_path / "outbox").glob("*.eml")]
+    assert len(mails) == 1 and "https://ledger.example.org/confirm?token=" in mails[0]
     assert (tmp_path / "secret_key").exists()  # generated beside the database
     r = run("add", "bob@example.org", "--confirmed")
     assert "added, active" in r.output
@@ -61,19 +63,23 @@ def test_add_list_remove(run: Callable[..., Result], tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no such subscriber" in r.output
 
 
-def test_add_respects_unsubscribe_unless_confirmed(run: Callable[..., Result],
-                                                   tmp_path: Path) -> None:
+def test_add_respects_unsubscribe_unless_resubscribed(run: Callable[..., Result],
+                                                      tmp_path: Path) -> None:
     run("add", "cy@example.org", "--confirmed")
     store = db(tmp_path)
     try:
         sub = store.get_subscriber_by_key("cy@example.org")
         assert sub is not None
         store.unsubscribe_subscriber(sub.id, datetime.now(UTC))
-        r = run("add", "cy@example.org")
-        assert "left unsubscribed" in r.output
+        for flags in ((), ("--confirmed",)):
+            r = run("add", "cy@example.org", *flags)
+            assert r.exit_code == 2 and "not added: it is unsubscribed" in r.output
+            assert "--resubscribe --reason" in r.output and r.output.count("\n") == 1
         assert store.get_subscriber(sub.id).status == "unsubscribed"  # type: ignore[union-attr]
-        r = run("add", "cy@example.org", "--confirmed")
-        assert "reactivated" in r.output
+        r = run("add", "cy@example.org", "--resubscribe")
+        assert r.exit_code == 2 and "needs a reason" in r.output
+        r = run("add", "cy@example.org", "--resubscribe", "--reason", "asked by phone")
+        assert r.exit_code == 0 and "subscribed again (was unsubscribed)" in r.output
         assert store.get_subscriber(sub.id).status == "active"  # type: ignore[union-attr]
     finally:
         store.close()
@@ -92,7 +98,7 @@ def test_import_and_export(run: Callable[..., Result], tmp_path: Path) -> None:
     r = run("import", str(src))
     assert r.exit_code == 1  # some rows were invalid
     assert f"{src}:3: " in r.output
-    assert "3 rows: 2 added, 0 merged, 0 left unsubscribed, 1 invalid" in r.output
+    assert "3 rows: 2 added, 0 merged, 0 skipped, 1 invalid" in r.output
     out = tmp_path / "out.csv"
     r = run("export", "--output", str(out))
     assert r.exit_code == 0
@@ -103,3 +109,24 @@ def test_import_and_export(run: Callable[..., Result], tmp_path: Path) -> None:
     assert r.output.splitlines()[0].startswith("email,name,status")
     r = run("import", str(tmp_path / "missing.csv"))
     assert r.exit_code == 2 and "cannot read" in r.output
+
+
+def test_dash_is_standard_input_and_output(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    runner = CliRunner()
+
+    def invoke(*args: str, stdin: bytes | None = None) -> Result:
+        return runner.invoke(root, ["--config", str(settings.path), "subscribers", *args],
+                             input=stdin, catch_exceptions=False)
+
+    r = invoke("import", "-", stdin="email,name\nzoe@example.org,Zoë\nbad@@x,B\n".encode())
+    assert r.exit_code == 1
+    assert "-:3: " in r.stderr and "2 rows: 1 added" in r.stdout
+    out = invoke("export", "--output", "-")
+    assert out.exit_code == 0
+    # UTF-8 bytes on standard output, as click's text stream wrote them before.
+    assert "zoe@example.org,Zoë,active".encode() in out.stdout_bytes
+    assert invoke("export").stdout_bytes == out.stdout_bytes
+    r = invoke("import", "-", stdin=b"email\nzo\xe9@example.org\n")
+    assert r.exit_code == 2 and r.stderr.startswith("error: -: line 2: not UTF-8")
+    assert "newsletter-import-" not in r.stderr

@@ -47,7 +47,8 @@ def test_first_issue_groups_orders_caps_and_skips_the_future(settings: Settings)
         ("World", ["Piece 2"]), ("Economy", ["Piece 1"]), ("Culture", ["Piece 3"]),
         ("More", ["Piece 6"])]
     assert issue.subject == "Test Ledger #1 — 20 November 2026"
-    assert issue.preheader == "Summary 2."  # the first article the reader sees
+    # The intro counts and names, rather than repeating the summary printed just below it.
+    assert issue.preheader == "This issue: 4 articles in World, Economy, Culture and More."
     assert "%%UNSUBSCRIBE_URL%%" in issue.html and "Piece 2" in issue.text
     stored = store.get_issue(1)
     assert stored is not None and stored.status == "draft"

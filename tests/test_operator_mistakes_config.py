@@ -28,15 +28,19 @@ type = "folder"
 path = "{tmp}/articles"
 """
 PASSWORD = "s3cret-Pw-778"
-COMMANDS = [["status"], ["run", "--port", "1"], ["serve", "--port", "1"], ["worker", "--once"],
-            ["collect"], ["feeds"], ["issue", "list"], ["issue", "status", "1"],
-            ["subscribers", "list"]]
+# run and serve bind their port first: FREE becomes a free one, so the database is next.
+COMMANDS = [["status"], ["run", "--port", "FREE"], ["serve", "--port", "FREE"],
+            ["worker", "--once"], ["collect"], ["feeds"], ["issue", "list"],
+            ["issue", "status", "1"], ["subscribers", "list"]]
 
 
-def closed_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:  # bound then closed: nothing listens there any more
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+closed_port = free_port
 
 
 def write_config(tmp: Path, extra: str = "") -> Path:
@@ -49,6 +53,7 @@ def write_config(tmp: Path, extra: str = "") -> Path:
 def newsletter(tmp: Path, *args: str, env: dict[str, str] | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    args = tuple(str(free_port()) if a == "FREE" else a for a in args)
     return subprocess.run([sys.executable, "-m", "newsletter.cli", *args], cwd=tmp,
                           env={**clean, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
@@ -91,7 +96,7 @@ FORM_MISTAKES = [
 
 @pytest.mark.parametrize(("command", "url", "phrases"), [
     *((["status"], url, phrases) for url, phrases in FORM_MISTAKES),
-    *((["run", "--port", "1"], url, phrases) for url, phrases in FORM_MISTAKES[:3]),
+    *((["run", "--port", "FREE"], url, phrases) for url, phrases in FORM_MISTAKES[:3]),
     *((["config", "check"], url, phrases) for url, phrases in FORM_MISTAKES[1:]),
 ])
 def test_malformed_database_url_is_one_line_naming_the_file_key(
@@ -165,7 +170,7 @@ def test_config_check_says_when_the_driver_is_not_installed(tmp_path: Path) -> N
 # -- the admin token ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["config", "check"], ["serve", "--port", "1"]],
+@pytest.mark.parametrize("command", [["config", "check"], ["serve", "--port", "FREE"]],
                          ids=" ".join)
 def test_short_admin_token_in_the_file_is_refused(tmp_path: Path, command: list[str]) -> None:
     config = write_config(tmp_path, '[secrets]\nadmin_token = "short-tok"\n')
@@ -176,16 +181,10 @@ def test_short_admin_token_in_the_file_is_refused(tmp_path: Path, command: list[
 
 def test_short_admin_token_in_the_environment_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    proc = newsletter(tmp_path, "--config", str(config), "run", "--port", "1",
+    proc = newsletter(tmp_path, "--config", str(config), "run", "--port", "FREE",
                       env={"NEWSLETTER_SECRETS_ADMIN_TOKEN": "abc"})
     line = one_line(proc, "at least 16 characters")
     assert line.startswith("error: environment NEWSLETTER_SECRETS_ADMIN_TOKEN: "), line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_banner(tmp: Path, env: dict[str, str]) -> str:

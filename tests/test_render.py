@@ -305,7 +305,7 @@ def test_text_part(rendered) -> None:
     lines = rendered.text.splitlines()
     for line in lines:
         assert len(line) <= 72 or re.fullmatch(r"https?://\S+", line), line
-    assert lines[:3] == ["The Ledger", "The Ledger — issue 12", "Issue 12 · 15 June 2024"]
+    assert lines[:3] == ["The Ledger", "Issue 12 · 15 June 2024", ""]
     assert f"View in browser: {ARCHIVE_URL}" in lines
     for heading in ("City", "Economy", "Culture"):
         i = lines.index(heading)
@@ -317,6 +317,24 @@ def test_text_part(rendered) -> None:
     for n in range(1, 6):
         assert f"https://ledger.example.org/articles/{n}-story" in lines
     assert "1 Harbour Street" in lines and MASTHEAD.reason in lines
+
+
+def test_text_part_names_the_publication_once() -> None:
+    # The shipped config's subject and postal address both hold the name; neither the
+    # header nor the footer may print it twice.
+    masthead = dataclasses.replace(MASTHEAD, postal_address="The Ledger, 1 Harbour Street",
+                                   reason="")
+    issue = dataclasses.replace(sample_issue(), subject="The Ledger No. 12 — 15 June 2024")
+    result = Renderer().render_issue(issue, masthead, ARCHIVE_URL)
+    head, _, rest = result.text.partition("View in browser")
+    assert head.count("The Ledger") == 1
+    footer = rest.rpartition("-" * 20)[2]
+    assert footer.count("The Ledger") == 1 and "The Ledger, 1 Harbour Street" in footer
+    html_footer = result.html.rpartition('class="footer"')[2]
+    assert html_footer.count("The Ledger") == 1 and "footer-name" not in html_footer
+    # An address without the name keeps the name above it.
+    plain = Renderer().render_issue(issue, MASTHEAD, ARCHIVE_URL).text.rpartition("-" * 20)[2]
+    assert plain.splitlines()[1:3] == ["The Ledger", "1 Harbour Street"]
 
 
 def test_text_never_breaks_urls() -> None:

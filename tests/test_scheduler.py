@@ -156,14 +156,17 @@ def test_sweep_sends_due_scheduled_issues_and_pauses_overdue_ones(
     seed(store)
     first = pipeline.build_issue(settings, store).issue
     assert first is not None
-    control.schedule_issue(store, 1, datetime.now(UTC) - timedelta(minutes=5))
+    # Scheduled while the time was still ahead; it has come by now.
+    due = datetime.now(UTC) - timedelta(minutes=5)
+    control.schedule_issue(store, 1, due, now=due - timedelta(days=1))
     sched._RUNTIME = sched.Runtime(settings, store)
     try:
         sched.job_sweep()
         assert store.get_issue(1).status == "sent"
         second = pipeline.build_issue(settings, store, force=True).issue
         assert second is not None and second.number == 2
-        control.schedule_issue(store, 2, datetime.now(UTC) - timedelta(hours=3))
+        late = datetime.now(UTC) - timedelta(hours=3)
+        control.schedule_issue(store, 2, late, now=late - timedelta(days=1))
         sched.job_sweep()
         assert store.get_issue(2).status == "paused"  # overdue: an operator decides
     finally:

@@ -170,7 +170,7 @@ def test_cli_send_dry_run_test_copy_and_status(make_settings: Callable[..., Sett
         args = ["--config", str(settings.path)]
         dry = runner.invoke(cli, [*args, "issue", "send", "1", "--dry-run"])
         assert dry.exit_code == 0, dry.output
-        assert "dry run: 5 messages in 1 variants" in dry.output and not srv.messages
+        assert "dry run: 5 messages in 1 variant," in dry.output and not srv.messages
         copy = runner.invoke(cli, [*args, "issue", "send", "1", "--to", "editor@example.org"])
         assert copy.exit_code == 0, copy.output
         assert [m.rcpt_tos for m in srv.messages] == [("editor@example.org",)]

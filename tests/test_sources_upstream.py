@@ -257,7 +257,8 @@ def test_slow_trickle_is_cut_by_the_deadline(server: FeedServer) -> None:
     url = server.add("/slow", fixture("atom.xml"), trickle=0.02)  # ~30 s to send it all
     started = time.monotonic()
     result = fetch(url, with_limits(deadline=0.5, timeout=5))
-    assert time.monotonic() - started < 3
+    # Generous for a loaded machine, and still far below the ~30 s of the whole body.
+    assert time.monotonic() - started < 15
     assert result.status == "error"
     assert result.error == "no complete response within the 0.5 s deadline"
 

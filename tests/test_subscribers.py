@@ -207,13 +207,20 @@ def test_resubscribe_through_form_needs_new_confirmation(store: SubscriberStore)
     assert done.changed and done.subscriber.status == "active"
 
 
-def test_admin_confirmed_reactivates(store: SubscriberStore) -> None:
+def test_admin_resubscribe_reactivates_confirmed_does_not(store: SubscriberStore) -> None:
     sub = form(store, "ivy@example.org").subscriber
     store.set_subscriber_status(sub.id, "complained", NOW)
     assert not form(store, "ivy@example.org", now=NOW + 2 * HOUR).send_confirmation
     out = subs.subscribe(store, "ivy@example.org", "Ivy", method="admin", ip="ignored",
                          user_agent="ignored", now=NOW + 3 * HOUR, confirmed=True)
-    assert out.state == "reactivated"
+    assert out.state == "suppressed" and out.subscriber.status == "complained"
+    with pytest.raises(ValueError):  # an override always says why
+        subs.subscribe(store, "ivy@example.org", method="admin", ip=None, user_agent=None,
+                       now=NOW + 3 * HOUR, resubscribe=True)
+    out = subs.subscribe(store, "ivy@example.org", "Ivy", method="admin", ip="ignored",
+                         user_agent="ignored", now=NOW + 3 * HOUR, resubscribe=True,
+                         reason="wrote to the editor", actor="cli ed")
+    assert out.state == "reactivated" and out.previous_status == "complained"
     assert (out.subscriber.status, out.subscriber.name, out.subscriber.consent_method,
             out.subscriber.consent_ip) == ("active", "Ivy", "admin", None)
 

@@ -79,15 +79,17 @@ def test_duplicates_merged_and_suppressed_never_resubscribed(store: SubscriberSt
             "wait@example.org,Waiting\n"
             "dup@example.org,Third\n")
     report = import_csv(store, write(tmp_path, text), now=NOW, batch_size=2)
-    assert (report.added, report.merged, report.suppressed) == (1, 3, 1)
+    assert (report.added, report.merged, report.suppressed, report.skipped) == (1, 2, 1, 2)
+    assert [line for line, _ in report.skipped_rows] == [3, 5]
     got = emails(store)
     assert got["Dup@example.org"] == ("Third", "active")  # the first spelling, the last name
     assert got["gone@example.org"] == ("Gone", "unsubscribed")
-    assert got["wait@example.org"] == ("Waiting", "active")
-    assert store.get_subscriber(pending.id).consent_method == "import"  # type: ignore[union-attr]
+    # A form sign-up nobody confirmed stays pending, with the consent the form recorded.
+    assert got["wait@example.org"] == ("", "pending")
+    assert store.get_subscriber(pending.id).consent_method == "form"  # type: ignore[union-attr]
     # Importing the same file again changes nothing.
     again = import_csv(store, write(tmp_path, text), now=NOW)
-    assert (again.added, again.suppressed) == (0, 1)
+    assert (again.added, again.suppressed, again.skipped) == (0, 1, 2)
     assert emails(store) == got
 
 

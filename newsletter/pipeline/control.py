@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from newsletter import log
-from newsletter.errors import NewsletterError
+from newsletter.errors import BadValue, NewsletterError
 from newsletter.models import Issue
 from newsletter.pipeline.collecting import now_utc
 from newsletter.store import Store
@@ -31,9 +31,23 @@ def _move(store: Store, number: int, to: str, allowed: tuple[str, ...], verb: st
     return _issue(store, number)
 
 
-def schedule_issue(store: Store, number: int, at: datetime) -> Issue:
+# A time typed as "now" is a few seconds old when it arrives: within this it means "at once".
+SCHEDULE_GRACE = timedelta(minutes=1)
+
+
+def check_send_time(at: datetime, now: datetime) -> None:
+    """Refuse a send time already past (beyond the grace): the sweeper would only pause it."""
     if at.tzinfo is None:
-        raise NewsletterError("the send time needs a time zone (e.g. 2026-11-27T09:00+01:00)")
+        raise BadValue("the send time needs a time zone (e.g. 2026-11-27T09:00+01:00)")
+    if at < now - SCHEDULE_GRACE:
+        raise BadValue(f"send time {at.isoformat(timespec='minutes')} is in the past (now "
+                       f"{now.astimezone(at.tzinfo).isoformat(timespec='minutes')}); give a "
+                       f"later time, or send now with `newsletter issue send`")
+
+
+def schedule_issue(store: Store, number: int, at: datetime, *,
+                   now: datetime | None = None) -> Issue:
+    check_send_time(at, now or now_utc())
     return _move(store, number, "scheduled", ("draft", "scheduled", "paused"), "schedule",
                  send_at=at)
 

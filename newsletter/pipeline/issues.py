@@ -13,6 +13,7 @@ from newsletter.models import Issue
 from newsletter.pipeline.collecting import now_utc
 from newsletter.render import Masthead, Renderer, personalize, personalize_text
 from newsletter.store import Store
+from newsletter.words import plural
 
 
 def issue_rules(settings: Settings) -> IssueRules:
@@ -52,42 +53,54 @@ class BuildResult:
     issue: Issue | None
     message: str
     created: bool = False
+    # Nothing new since the previous issue: each caller says how to build one anyway in its
+    # own terms (a CLI flag, a dashboard checkbox, an API field).
+    nothing_new: bool = False
 
 
 def build_issue(settings: Settings, store: Store, *, force: bool = False,
                 now: datetime | None = None) -> BuildResult:
-    """Build the next issue; rebuilding while the last one is a draft refreshes that draft."""
+    """Build the next issue; rebuilding while the last one is a draft refreshes that draft.
+
+    The first issue (none sent or being sent before it) takes the newest articles up to
+    [newsletter] max_articles, however old they are, so a fresh install has something to
+    show; later issues take what was published since the previous one."""
     now = now or now_utc()
     rules = issue_rules(settings)
     latest = store.latest_issue()
     draft = latest if latest and latest.status == "draft" else None
-    if draft:
-        previous = store.latest_issue(exclude=("cancelled", "draft"))
-        start = window_start(previous, now, rules)
-    else:
-        start = window_start(latest, now, rules)
-    articles = store.articles_between(start, now)  # future-dated articles wait: <= now
-    if not articles and not force:
-        since = f"issue {latest.number}" if latest else f"{start:%Y-%m-%d %H:%M} UTC"
-        return BuildResult(draft, f"nothing new since {since}: no issue built "
-                                  f"(--force builds one anyway)")
-    if not articles:
-        articles = store.articles_between(now - rules.lookback, now)
+    previous = store.latest_issue(exclude=("cancelled", "draft")) if draft else latest
+    if previous is None:
+        articles = store.latest_articles(rules.max_articles, until=now)  # future ones wait
         if not articles:
-            return BuildResult(None, "no articles in the store: nothing to build")
+            return BuildResult(None, "no articles published yet: nothing to build")
+        start = min(a.published for a in articles)
+    else:
+        start = window_start(previous, now, rules)
+        articles = store.articles_between(start, now)
+        if not articles and not force:
+            return BuildResult(draft, f"nothing new since issue {previous.number}: no issue "
+                                      f"built", nothing_new=True)
+        if not articles:
+            articles = store.articles_between(now - rules.lookback, now)
+            if not articles:
+                return BuildResult(None, f"nothing published in the last "
+                                         f"{plural(settings.newsletter.lookback_days, 'day')}: "
+                                         f"nothing to build")
     number = draft.number if draft else store.next_issue_number()
     issue = make_issue(number=number, articles=articles, start=start, end=now, rules=rules)
     if draft and [a.id for a in draft.articles] == [a.id for a in issue.articles] \
             and draft.subject == issue.subject:
         return BuildResult(draft, f"issue {draft.number} is up to date (draft, "
-                                  f"{len(draft.articles)} articles)")
+                                  f"{plural(len(draft.articles), 'article')})")
     issue.id = draft.id if draft else None
     render_into(settings, issue)
     store.save_issue(issue, now)
     verb = "rebuilt" if draft else "built"
     log.event("issue.built", number=issue.number, articles=len(issue.articles), rebuilt=bool(draft))
-    return BuildResult(issue, f"{verb} issue {issue.number}: {len(issue.articles)} articles in "
-                              f"{len(issue.sections)} sections — {issue.subject}",
+    return BuildResult(issue, f"{verb} issue {issue.number}: "
+                              f"{plural(len(issue.articles), 'article')} in "
+                              f"{plural(len(issue.sections), 'section')} — {issue.subject}",
                        created=not draft)
 
 

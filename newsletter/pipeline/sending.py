@@ -24,6 +24,7 @@ from newsletter.mail import MailIdentity, MessageTemplate, identity_from_setting
 from newsletter.models import Issue, IssueSection, now_utc
 from newsletter.smtp import pool_from_settings
 from newsletter.store import Store
+from newsletter.store_subscribers import Subscriber
 from newsletter.subscriptions import issue_links
 from newsletter.tokens import load_or_create_secret
 
@@ -249,33 +250,67 @@ def send_one(settings: Settings, address: str, message: bytes, *, what: str) -> 
     return run_loop(go())
 
 
-def _child(config_path: str, number: int) -> None:
+# A sending process that stopped early (server trouble, rows deferred) exits with this.
+CHILD_STOPPED_EARLY = 3
+
+
+def _child(config_path: str, number: int, level: str = "WARNING",
+           halt_all: Any = None) -> None:
     from newsletter.config import load_settings
     from newsletter.log import setup
 
-    setup("WARNING")
+    setup(level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if halt_all is not None:  # the parent's word (its Ctrl-C): the same clean stop
+        def relay() -> None:
+            halt_all.wait()
+            stop.set()
+
+        threading.Thread(target=relay, name="halt-relay", daemon=True).start()
     settings = load_settings(config_path)
     store = Store(settings.storage.database_url)
     try:
-        run_worker(settings, store, get_sendable(store, number), stop=stop)
+        summary = run_worker(settings, store, get_sendable(store, number), stop=stop)
     finally:
         store.close()
+    if summary.stopped and not summary.halted:
+        raise SystemExit(CHILD_STOPPED_EARLY)
 
 
 def run_workers(settings: Settings, store: Store, issue: Issue, *,
-                on_counts: Callable[[dict[str, int]], None] | None = None) -> dict[str, int]:
-    """`delivery.workers` processes share the ledger; the parent only watches the counts."""
+                on_counts: Callable[[dict[str, int]], None] | None = None,
+                stop: threading.Event | None = None,
+                on_stopped: Callable[[str], None] | None = None) -> dict[str, int]:
+    """`delivery.workers` processes share the ledger; the parent only watches the counts.
+    Setting `stop` stops them all cleanly; `on_stopped` hears of a process that stopped
+    early because of the server (its rows deferred)."""
+    import logging
     import multiprocessing
 
+    level = logging.getLevelName(logging.getLogger("newsletter").getEffectiveLevel())
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(str(settings.path), issue.number), daemon=True)
+    halt_all = ctx.Event()
+    procs = [ctx.Process(target=_child, args=(str(settings.path), issue.number, level,
+                                              halt_all), daemon=True)
              for _ in range(settings.delivery.workers)]
-    for proc in procs:
-        proc.start()
+    # Started with SIGINT ignored, which they inherit: Ctrl-C at a terminal reaches the whole
+    # process group, and a child still starting up would die of it mid-import. This process
+    # hears it and tells them through `halt_all`.
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     assert issue.id is not None
+    told = False
     while any(p.is_alive() for p in procs):
+        if stop is not None and stop.is_set() and not told:
+            told = True
+            halt_all.set()  # each finishes what is in flight and frees its rows
         if on_counts:
             on_counts(store.delivery_counts(issue.id))
         for proc in procs:
@@ -284,7 +319,11 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
     counts = store.delivery_counts(issue.id)
     if on_counts:
         on_counts(counts)
-    bad = [p.exitcode for p in procs if p.exitcode]
+    early = [p for p in procs if p.exitcode == CHILD_STOPPED_EARLY]
+    if early and on_stopped:
+        on_stopped(f"{len(early)} of {len(procs)} sending processes stopped early because "
+                   f"of the server (see the log)")
+    bad = [p.exitcode for p in procs if p.exitcode and p.exitcode != CHILD_STOPPED_EARLY]
     if bad:
         raise NewsletterError(f"{len(bad)} sending process(es) failed (exit codes {bad}); "
                               f"run the send again to resume — nothing is lost")
@@ -310,5 +349,18 @@ def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
                                  subject=subject, text=text, date=now,
                                  message_id=f"<confirm.{token}@{identity.message_id_domain}>")
         send_one(settings, address, message, what="confirmation mail")
+
+    return send
+
+
+def subscriber_confirmation(settings: Settings, secret: bytes) -> Callable[[Subscriber], None]:
+    """confirmation_sender for a stored subscriber: the link is signed here, now."""
+    from newsletter.subscriptions import confirm_token, confirm_url
+
+    mail = confirmation_sender(settings)
+
+    def send(sub: Subscriber) -> None:
+        token = confirm_token(secret, sub, now_utc())
+        mail(sub.email, sub.name, confirm_url(settings.site_url, token))
 
     return send

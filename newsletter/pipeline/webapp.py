@@ -13,12 +13,11 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
 
-    from newsletter.store_subscribers import Subscriber
-
 
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.sending import confirmation_sender
+    from newsletter.scheduler import next_issue_line
     from newsletter.tokens import load_or_create_secret
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
@@ -33,21 +32,20 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         archive_base_url=archive_url(settings))
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail))
-    routes += _admin_routes(settings, store, scheduler, secret, confirm_mail)
+    routes += _admin_routes(settings, store, scheduler, secret)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                      extra_routes=routes)
+                      extra_routes=routes, next_issue=lambda: next_issue_line(settings))
 
 
-def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: bytes,
-                  confirm_mail: Any) -> list[BaseRoute]:
-    from newsletter import subscriptions
+def _admin_routes(settings: Settings, store: Store, scheduler: Any,
+                  secret: bytes) -> list[BaseRoute]:
     from newsletter.errors import NewsletterError
     from newsletter.pipeline import control, sending
     from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
     from newsletter.render import personalize
-    from newsletter.scheduler import next_runs
+    from newsletter.scheduler import next_issue_line, next_runs
     from newsletter.subscribers_csv import import_csv
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import AdminDeps, admin_api_routes
@@ -77,10 +75,6 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: byte
             threading.Thread(target=sending.run_worker, name=f"send-{number}", daemon=True,
                              args=(settings, store, sending.get_sendable(store, number))).start()
 
-    def send_confirmation(sub: Subscriber) -> None:
-        token = subscriptions.confirm_token(secret, sub, datetime.now(UTC))
-        confirm_mail(sub.email, sub.name, subscriptions.confirm_url(settings.site_url, token))
-
     deps = AdminDeps(
         token=settings.secrets.admin_token, store=store, collect_now=collect_now,
         build_issue=lambda force: build_issue(settings, store, force=force),
@@ -93,9 +87,10 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any, secret: byte
         jobs=lambda: next_runs(settings, store) if scheduler is None or
         scheduler.scheduler is None else [(j.id, j.next_run_time)
                                           for j in scheduler.scheduler.get_jobs()],
-        preview_html=preview_html,
-        import_subscribers=lambda p: import_csv(store, p, now=datetime.now(UTC),
-                                                smtputf8=settings.mail.smtputf8),
-        send_confirmation=send_confirmation, publication_name=settings.publication.name,
-        smtputf8=settings.mail.smtputf8)
+        preview_html=preview_html, next_issue=lambda: next_issue_line(settings),
+        import_subscribers=lambda p, actor="": import_csv(
+            store, p, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
+        send_confirmation=sending.subscriber_confirmation(settings, secret),
+        publication_name=settings.publication.name,
+        smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone)
     return [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]

@@ -27,6 +27,7 @@ from newsletter.netguard import (
     read_body,
 )
 from newsletter.sanitize import one_line, plain_text, shorten
+from newsletter.words import plural
 
 Status = Literal["ok", "not_modified", "error", "gone", "deferred"]
 
@@ -281,9 +282,11 @@ def parse_feed(
     if bozo is not None and not isinstance(bozo, _SOFT_BOZO):
         if not entries:
             return [], [], f"not a feed: {_describe(bozo)}"
-        warnings.append(f"malformed feed, kept {len(entries)} entries: {_describe(bozo)}")
+        warnings.append(f"malformed feed, kept {plural(len(entries), 'entry', 'entries')}: "
+                        f"{_describe(bozo)}")
     if len(entries) > max_entries:
-        warnings.append(f"feed has {len(entries)} entries; took the first {max_entries}")
+        warnings.append(f"feed has {plural(len(entries), 'entry', 'entries')}; took the first "
+                        f"{max_entries}")
         entries = entries[:max_entries]
     fallback = _http_date(headers.get("date")) or now
     drafts: list[ArticleDraft] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -28,12 +28,14 @@ def create_app(
     feeds_url: str,
     cache_max_age: int = 300,
     extra_routes: Sequence[BaseRoute] = (),
+    next_issue: Callable[[], str] | None = None,
 ) -> Starlette:
     """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under."""
     feeds_dir = Path(feeds_dir)
     files = FeedFiles(feeds_dir, max_age=cache_max_age)
     routes: list[BaseRoute] = [
-        Route("/", home_endpoint(feeds_dir, publication_name, feeds_url), name="home"),
+        Route("/", home_endpoint(feeds_dir, publication_name, feeds_url, next_issue),
+              name="home"),
         Route("/healthz", _healthz, name="healthz"),
         Route("/feeds/{path:path}", files, name="feeds"),
         *extra_routes,

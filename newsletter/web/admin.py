@@ -21,9 +21,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import log
+from newsletter import consent, log
 from newsletter.errors import NewsletterError
+from newsletter.models import example_send_time, now_utc
 from newsletter.subscriptions import DEFAULT_TEMPLATES
+from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_api import (
     DISABLED,
     AdminDeps,
@@ -35,6 +37,7 @@ from newsletter.web.admin_api import (
     parse_when,
     read_capped,
 )
+from newsletter.words import friendly_time, plural
 
 SESSION_COOKIE = "newsletter_admin"
 FLASH_COOKIE = "newsletter_admin_flash"
@@ -156,7 +159,7 @@ class _Dashboard:
         wait = self.deps.failures.blocked(ip)
         if wait:
             return self.page("login.html", 429, error="Too many wrong tokens from your "
-                             f"address; try again in {int(wait + 0.999)} seconds.")
+                             f"address; try again in {plural(int(wait + 0.999), 'second')}.")
         try:
             fields = await self.form(request)
         except HttpError as exc:
@@ -187,16 +190,21 @@ class _Dashboard:
         nonce = self.sessions.nonce(request)
         if nonce is None:
             return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
-        view, jobs, subscribers = await run_in_threadpool(
+        view, jobs, subscribers, next_issue = await run_in_threadpool(
             lambda: (self.deps.overview(), self.deps.jobs(),
-                     self.deps.store.count_subscribers()))
+                     self.deps.store.count_subscribers(), self.deps.next_issue()))
+        # The scheduler's own next run, when it has stored one, wins over the config's cron.
+        stored = next((at for name, at in jobs or () if name == "issue" and at), None)
+        if stored is not None:
+            next_issue = f"Next issue: {friendly_time(stored, datetime.now(stored.tzinfo))}"
         issues = [{"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
                   for i, c in view.issues]
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
         response = self.page(
             "dashboard.html", view=view, jobs=jobs or view.jobs, issues=issues,
-            subscribers=subscribers,
+            subscribers=subscribers, next_issue=next_issue,
+            example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request),
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
@@ -285,12 +293,31 @@ class _Dashboard:
         errors = summary.get("errors") or []
         text = f"Collected: {summary.get('new', 0)} new, {summary.get('updated', 0)} updated"
         if errors:
-            raise NewsletterError(f"{text}; {len(errors)} errors: {'; '.join(errors[:3])}")
+            raise NewsletterError(f"{text}; {plural(len(errors), 'error')}: "
+                                  f"{'; '.join(errors[:3])}")
         return text + "."
 
     async def build(self, request: Request, fields: dict[str, str]) -> str:
         result = await run_in_threadpool(self.deps.build_issue, fields.get("force") == "1")
-        return result.message[:1].upper() + result.message[1:] + "."
+        hint = " Tick “even if nothing is new” to build one anyway." if result.nothing_new \
+            else ""
+        return result.message[:1].upper() + result.message[1:] + "." + hint
+
+    async def add_subscriber(self, request: Request, fields: dict[str, str]) -> str:
+        data = {"email": fields.get("email", ""), "name": fields.get("name", ""),
+                "reason": fields.get("reason", ""), "confirmed": fields.get("confirmed") == "1",
+                "resubscribe": fields.get("resubscribe") == "1"}
+        _code, body = await run_in_threadpool(add_subscriber, self.deps, data,
+                                              f"dashboard {client_ip(request)}",
+                                              consent.HINT_DASHBOARD)
+        email, state = body["subscriber"]["email"], body["state"]
+        text = {"new": "added", "pending": "already pending confirmation",
+                "active": "already active", "activated": "confirmed: now active",
+                "reactivated": "subscribed again, as you said the person asked"}[state]
+        if body["subscriber"]["status"] == "pending":
+            text += ("; a confirmation mail went out" if body["confirmation_sent"]
+                     else "; no confirmation mail went out now")
+        return f"{email}: {text}."
 
     async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
         number, verb = int(request.path_params["number"]), request.path_params["action"]
@@ -331,6 +358,8 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
         Route("/admin/progress.json", d.progress, methods=["GET"]),
         Route("/admin/collect", d.action(lambda r: "collect", d.collect), methods=["POST"]),
         Route("/admin/build", d.action(lambda r: "build", d.build), methods=["POST"]),
+        Route("/admin/subscribers", d.action(lambda r: "subscriber_add", d.add_subscriber),
+              methods=["POST"]),
         Route("/admin/issues/{number:int}/preview", d.preview, methods=["GET"]),
         Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
     ]

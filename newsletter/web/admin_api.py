@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import log, subscriptions
+from newsletter import consent, log, subscriptions
 from newsletter.config import MIN_ADMIN_TOKEN_CHARS
-from newsletter.errors import NewsletterError
+from newsletter.errors import BadValue, NewsletterError
 from newsletter.schema import SUBSCRIBER_STATUSES
+from newsletter.web.admin_add import add_subscriber
 
 if TYPE_CHECKING:
     from newsletter.models import Issue
@@ -94,11 +95,13 @@ class AdminDeps:
     cancel_issue: Callable[[int], Any]
     overview: Callable[[], Overview]
     preview_html: Callable[[int], str]  # the issue as a reader sees it, sample values filled
-    import_subscribers: Callable[[Path], ImportReport]
+    import_subscribers: Callable[..., ImportReport]  # (path, actor=who)
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
+    next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"
+    timezone: str = "UTC"  # [schedule] timezone: the dashboard's example send time
     smtputf8: bool = False
     max_body_bytes: int = 64 * 1024
     max_import_bytes: int = 50 * 1024 * 1024
@@ -249,6 +252,8 @@ class _Api:
                 return await handler(request)
             except HttpError as exc:
                 return json_response({"error": exc.text}, exc.code, exc.headers)
+            except BadValue as exc:  # e.g. a send time already past
+                return json_response({"error": str(exc)}, 400)
             except NewsletterError as exc:  # an invalid transition, an unsendable issue
                 return json_response({"error": str(exc)}, 409)
 
@@ -281,7 +286,8 @@ class _Api:
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
         log.event("admin.build", ip=client_ip(request), force=force, created=result.created)
-        return json_response({"message": result.message, "created": result.created,
+        hint = ' (send {"force": true} to build one anyway)' if result.nothing_new else ""
+        return json_response({"message": result.message + hint, "created": result.created,
                               "issue": issue}, 201 if result.created else 200)
 
     async def list_issues(self, request: Request) -> Response:
@@ -348,42 +354,18 @@ class _Api:
 
     async def add_subscriber(self, request: Request) -> Response:
         data = await self.body(request)
-        email, name, confirmed = data.get("email"), data.get("name", ""), data.get(
-            "confirmed", False)
-        if not isinstance(name, str) or not isinstance(confirmed, bool):
-            raise HttpError(400, '"name" must be a string and "confirmed" true or false')
-        deps = self.deps
-
-        def run() -> tuple[int, dict[str, Any]]:
-            now = datetime.now(UTC)
-            try:
-                outcome = subscriptions.subscribe(
-                    deps.store, email, name, method="admin", ip=None, user_agent=None,
-                    now=now, confirmed=confirmed, smtputf8=deps.smtputf8)
-            except subscriptions.AddressError as exc:
-                raise HttpError(400, f"{email!r}: {exc.reason}") from None
-            sub, mailed = outcome.subscriber, False
-            if outcome.send_confirmation:
-                mailed = self._confirm(sub)
-            return (201 if outcome.state == "new" else 200,
-                    {"state": outcome.state, "confirmation_sent": mailed,
-                     "subscriber": subscriber_json(deps.store.get_subscriber(sub.id) or sub)})
-
-        code, body = await run_in_threadpool(run)
+        actor = f"api {client_ip(request)}"
+        try:
+            code, body = await run_in_threadpool(add_subscriber, self.deps, data, actor,
+                                                 consent.HINT_API)
+        except consent.ConsentRefused as exc:
+            log.event("admin.subscriber_add_refused", ip=client_ip(request),
+                      subscriber=exc.subscriber.id, status=exc.subscriber.status)
+            return json_response({"error": str(exc), "status": exc.subscriber.status,
+                                  "how": 'send "resubscribe": true and a "reason" (who '
+                                         'asked, when, how)'}, 409)
         log.event("admin.subscriber_add", ip=client_ip(request), state=body["state"])
         return json_response(body, code)
-
-    def _confirm(self, sub: Subscriber) -> bool:
-        try:
-            if self.deps.send_confirmation:
-                self.deps.send_confirmation(sub)
-                return True
-        except Exception as exc:
-            log.event("admin.confirmation_failed", subscriber=sub.id,
-                      error=f"{type(exc).__name__}: {exc}")
-        # None went out: let the person's own request send one now, not after the window.
-        self.deps.store.update_subscriber(sub.id, datetime.now(UTC), confirmation_sent_at=None)
-        return False
 
     async def remove_subscriber(self, request: Request) -> Response:
         email = request.path_params["email"]
@@ -414,7 +396,8 @@ class _Api:
                 async for chunk in capped_stream(request, self.deps.max_import_bytes):
                     await run_in_threadpool(out.write, chunk)  # disk must not stall the loop
             try:
-                report = await run_in_threadpool(self.deps.import_subscribers, path)
+                report = await run_in_threadpool(self.deps.import_subscribers, path,
+                                                 actor=f"api {client_ip(request)}")
             except NewsletterError as exc:  # the file as a whole is unusable
                 raise HttpError(400, str(exc).replace(str(path), "the CSV body")) from None
         finally:
@@ -423,8 +406,11 @@ class _Api:
                   added=report.added, invalid=report.invalid)
         return json_response({"rows": report.rows, "added": report.added,
                               "merged": report.merged, "suppressed": report.suppressed,
+                              "skipped": report.skipped, "skipped_by": report.skipped_by,
                               "invalid": report.invalid, "summary": report.summary(),
-                              "errors": [{"line": n, "reason": r} for n, r in report.errors]})
+                              "errors": [{"line": n, "reason": r} for n, r in report.errors],
+                              "skipped_rows": [{"line": n, "reason": r}
+                                               for n, r in report.skipped_rows]})
 
     async def openapi(self, request: Request) -> Response:
         from newsletter.web.openapi import openapi_document

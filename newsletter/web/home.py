@@ -1,4 +1,4 @@
-"""Home page: the publication's name and feed autodiscovery links for every published feed."""
+"""Home page: the publication's name, when the next issue is due, and links to every feed."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ _TEMPLATE = """<!doctype html>
 </head>
 <body>
 <h1>{{ name }}</h1>
+{% if next_issue -%}
+<p class="next-issue">{{ next_issue }}</p>
+{% endif -%}
 {% if feeds -%}
 <h2>Feeds</h2>
 <ul>
@@ -98,13 +101,14 @@ def discover_feeds(feeds_dir: Path, feeds_url: str, publication_name: str) -> li
     return links
 
 
-def render_home(publication_name: str, feeds: list[FeedLink]) -> str:
+def render_home(publication_name: str, feeds: list[FeedLink], next_issue: str = "") -> str:
     """The home page HTML, everything escaped."""
-    return _page.render(name=publication_name, feeds=feeds)
+    return _page.render(name=publication_name, feeds=feeds, next_issue=next_issue)
 
 
 def home_endpoint(
-    feeds_dir: Path, publication_name: str, feeds_url: str
+    feeds_dir: Path, publication_name: str, feeds_url: str,
+    next_issue: Callable[[], str] | None = None,
 ) -> Callable[[Request], HTMLResponse]:
     """A Starlette endpoint for `/`; the folder is scanned per request so new feeds appear."""
 
@@ -112,6 +116,7 @@ def home_endpoint(
     # the event loop.
     def home(request: Request) -> HTMLResponse:
         feeds = discover_feeds(feeds_dir, feeds_url, publication_name)
-        return HTMLResponse(render_home(publication_name, feeds))
+        line = next_issue() if next_issue else ""  # "Next issue: Monday 7 December, …"
+        return HTMLResponse(render_home(publication_name, feeds, line))
 
     return home

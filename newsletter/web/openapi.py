@@ -30,7 +30,8 @@ def _ok(description: str, schema: dict[str, Any] | None = None,
 def _errors(*codes: str) -> dict[str, Any]:
     text = {"400": "Bad input", "401": "Missing or wrong bearer token",
             "403": "Admin API disabled (NEWSLETTER_SECRETS_ADMIN_TOKEN unset)",
-            "404": "No such issue or subscriber", "409": "Not allowed in the issue's status",
+            "404": "No such issue or subscriber",
+            "409": "Not allowed in the issue's status, or the address opted out (resubscribe)",
             "413": "Request body too large", "415": "Wrong content type",
             "429": "Too many wrong tokens from this address"}
     return {c: {"description": text[c], "content": {JSON: {"schema": _ref("Error")}}}
@@ -61,6 +62,8 @@ _COUNTS = {"type": "object", "properties": {s: {"type": "integer"} for s in DELI
 
 
 def _schemas() -> dict[str, Any]:
+    line_reasons = {"type": "array", "items": {"type": "object", "properties": {
+        "line": {"type": "integer"}, "reason": {"type": "string"}}}}
     issue = {"type": "object", "properties": {
         "number": {"type": "integer"}, "status": {"enum": list(ISSUE_STATUSES)},
         "subject": {"type": "string"}, "preheader": {"type": "string"}, "created": _TIME,
@@ -104,9 +107,11 @@ def _schemas() -> dict[str, Any]:
         "ImportReport": {"type": "object", "properties": {
             "rows": {"type": "integer"}, "added": {"type": "integer"},
             "merged": {"type": "integer"}, "suppressed": {"type": "integer"},
+            "skipped": {"type": "integer", "description": "Left as stored: opted out, or a "
+                        "form sign-up awaiting the person's confirmation"},
+            "skipped_by": {"type": "object", "additionalProperties": {"type": "integer"}},
             "invalid": {"type": "integer"}, "summary": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {
-                "line": {"type": "integer"}, "reason": {"type": "string"}}}}}},
+            "errors": line_reasons, "skipped_rows": line_reasons}},
     }
 
 
@@ -116,7 +121,8 @@ def _paths() -> dict[str, Any]:
                                 params=[NUMBER])}
              for verb in ("pause", "resume", "cancel")}
     at = {"type": "object", "required": ["at"], "properties": {"at": {
-        "type": "string", "format": "date-time", "description": "ISO 8601 with UTC offset"}}}
+        "type": "string", "format": "date-time",
+        "description": "ISO 8601 with UTC offset; over a minute in the past is refused (400)"}}}
     return {
         "/admin/api/collect": {"post": _op(
             "Collect from every source now and republish the feeds",
@@ -157,17 +163,25 @@ def _paths() -> dict[str, Any]:
                                             "default": 100}, "Page size"),
                            _query("offset", {"type": "integer", "minimum": 0, "default": 0},
                                   "Rows to skip")]),
-            "post": _op("Add a subscriber (confirmed: active at once, else double opt-in)",
+            "post": _op("Add a subscriber (confirmed: active at once, else double opt-in). An "
+                        "address that unsubscribed, bounced or complained is refused (409) "
+                        "unless resubscribe is true with a reason, which is recorded",
                         {**_ok("Already known: state says what happened", {"type": "object"}),
                          **_ok("Added", {"type": "object", "properties": {
                              "state": {"type": "string"},
                              "confirmation_sent": {"type": "boolean"},
-                             "subscriber": _ref("Subscriber")}}, "201")}, "400", "413",
+                             "subscriber": _ref("Subscriber")}}, "201")}, "400", "409", "413",
                         body=_body({"type": "object", "required": ["email"], "properties": {
                             "email": {"type": "string"}, "name": {"type": "string"},
-                            "confirmed": {"type": "boolean", "default": False}}}))},
+                            "confirmed": {"type": "boolean", "default": False},
+                            "resubscribe": {"type": "boolean", "default": False,
+                                            "description": "The person asked to come back "
+                                            "after opting out; needs reason"},
+                            "reason": {"type": "string", "description": "Who asked, when "
+                                       "and how; stored in the consent history"}}}))},
         "/admin/api/subscribers/import": {"post": _op(
-            "Import a CSV (columns email, name, sections as a|b); suppressed addresses stay",
+            "Import a CSV (columns email, name, sections as a|b); opted-out addresses and "
+            "unconfirmed form sign-ups are skipped, with the reason",
             _ok("Import report", _ref("ImportReport")), "400", "413", "415",
             body=_body({"type": "string"}, "text/csv"))},
         "/admin/api/subscribers/{email}": {"delete": _op(
