@@ -1,4 +1,4 @@
-"""Where the shipped templates are: in the package once installed from a wheel, else the checkout."""
+"""Where the shipped templates are: inside the package from a wheel, else the checkout."""
 
 from __future__ import annotations
 

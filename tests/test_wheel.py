@@ -1,4 +1,4 @@
-"""A wheel built from the checkout, installed into a fresh environment elsewhere, runs with its own templates."""
+"""A wheel built from the checkout, installed in a fresh venv elsewhere, runs with its templates."""
 
 from __future__ import annotations
 
