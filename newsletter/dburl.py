@@ -75,7 +75,7 @@ def check(url: str, where: str = "storage.database_url") -> None:
                             f"which is not installed or cannot be loaded ({exc}){extra}") from None
 
 
-def connect_error(url: str, exc: BaseException) -> DatabaseError:
+def connect_error(url: str, exc: BaseException, doing: str = "cannot open") -> DatabaseError:
     """One line for a failure to open or reach the database, the driver's reason kept."""
     orig = getattr(exc, "orig", None) or exc
     reason = " ".join(str(orig).split())  # psycopg's messages span lines
@@ -83,7 +83,7 @@ def connect_error(url: str, exc: BaseException) -> DatabaseError:
     password = _url_password(url)
     if password:
         reason = reason.replace(password, "***")
-    return DatabaseError(f"database {mask(url)}: cannot open: {reason or type(orig).__name__}")
+    return DatabaseError(f"database {mask(url)}: {doing}: {reason or type(orig).__name__}")
 
 
 def _url_password(url: str) -> str | None:

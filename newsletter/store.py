@@ -117,6 +117,9 @@ class Store(IssueQueries, LedgerQueries, SubscriberQueries):
             try:
                 with connect(self.engine, url) as conn:
                     migrations.migrate(conn)
+            except sa.exc.DBAPIError as exc:  # e.g. a read-only file, or no CREATE privilege
+                self.engine.dispose()
+                raise dburl.connect_error(url, exc, doing="cannot update its schema") from None
             except BaseException:
                 self.engine.dispose()  # no caller holds this Store to close it
                 raise

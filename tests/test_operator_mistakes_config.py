@@ -279,3 +279,13 @@ def test_collect_errors_are_logged_at_warning(tmp_path: Path,
     assert len(report.errors) == 1
     records = [r for r in caplog.records if "bad.md" in r.getMessage()]
     assert [r.levelno for r in records] == [logging.WARNING]
+
+
+def test_read_only_sqlite_file_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "ro.db").close()  # exists, but is opened read-only below
+    url = f"sqlite:///file:{tmp_path / 'ro.db'}?mode=ro&uri=true"
+    config = write_config(tmp_path, f'[storage]\ndatabase_url = "{url}"\n')
+    one_line(newsletter(tmp_path, "--config", str(config), "issue", "list"),
+             f"error: database {url}: ", "readonly database")
