@@ -10,7 +10,7 @@ from pathlib import Path
 
 from newsletter import pipeline
 from newsletter.config import load_settings
-from newsletter.feeds import render_feeds
+from newsletter.publish.feeds import render_feeds
 
 ARTICLE = """---
 title: "Article {n}: notes on trade, tariffs and the harbour economy"

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
 
-from newsletter import schema as s  # noqa: E402
-from newsletter.store import Store  # noqa: E402
+from newsletter.store import schema as s  # noqa: E402
+from newsletter.store.database import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLES = ROOT / "examples" / "articles"

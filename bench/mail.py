@@ -19,9 +19,9 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from newsletter.dkim_sign import DkimSigner
-from newsletter.mail import MailIdentity, MessageTemplate, message_id
-from newsletter.smtp import SmtpPool
+from newsletter.deliver.dkim import DkimSigner
+from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.smtp import SmtpPool
 
 IDENTITY = MailIdentity("news@ledger.example.org", "The Ledger", "editor@ledger.example.org",
                         "The Ledger <ledger.example.org>", "unsubscribe@ledger.example.org",

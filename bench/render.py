@@ -14,9 +14,8 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from newsletter.issue import IssueRules, make_issue  # noqa: E402
-from newsletter.models import Article  # noqa: E402
-from newsletter.render import (  # noqa: E402
+from newsletter.compose.issue import IssueRules, make_issue  # noqa: E402
+from newsletter.compose.render import (  # noqa: E402
     Masthead,
     Renderer,
     _inline,
@@ -24,6 +23,7 @@ from newsletter.render import (  # noqa: E402
     personalize,
     personalize_text,
 )
+from newsletter.models import Article  # noqa: E402
 
 T = TypeVar("T")
 WORDS = ["council", "budget", "river", "school", "housing", "transit", "library", "market",

@@ -46,11 +46,11 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter import log, pipeline  # noqa: E402
-from newsletter import schema as s  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.models import Issue  # noqa: E402
 from newsletter.pipeline import sending  # noqa: E402
-from newsletter.store import Store  # noqa: E402
+from newsletter.store import schema as s  # noqa: E402
+from newsletter.store.database import Store  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 WORKER_APP = "bench-scale-worker"
@@ -213,7 +213,7 @@ def send_with_workers(p: Prepared, config: Path, count: int,
                       sink_pid: int) -> tuple[float, CpuMark, CpuMark, int, float]:
     """`count` `newsletter worker` processes (polling every 0.2 s), started and idle before
     the issue is enqueued; timed from the end of the enqueue to the last row's sent_at."""
-    cmd = [sys.executable, "-m", "newsletter.cli", "--config", str(config), "--log-level",
+    cmd = [sys.executable, "-m", "newsletter", "--config", str(config), "--log-level",
            "WARNING", "worker", "--poll", "0.2"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), stdout=subprocess.DEVNULL)
              for _ in range(count)]

@@ -45,8 +45,8 @@ def _articles_html(rng: random.Random) -> str:
 def atom_with_render_feeds(entries: int) -> bytes:
     """The project's own Atom renderer on synthetic articles (raises if it is unavailable)."""
     sys.path.insert(0, str(REPO))
-    from newsletter.feeds import FeedMeta, render_feeds
     from newsletter.models import Article
+    from newsletter.publish.feeds import FeedMeta, render_feeds
 
     rng = random.Random(42)  # same feed every run, so runs compare
     start = datetime(2024, 6, 1, 8, 0, tzinfo=UTC)
@@ -282,7 +282,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     try:
-        atom, source = atom_with_render_feeds(args.entries), "newsletter.feeds.render_feeds"
+        atom, source = atom_with_render_feeds(args.entries), "newsletter.publish.feeds.render_feeds"
     except Exception as exc:  # any failure (missing module, changed API): hand-written feed
         atom, source = atom_by_hand(args.entries), f"hand-written XML ({exc.__class__.__name__})"
     wrk = shutil.which("wrk") is not None

@@ -343,7 +343,7 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
 
 
 def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
-    from newsletter import dburl
+    from newsletter.store import urls as dburl
 
     token = settings.secrets.admin_token
     if token and len(token) < MIN_ADMIN_TOKEN_CHARS:  # the dashboard would stay off

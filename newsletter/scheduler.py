@@ -22,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter import log
 from newsletter.config import Settings
-from newsletter.store import Store
+from newsletter.store.database import Store
 
 JOBS_TABLE = "apscheduler_jobs"
 _FIXED_JOBS = ("collect", "issue", "sweep")

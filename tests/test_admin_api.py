@@ -20,15 +20,16 @@ import pytest
 from test_send import seed
 from webserver import running
 
-from newsletter import log, pipeline, subscriptions
+from newsletter import log, pipeline
+from newsletter.audience import subscriptions
+from newsletter.audience.subscribers_csv import import_csv
+from newsletter.audience.tokens import load_or_create_secret
+from newsletter.compose.render import personalize
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.pipeline import control, sending
-from newsletter.render import personalize
-from newsletter.store import Store
-from newsletter.store_subscribers import Subscriber
-from newsletter.subscribers_csv import import_csv
-from newsletter.tokens import load_or_create_secret
+from newsletter.store.database import Store
+from newsletter.store.subscribers import Subscriber
 from newsletter.web import create_app
 from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions, admin_routes
 from newsletter.web.admin_api import AdminDeps, admin_api_routes

@@ -11,8 +11,8 @@ import pytest
 from test_render import MASTHEAD, Tags, sample_issue
 from webserver import running
 
+from newsletter.compose.render import Renderer
 from newsletter.models import Issue
-from newsletter.render import Renderer
 from newsletter.web import create_app
 from newsletter.web.archive import archive_routes
 

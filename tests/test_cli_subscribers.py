@@ -12,9 +12,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from newsletter.cli_subscribers import subscribers
+from newsletter.cli.subscribers import subscribers
 from newsletter.config import Settings
-from newsletter.store_subscribers import SubscriberStore
+from newsletter.store.subscribers import SubscriberStore
 
 
 @click.group()

@@ -97,12 +97,12 @@ def test_environment_overrides_and_secret_masking(tmp_path: Path) -> None:
 
 def test_config_check_command(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
-    ok = subprocess.run([sys.executable, "-m", "newsletter.cli", "--config", str(path),
+    ok = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(path),
                          "config", "check"], capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "hunter2-file" not in ok.stdout and '"password": "********"' in ok.stdout
     bad = write(tmp_path, GOOD + "\n[feeds]\nmax_entries = \"x\"\n")
-    res = subprocess.run([sys.executable, "-m", "newsletter.cli", "--config", str(bad),
+    res = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(bad),
                           "config", "check"], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0
@@ -150,7 +150,7 @@ def test_database_url_form(tmp_path: Path, url: str, phrase: str | None) -> None
 
 
 def test_connect_error_masks_the_password_everywhere() -> None:
-    from newsletter.dburl import connect_error
+    from newsletter.store.urls import connect_error
 
     url = "postgresql+psycopg://app:pa55word@db.internal/news"
     err = connect_error(url, OSError("could not log in app:pa55word\n\tsecond line"))

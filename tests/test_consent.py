@@ -19,14 +19,16 @@ import sqlalchemy as sa
 from smtpserver import SmtpTestServer
 from webserver import running
 
-from newsletter import migrations, pipeline, subscriptions
+from newsletter import pipeline
+from newsletter.audience import subscriptions
+from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
-from newsletter.migrations import BACKFILLED
 from newsletter.pipeline.webapp import web_app
-from newsletter.schema import consent_events, deliveries, issues, subscribers
-from newsletter.store import Store
-from newsletter.store_subscribers import ConsentEvent, SubscriberStore
-from newsletter.tokens import load_or_create_secret
+from newsletter.store import migrations
+from newsletter.store.database import Store
+from newsletter.store.migrations import BACKFILLED
+from newsletter.store.schema import consent_events, deliveries, issues, subscribers
+from newsletter.store.subscribers import ConsentEvent, SubscriberStore
 
 TOKEN = "consent-test-token-0123456789abcdef"
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -42,7 +44,7 @@ def consent_settings(make_settings: Callable[..., Settings], tmp_path: Path,
 def cli(settings: Settings, *args: str,
         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(settings.path), "subscribers",
+        [sys.executable, "-m", "newsletter", "--config", str(settings.path), "subscribers",
          *args], capture_output=True, text=True, cwd=settings.path.parent, input=stdin,
         timeout=120, check=False)
 

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter.config import Mail
-from newsletter.dkim_sign import DkimSigner, relaxed_body, relaxed_header, signer_from_settings
+from newsletter.deliver.dkim import DkimSigner, relaxed_body, relaxed_header, signer_from_settings
+from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.smtp import SmtpPool
 from newsletter.errors import ConfigError
-from newsletter.mail import MailIdentity, MessageTemplate, message_id
-from newsletter.smtp import SmtpPool
 from tests.smtpserver import SmtpTestServer
 
 IDENTITY = MailIdentity("news@ledger.example.org", "The Ledger", "editor@ledger.example.org",

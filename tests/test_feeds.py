@@ -15,8 +15,8 @@ import feedparser
 import pytest
 from lxml import etree
 
-from newsletter.feeds import FEED_FILES, FeedMeta, render_feeds, section_slug, write_feeds
 from newsletter.models import Article
+from newsletter.publish.feeds import FEED_FILES, FeedMeta, render_feeds, section_slug, write_feeds
 
 PLUS2 = timezone(timedelta(hours=2))
 MINUS5 = timezone(timedelta(hours=-5))

@@ -21,7 +21,7 @@ from webserver import running
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.pipeline.webapp import web_app
-from newsletter.store import Store
+from newsletter.store.database import Store
 from newsletter.words import friendly_time, joined, plural
 
 # "Monday 7 December, 07:00 UTC", maybe with a year: the shipped cron in human words.
@@ -39,7 +39,7 @@ def age_examples(folder: Path) -> None:
 
 def cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    return subprocess.run([sys.executable, "-m", "newsletter.cli", *args], cwd=repo, env=env,
+    return subprocess.run([sys.executable, "-m", "newsletter", *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -26,22 +26,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter import pipeline, subscriptions, tokens
-from newsletter.articles import LinkRules, build_article
+from newsletter import pipeline
+from newsletter.audience import subscriptions, tokens
+from newsletter.collect.articles import LinkRules, build_article
+from newsletter.collect.sources.digest import looks_like_digest, parse_digest
+from newsletter.collect.sources.files import read_article_file
+from newsletter.compose.issue import make_subject
 from newsletter.config import Settings
-from newsletter.errors import SourceError
-from newsletter.issue import make_subject
-from newsletter.mail import (
+from newsletter.deliver.mail import (
     MailIdentity,
     MessageTemplate,
     identity_from_settings,
     notice_message,
     safe_header_value,
 )
+from newsletter.errors import SourceError
 from newsletter.models import Issue, IssueSection
 from newsletter.pipeline import sending
-from newsletter.sources.digest import looks_like_digest, parse_digest
-from newsletter.sources.files import read_article_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "naughty-strings.txt"
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[nrt0\\])")

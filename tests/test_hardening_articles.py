@@ -19,11 +19,12 @@ from pathlib import Path
 import feedparser
 import pytest
 
-from newsletter import pipeline, subscriptions
+from newsletter import pipeline
 from newsletter import scheduler as sched
+from newsletter.audience import subscriptions
 from newsletter.config import Settings
 from newsletter.pipeline import collecting, sending
-from newsletter.store import Store
+from newsletter.store.database import Store
 
 BAD_FIXTURES = Path(__file__).parent / "fixtures" / "articles" / "bad"
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from newsletter.cli import cli
+from newsletter.cli.main import cli
 
 BASE = '[publication]\nname = "Test"\nbase_url = "https://example.org/"\n'
 

@@ -24,10 +24,11 @@ import httpx
 import pytest
 from feedserver import FeedServer
 
-from newsletter import pipeline, subscriptions
+from newsletter import pipeline
+from newsletter.audience import subscriptions
+from newsletter.collect.sources.upstream import FeedState, FetchLimits, FetchResult, fetch_feed
 from newsletter.config import Settings
 from newsletter.pipeline import sending
-from newsletter.sources.upstream import FeedState, FetchLimits, FetchResult, fetch_feed
 
 FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 LOCAL = FetchLimits(allow_private_networks=True, timeout=5, deadline=10)

@@ -25,13 +25,13 @@ from smtpserver import SmtpTestServer
 from test_send import seed, smtp_settings
 
 from newsletter import pipeline
-from newsletter import schema as s
 from newsletter.config import Settings
-from newsletter.deliver import Policy, RateLimit, Summary, deliver
+from newsletter.deliver.engine import Policy, RateLimit, Summary, deliver
+from newsletter.deliver.smtp import pool_from_settings
 from newsletter.models import Issue
 from newsletter.pipeline import sending
-from newsletter.smtp import pool_from_settings
-from newsletter.store import Store
+from newsletter.store import schema as s
+from newsletter.store.database import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,13 +26,13 @@ from click.testing import CliRunner, Result
 from webserver import running
 
 from newsletter import pipeline
-from newsletter.cli import cli
+from newsletter.audience.subscribers_csv import import_csv
+from newsletter.audience.subscriptions import SMTPUTF8_REFUSED
+from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.pipeline import sending
-from newsletter.store import Store
-from newsletter.store_subscribers import SubscriberStore
-from newsletter.subscribers_csv import import_csv
-from newsletter.subscriptions import SMTPUTF8_REFUSED
+from newsletter.store.database import Store
+from newsletter.store.subscribers import SubscriberStore
 
 BAD_ADDRESSES = [
     ("a@@b", "invalid characters"),

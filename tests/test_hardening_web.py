@@ -22,11 +22,12 @@ import httpx
 import pytest
 from webserver import running
 
-from newsletter import pipeline, subscriptions, tokens
+from newsletter import pipeline
+from newsletter.audience import subscriptions, tokens
 from newsletter.config import Settings
 from newsletter.pipeline import sending
-from newsletter.store import Store
-from newsletter.store_subscribers import Subscriber
+from newsletter.store.database import Store
+from newsletter.store.subscribers import Subscriber
 
 ADMIN_TOKEN = "hardening-admin-token-0123456789"
 

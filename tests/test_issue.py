@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from newsletter import pipeline
-from newsletter.cli import cli
+from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.models import Article
 

@@ -13,7 +13,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.mail import (
+from newsletter.deliver.mail import (
     HeaderError,
     MailIdentity,
     MessageTemplate,

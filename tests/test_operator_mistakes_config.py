@@ -54,7 +54,7 @@ def newsletter(tmp: Path, *args: str, env: dict[str, str] | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     args = tuple(str(free_port()) if a == "FREE" else a for a in args)
-    return subprocess.run([sys.executable, "-m", "newsletter.cli", *args], cwd=tmp,
+    return subprocess.run([sys.executable, "-m", "newsletter", *args], cwd=tmp,
                           env={**clean, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -159,7 +159,7 @@ def test_config_check_says_when_the_driver_is_not_installed(tmp_path: Path) -> N
             "        if name.split('.')[0] == 'psycopg':\n"
             "            raise ModuleNotFoundError(name)\n"
             "sys.meta_path.insert(0, Hide())\n"
-            "from newsletter.cli import main\nsys.argv[0] = 'newsletter'\nmain()\n")
+            "from newsletter.cli.main import main\nsys.argv[0] = 'newsletter'\nmain()\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     proc = subprocess.run([sys.executable, "-c", hide, "--config", str(config), "config",
                            "check"], cwd=tmp_path, env=clean, capture_output=True, text=True,
@@ -192,7 +192,7 @@ def serve_banner(tmp: Path, env: dict[str, str]) -> str:
     config = write_config(tmp, f'[storage]\ndatabase_url = "sqlite:///{tmp / "n.db"}"\n')
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config),
                              "serve", "--port", str(port)], cwd=tmp, env={**clean, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -265,7 +265,7 @@ def test_collect_errors_are_logged_at_warning(tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     from newsletter.config import load_settings
     from newsletter.pipeline import collect
-    from newsletter.store import Store
+    from newsletter.store.database import Store
 
     config = write_config(tmp_path, f'[storage]\ndatabase_url = "sqlite:///{tmp_path}/n.db"\n')
     (tmp_path / "articles" / "bad.md").write_text("no front matter\n", encoding="utf-8")

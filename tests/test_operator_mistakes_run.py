@@ -18,15 +18,15 @@ from smtpserver import SmtpTestServer
 from test_send import seed
 
 from newsletter import pipeline
-from newsletter.cli import SEND_STOPPED_EARLY
+from newsletter.cli.main import SEND_STOPPED_EARLY
 from newsletter.config import Settings
 from newsletter.models import example_send_time
-from newsletter.store import Store
+from newsletter.store.database import Store
 
 
 def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    return subprocess.run([sys.executable, "-m", "newsletter.cli", "--config",
+    return subprocess.run([sys.executable, "-m", "newsletter", "--config",
                            str(settings.path), "--log-level", "ERROR", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -129,7 +129,7 @@ def test_ctrl_c_during_send_leaves_nothing_sending_and_says_how_to_resume(
         store = draft(settings, readers)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
         # A session of its own, so that the whole group gets SIGINT as from a terminal.
-        proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config",
                                  str(settings.path), "--log-level", "ERROR", "issue", "send",
                                  "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env, start_new_session=True)

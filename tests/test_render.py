@@ -15,9 +15,7 @@ import feedparser
 import pytest
 from jinja2 import Environment
 
-from newsletter.errors import NewsletterError
-from newsletter.models import Article, Issue, IssueSection
-from newsletter.render import (
+from newsletter.compose.render import (
     DEFAULT_TEMPLATES,
     SIZE_LIMIT,
     Masthead,
@@ -26,6 +24,8 @@ from newsletter.render import (
     personalize,
     personalize_text,
 )
+from newsletter.errors import NewsletterError
+from newsletter.models import Article, Issue, IssueSection
 
 GOLDEN = Path(__file__).parent / "golden"
 T0 = datetime(2024, 6, 3, 9, 30, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_render import MASTHEAD, sample_issue
 
-from newsletter.render import Renderer, personalize
+from newsletter.compose.render import Renderer, personalize
 
 pytestmark = pytest.mark.browser
 

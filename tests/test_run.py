@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from newsletter.config import Settings
-from newsletter.store import Store
+from newsletter.store.database import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_run_on_a_fresh_checkout(tmp_path: Path) -> None:
     repo = fresh_copy(tmp_path / "repo")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "run", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "run", "--port", str(port)],
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -105,7 +105,7 @@ forwarded_allow_ips = {json.dumps(allowed)}
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("NEWSLETTER_") and k != "FORWARDED_ALLOW_IPS"}
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter.cli", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config",
                              str(settings.path), "serve", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -19,11 +19,11 @@ from test_scheduler import register_stopped, set_stored_next_run
 
 from newsletter import pipeline
 from newsletter import scheduler as sched
-from newsletter import schema as s
 from newsletter.config import Settings
 from newsletter.models import Article
 from newsletter.pipeline import sending
-from newsletter.store import Store
+from newsletter.store import schema as s
+from newsletter.store.database import Store
 
 pytestmark = pytest.mark.postgres
 NOW = datetime.now(UTC)
@@ -73,7 +73,7 @@ lease_seconds = 10
         issue = pipeline.build_issue(settings, store).issue
         assert issue is not None and issue.id is not None
         sending.start_sending(settings, store, issue)
-        cmd = [sys.executable, "-m", "newsletter.cli", "--config", str(settings.path),
+        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
                "--log-level", "WARNING", "worker", "--poll", "0.2"]
         workers = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for _ in range(4)]

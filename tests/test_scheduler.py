@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from newsletter import pipeline
 from newsletter import scheduler as sched
-from newsletter import schema as s
 from newsletter.config import Settings
 from newsletter.models import Article
-from newsletter.store import Store
+from newsletter.store import schema as s
+from newsletter.store.database import Store
 
 NOW = datetime.now(UTC)
 

@@ -21,12 +21,12 @@ from click.testing import CliRunner
 from smtpserver import SmtpTestServer
 
 from newsletter import pipeline
-from newsletter import schema as s
-from newsletter.cli import cli
+from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.models import Article
 from newsletter.pipeline import sending
-from newsletter.store import Store
+from newsletter.store import schema as s
+from newsletter.store.database import Store
 
 NOW = datetime.now(UTC)
 
@@ -211,7 +211,7 @@ def test_killed_mid_send_resumes_without_skipping(make_settings: Callable[..., S
         assert issue is not None and issue.id is not None
         store.close()
         rng = random.Random(7)
-        cmd = [sys.executable, "-m", "newsletter.cli", "--config", str(settings.path),
+        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
                "--log-level", "WARNING", "issue", "send", str(issue.number)]
         kills = 0
         for _attempt in range(40):

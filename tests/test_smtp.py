@@ -13,10 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from newsletter.mail import MailIdentity, MessageTemplate, message_id
-from newsletter.outbox import OutboxPool
-from newsletter.pipeline.sending import run_loop
-from newsletter.smtp import (
+from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.outbox import OutboxPool
+from newsletter.deliver.smtp import (
     SendResult,
     SmtpPool,
     SmtpSetupError,
@@ -24,6 +23,7 @@ from newsletter.smtp import (
     parse_host,
     pool_from_settings,
 )
+from newsletter.pipeline.sending import run_loop
 from tests.smtpserver import SmtpTestServer
 
 T = TypeVar("T")
@@ -370,7 +370,7 @@ def test_auth_refused_never_shows_the_password() -> None:
 
 
 def test_auth_in_plain_text_to_a_remote_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("newsletter.smtp._is_loopback", lambda address: False)
+    monkeypatch.setattr("newsletter.deliver.smtp._is_loopback", lambda address: False)
     with SmtpTestServer(auth=("mailer", "pw")) as srv:
         with pytest.raises(SmtpSetupError, match="refusing AUTH without TLS"):
             run(send_one(pool(srv, username="mailer", password="pw")))

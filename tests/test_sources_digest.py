@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from newsletter.collect.sources.digest import join_split_paragraphs, looks_like_digest, parse_digest
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
-from newsletter.sources.digest import join_split_paragraphs, looks_like_digest, parse_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "articles"
 

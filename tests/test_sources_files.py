@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.collect.sources.files import (
+    decode_article_bytes,
+    iter_article_files,
+    read_article_file,
+)
 from newsletter.errors import SourceError
-from newsletter.sources.files import decode_article_bytes, iter_article_files, read_article_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "articles"
 

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.errors import SourceError
-from newsletter.models import ArticleDraft
-from newsletter.sanitize import shorten, slug_for, slugify
-from newsletter.sources.markdown import (
+from newsletter.collect.sanitize import shorten, slug_for, slugify
+from newsletter.collect.sources.markdown import (
     has_front_matter,
     parse_markdown,
     render_markdown,
 )
+from newsletter.errors import SourceError
+from newsletter.models import ArticleDraft
 
 FIXTURES = Path(__file__).parent / "fixtures" / "articles"
 
@@ -373,7 +373,7 @@ def test_text_count_matches_what_pyyaml_builds(data: object, flow: bool | None,
                                                style: str | None) -> None:
     import yaml
 
-    from newsletter.sources.yaml_depth import nesting_depth
+    from newsletter.collect.sources.yaml_depth import nesting_depth
 
     def depth(x: object) -> int:
         kids = list(x.values()) if isinstance(x, dict) else x if isinstance(x, list) else None

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from feedserver import FeedServer
 
-from newsletter.netguard import UnsafeURLError, check_url, forbidden_reason
-from newsletter.sources.upstream import (
+from newsletter.collect.netguard import UnsafeURLError, check_url, forbidden_reason
+from newsletter.collect.sources.upstream import (
     FeedState,
     FetchLimits,
     FetchResult,

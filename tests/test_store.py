@@ -12,10 +12,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 
-from newsletter import migrations
 from newsletter.models import Article
-from newsletter.schema import articles, metadata, schema_version
-from newsletter.store import Store, _article_row, make_engine
+from newsletter.store import migrations
+from newsletter.store.database import Store, _article_row, make_engine
+from newsletter.store.schema import articles, metadata, schema_version
 
 
 def make_article(n: int, **kw: object) -> Article:

@@ -11,12 +11,17 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter import schema as s
-from newsletter import subscriptions as subs
+from newsletter.audience import subscriptions as subs
+from newsletter.audience.subscriptions import (
+    SMTPUTF8_REFUSED,
+    AddressError,
+    clean_name,
+    normalise_address,
+)
+from newsletter.audience.tokens import TokenError
 from newsletter.config import Settings
-from newsletter.store_subscribers import SubscriberQueries, SubscriberStore
-from newsletter.subscriptions import SMTPUTF8_REFUSED, AddressError, clean_name, normalise_address
-from newsletter.tokens import TokenError
+from newsletter.store import schema as s
+from newsletter.store.subscribers import SubscriberQueries, SubscriberStore
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SECRET = b"k" * 32

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import subscriptions as subs
+from newsletter.audience import subscriptions as subs
+from newsletter.audience.subscribers_csv import CsvError, export_csv, import_csv, neutralise
 from newsletter.config import Settings
-from newsletter.store_subscribers import SubscriberStore
-from newsletter.subscribers_csv import CsvError, export_csv, import_csv, neutralise
+from newsletter.store.subscribers import SubscriberStore
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from newsletter.audience.tokens import TokenError, load_or_create_secret, sign, verify
 from newsletter.config import Settings, Storage
 from newsletter.errors import ConfigError
-from newsletter.tokens import TokenError, load_or_create_secret, sign, verify
 
 SECRET = b"s" * 32
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

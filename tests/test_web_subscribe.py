@@ -18,11 +18,11 @@ import httpx
 import pytest
 from webserver import running
 
-from newsletter import subscriptions as subs
-from newsletter import tokens
+from newsletter.audience import subscriptions as subs
+from newsletter.audience import tokens
 from newsletter.config import Settings
 from newsletter.models import Article
-from newsletter.store_subscribers import SubscriberStore
+from newsletter.store.subscribers import SubscriberStore
 from newsletter.web import create_app
 from newsletter.web.subscribe import (
     CHECK_INBOX,

@@ -18,9 +18,9 @@ from test_hardening_smtp import r, start
 from test_send import smtp_settings
 
 from newsletter.config import Settings
-from newsletter.deliver import Policy, Summary, deliver
+from newsletter.deliver.engine import Policy, Summary, deliver
+from newsletter.deliver.smtp import pool_from_settings
 from newsletter.pipeline import sending
-from newsletter.smtp import pool_from_settings
 
 
 def test_a_batch_slower_than_its_lease_is_never_sent_twice(
@@ -92,7 +92,7 @@ def test_sigterm_stops_a_worker_mid_send_and_frees_its_rows(
         settings = smtp_settings(make_settings, srv, "batch_size = 50")
         store, issue = start(settings, 400)
         addresses = [r(i) for i in range(400)]
-        cmd = [sys.executable, "-m", "newsletter.cli", "--config", str(settings.path),
+        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
                "--log-level", "WARNING", "worker", "--poll", "0.2"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from newsletter import articles as arts
 from newsletter import log
+from newsletter.collect import articles as arts
+from newsletter.collect.sources.files import iter_article_files, read_article_file
+from newsletter.collect.sources.upstream import FeedState, FetchLimits, fetch_all
 from newsletter.config import Settings, Source
 from newsletter.errors import SourceError
-from newsletter.feeds import FeedMeta, write_feeds
 from newsletter.models import Article, now_utc
-from newsletter.sources.files import iter_article_files, read_article_file
-from newsletter.sources.upstream import FeedState, FetchLimits, fetch_all
-from newsletter.store import FileRecord, Store
+from newsletter.publish.feeds import FeedMeta, write_feeds
+from newsletter.store.database import FileRecord, Store
 
 
 @dataclass(slots=True)

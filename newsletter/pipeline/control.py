@@ -10,7 +10,7 @@ from newsletter import log
 from newsletter.errors import BadValue, NewsletterError
 from newsletter.models import Issue
 from newsletter.pipeline.collecting import now_utc
-from newsletter.store import Store
+from newsletter.store.database import Store
 
 
 def _issue(store: Store, number: int) -> Issue:

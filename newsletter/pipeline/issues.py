@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from newsletter import log
+from newsletter.compose.issue import IssueRules, make_issue, window_start
+from newsletter.compose.render import Masthead, Renderer, personalize, personalize_text
 from newsletter.config import Settings
-from newsletter.issue import IssueRules, make_issue, window_start
 from newsletter.models import Issue
 from newsletter.pipeline.collecting import now_utc
-from newsletter.render import Masthead, Renderer, personalize, personalize_text
-from newsletter.store import Store
+from newsletter.store.database import Store
 from newsletter.words import plural
 
 

@@ -15,18 +15,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from newsletter import log
+from newsletter.audience.subscriptions import issue_links
+from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
-from newsletter.deliver import Plan, Policy, Summary, deliver
-from newsletter.dkim_sign import signer_from_settings
+from newsletter.deliver.dkim import signer_from_settings
+from newsletter.deliver.engine import Plan, Policy, Summary, deliver
+from newsletter.deliver.mail import (
+    MailIdentity,
+    MessageTemplate,
+    identity_from_settings,
+    message_id,
+)
+from newsletter.deliver.smtp import pool_from_settings
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Claimed
-from newsletter.mail import MailIdentity, MessageTemplate, identity_from_settings, message_id
 from newsletter.models import Issue, IssueSection, now_utc
-from newsletter.smtp import pool_from_settings
-from newsletter.store import Store
-from newsletter.store_subscribers import Subscriber
-from newsletter.subscriptions import issue_links
-from newsletter.tokens import load_or_create_secret
+from newsletter.store.database import Store
+from newsletter.store.ledger import Claimed
+from newsletter.store.subscribers import Subscriber
 
 T = TypeVar("T")
 SENDABLE = ("draft", "scheduled", "sending", "paused")
@@ -332,8 +337,8 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
 
 def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
     """The double opt-in mail, sent through the configured transport (SMTP or outbox)."""
-    from newsletter.mail import notice_message
-    from newsletter.subscriptions import confirmation_email
+    from newsletter.audience.subscriptions import confirmation_email
+    from newsletter.deliver.mail import notice_message
 
     identity = identity_from_settings(settings)
     folder = settings.newsletter.templates_dir
@@ -355,7 +360,7 @@ def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
 
 def subscriber_confirmation(settings: Settings, secret: bytes) -> Callable[[Subscriber], None]:
     """confirmation_sender for a stored subscriber: the link is signed here, now."""
-    from newsletter.subscriptions import confirm_token, confirm_url
+    from newsletter.audience.subscriptions import confirm_token, confirm_url
 
     mail = confirmation_sender(settings)
 

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import consent, log
+from newsletter import log
+from newsletter.audience import consent
+from newsletter.audience.subscriptions import DEFAULT_TEMPLATES
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
-from newsletter.subscriptions import DEFAULT_TEMPLATES
 from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_api import (
     DISABLED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from newsletter import consent, subscriptions
+from newsletter.audience import consent, subscriptions
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:

@@ -21,19 +21,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import consent, log, subscriptions
+from newsletter import log
+from newsletter.audience import consent, subscriptions
 from newsletter.config import MIN_ADMIN_TOKEN_CHARS
 from newsletter.errors import BadValue, NewsletterError
-from newsletter.schema import SUBSCRIBER_STATUSES
+from newsletter.store.schema import SUBSCRIBER_STATUSES
 from newsletter.web.admin_add import add_subscriber
 
 if TYPE_CHECKING:
+    from newsletter.audience.subscribers_csv import ImportReport
     from newsletter.models import Issue
     from newsletter.pipeline.control import Overview
     from newsletter.pipeline.issues import BuildResult
-    from newsletter.store import Store
-    from newsletter.store_subscribers import Subscriber
-    from newsletter.subscribers_csv import ImportReport
+    from newsletter.store.database import Store
+    from newsletter.store.subscribers import Subscriber
 
 Jobs = list[tuple[str, datetime | None]]
 MIN_TOKEN_CHARS = MIN_ADMIN_TOKEN_CHARS  # config refuses shorter; stay disabled anyway

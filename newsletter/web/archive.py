@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from newsletter.compose.render import Masthead, Renderer, archive_feed
 from newsletter.models import Issue
-from newsletter.render import Masthead, Renderer, archive_feed
 
 # Drafts, scheduled and cancelled issues are not public: only what went (or is going) out.
 PUBLIC_STATUSES = ("sending", "sent")

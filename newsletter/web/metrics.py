@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import schema as s
 from newsletter.models import ISSUE_STATUSES
+from newsletter.store import schema as s
 from newsletter.web.admin_api import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
 
 if TYPE_CHECKING:
-    from newsletter.store import Store
+    from newsletter.store.database import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RATE_WINDOW = timedelta(seconds=60)

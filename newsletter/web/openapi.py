@@ -6,7 +6,7 @@ from typing import Any
 
 from newsletter import __version__
 from newsletter.models import ISSUE_STATUSES
-from newsletter.schema import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
+from newsletter.store.schema import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
 
 JSON = "application/json"
 

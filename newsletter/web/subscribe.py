@@ -24,12 +24,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from newsletter import log, subscriptions, tokens
-from newsletter.subscriptions import AddressError, TokenError
+from newsletter import log
+from newsletter.audience import subscriptions, tokens
+from newsletter.audience.subscriptions import AddressError, TokenError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.store_subscribers import SubscriberStore
+    from newsletter.store.subscribers import SubscriberStore
 
 Fields = dict[str, list[str]]
 CSRF_COOKIE = "newsletter_csrf"

@@ -11,10 +11,10 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from newsletter.collect.sanitize import slug_for, slugify
+from newsletter.collect.sources.yaml_depth import nesting_depth
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
-from newsletter.sanitize import slug_for, slugify
-from newsletter.sources.yaml_depth import nesting_depth
 
 # The C loader is much faster; both are "safe" (plain data only, no Python objects).
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -17,9 +17,8 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from premailer import Premailer
 
 from newsletter import __version__
-from newsletter.errors import NewsletterError
-from newsletter.models import Article, Issue
-from newsletter.render_text import (
+from newsletter.collect.sanitize import first_paragraph, one_line, shorten
+from newsletter.compose.text import (
     ArticleView,
     IssueView,
     SectionView,
@@ -28,8 +27,9 @@ from newsletter.render_text import (
     long_date,
     names_publication,
 )
+from newsletter.errors import NewsletterError
+from newsletter.models import Article, Issue
 from newsletter.resources import DEFAULT_TEMPLATES
-from newsletter.sanitize import first_paragraph, one_line, shorten
 
 __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize",
            "personalize_text", "SIZE_LIMIT"]

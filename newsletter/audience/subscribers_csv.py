@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import TextIO
 
 from newsletter import log
+from newsletter.audience.subscriptions import (
+    AddressError,
+    clean_name,
+    clean_sections,
+    normalise_address,
+)
 from newsletter.errors import NewsletterError
-from newsletter.store_subscribers import ImportRow, Subscriber, SubscriberQueries
-from newsletter.subscriptions import AddressError, clean_name, clean_sections, normalise_address
+from newsletter.store.subscribers import ImportRow, Subscriber, SubscriberQueries
 from newsletter.words import plural
 
 MAX_REPORTED_ERRORS = 1000  # the count goes on; the list stays bounded for huge bad files

@@ -10,7 +10,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from newsletter.deliver import SendResult
+from newsletter.deliver.engine import SendResult
 
 _MESSAGE_ID_RE = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)")
 

@@ -8,10 +8,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from newsletter.collect.sources.digest import looks_like_digest, parse_digest
+from newsletter.collect.sources.markdown import has_front_matter, parse_markdown
 from newsletter.errors import SourceError
 from newsletter.models import ArticleDraft
-from newsletter.sources.digest import looks_like_digest, parse_digest
-from newsletter.sources.markdown import has_front_matter, parse_markdown
 
 ARTICLE_SUFFIXES = frozenset({".md", ".markdown"})
 

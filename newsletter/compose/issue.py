@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from newsletter.collect.sanitize import one_line
 from newsletter.errors import NewsletterError
 from newsletter.models import Article, Issue, IssueSection
-from newsletter.sanitize import one_line
 from newsletter.words import joined, plural
 
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from newsletter.deliver import Ledger, Policy
-    from newsletter.ledger import Settle
+    from newsletter.deliver.engine import Ledger, Policy
+    from newsletter.store.ledger import Settle
 
 
 class Recorder:

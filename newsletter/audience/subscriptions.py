@@ -15,10 +15,10 @@ from urllib.parse import quote
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
-from newsletter import tokens
+from newsletter.audience import tokens
+from newsletter.audience.tokens import TokenError
 from newsletter.resources import DEFAULT_TEMPLATES
-from newsletter.store_subscribers import SUPPRESSED, Consent, Subscriber, SubscriberQueries
-from newsletter.tokens import TokenError
+from newsletter.store.subscribers import SUPPRESSED, Consent, Subscriber, SubscriberQueries
 
 MAX_ADDRESS_CHARS = 254  # RFC 5321's limit on a forward path, less the angle brackets
 MAX_NAME_CHARS = 100

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter import schema as s
+from newsletter.store import schema as s
 
 _C = s.subscribers.c
 _E = s.consent_events.c
@@ -364,7 +364,7 @@ class SubscriberQueries:
         return counts
 
 if TYPE_CHECKING:
-    from newsletter.store import Store
+    from newsletter.store.database import Store
 
     class SubscriberStore(Store, SubscriberQueries):
         """A Store with subscriber queries."""
@@ -377,7 +377,7 @@ def __getattr__(name: str) -> Any:
     """
     if name != "SubscriberStore":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from newsletter.store import Store
+    from newsletter.store.database import Store
 
     cls = Store if issubclass(Store, SubscriberQueries) else type(
         "SubscriberStore", (Store, SubscriberQueries),

@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, time
 
-from newsletter.errors import SourceError
-from newsletter.models import ArticleDraft
-from newsletter.sanitize import shorten, slug_for
-from newsletter.sources.markdown import (
+from newsletter.collect.sanitize import shorten, slug_for
+from newsletter.collect.sources.markdown import (
     check_year,
     first_paragraph_text,
     has_front_matter,
@@ -16,6 +14,8 @@ from newsletter.sources.markdown import (
     normalise_newlines,
     render_markdown_tokens,
 )
+from newsletter.errors import SourceError
+from newsletter.models import ArticleDraft
 
 SUMMARY_LIMIT = 300
 

@@ -12,12 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter import dburl, migrations
-from newsletter import schema as s
-from newsletter.ledger import LedgerQueries
 from newsletter.models import Article
-from newsletter.store_issues import IssueQueries
-from newsletter.store_subscribers import SubscriberQueries
+from newsletter.store import migrations
+from newsletter.store import schema as s
+from newsletter.store import urls as dburl
+from newsletter.store.issues import IssueQueries
+from newsletter.store.ledger import LedgerQueries
+from newsletter.store.subscribers import SubscriberQueries
 
 
 def make_engine(url: str) -> Engine:

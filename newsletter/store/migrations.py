@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from newsletter import schema as s
+from newsletter.store import schema as s
 
 if TYPE_CHECKING:  # alembic is imported only when a step runs: every process start checks
     from alembic.operations import Operations  # the version, few ever migrate

@@ -76,13 +76,13 @@ def config_group() -> None:
 @fail_cleanly
 def config_check(ctx: click.Context, connect: bool) -> None:
     """Validate the configuration and print the effective settings, secrets masked."""
-    from newsletter import dburl
+    from newsletter.store import urls as dburl
 
     settings = settings_of(ctx)
     dburl.check(settings.storage.database_url)
     if connect:
-        from newsletter.store import connect as connect_to
-        from newsletter.store import open_engine
+        from newsletter.store.database import connect as connect_to
+        from newsletter.store.database import open_engine
 
         engine = open_engine(settings.storage.database_url)
         try:
@@ -148,7 +148,7 @@ def feeds(ctx: click.Context) -> None:
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
-    from newsletter.cli_serve import listen, serve_on
+    from newsletter.cli.serve import listen, serve_on
 
     settings = settings_of(ctx)
     serve_on(settings, listen(settings, host, port))
@@ -162,7 +162,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
-    from newsletter.cli_serve import listen, serve_on
+    from newsletter.cli.serve import listen, serve_on
     from newsletter.scheduler import SingleScheduler
 
     settings = settings_of(ctx)
@@ -397,8 +397,8 @@ def issue_status(ctx: click.Context, number: int) -> None:
 
 
 def _add_groups() -> None:
-    from newsletter.cli_ops import register
-    from newsletter.cli_subscribers import subscribers
+    from newsletter.cli.ops import register
+    from newsletter.cli.subscribers import subscribers
 
     cli.add_command(subscribers)
     register(issue, cli)

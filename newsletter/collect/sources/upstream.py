@@ -17,8 +17,7 @@ import feedparser
 import httpx
 
 from newsletter import __version__
-from newsletter.models import ArticleDraft
-from newsletter.netguard import (
+from newsletter.collect.netguard import (
     BodyTooLarge,
     Resolver,
     UnsafeURLError,
@@ -26,7 +25,8 @@ from newsletter.netguard import (
     declares_xml_entities,
     read_body,
 )
-from newsletter.sanitize import one_line, plain_text, shorten
+from newsletter.collect.sanitize import one_line, plain_text, shorten
+from newsletter.models import ArticleDraft
 from newsletter.words import plural
 
 Status = Literal["ok", "not_modified", "error", "gone", "deferred"]

@@ -20,14 +20,14 @@ from aiosmtplib.errors import (
 )
 from aiosmtplib.protocol import normalize_message_line_endings
 
-from newsletter.deliver import SendResult
+from newsletter.deliver.engine import SendResult
+from newsletter.deliver.mail import WireMessage
+from newsletter.deliver.smtp_replies import Reply, ReplyReader
 from newsletter.errors import NewsletterError
-from newsletter.mail import WireMessage
-from newsletter.smtp_replies import Reply, ReplyReader
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.outbox import OutboxPool
+    from newsletter.deliver.outbox import OutboxPool
 
 __all__ = ["SendResult", "SmtpConnection", "SmtpError", "SmtpPool", "SmtpSetupError",
            "SmtpUnavailable", "parse_host", "pool_from_settings"]
@@ -396,6 +396,6 @@ def pool_from_settings(settings: Settings) -> SmtpPool | OutboxPool:
     """[mail] transport: 'smtp' → SmtpPool over [smtp]; 'outbox' → .eml files."""
     if settings.mail.transport == "smtp":
         return SmtpPool.from_settings(settings)
-    from newsletter.outbox import OutboxPool  # local: outbox imports SendResult from here
+    from newsletter.deliver.outbox import OutboxPool  # local: outbox imports SendResult from here
 
     return OutboxPool(settings.mail.outbox_dir)

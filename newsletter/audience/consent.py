@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from newsletter import log
+from newsletter.audience.subscriptions import SubscribeOutcome, clean_name, subscribe
 from newsletter.errors import NewsletterError
-from newsletter.store_subscribers import SUPPRESSED, Subscriber, SubscriberQueries
-from newsletter.subscriptions import SubscribeOutcome, clean_name, subscribe
+from newsletter.store.subscribers import SUPPRESSED, Subscriber, SubscriberQueries
 
 MAX_REASON_CHARS = 500
 _WHY = {

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
 from newsletter import log
-from newsletter.ledger import Claimed, Settle
+from newsletter.deliver.recorder import Recorder
 from newsletter.models import now_utc
-from newsletter.recorder import Recorder
+from newsletter.store.ledger import Claimed, Settle
 
 T = TypeVar("T")
 

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from urllib.parse import urljoin, urlsplit
 
-from newsletter.errors import SourceError
-from newsletter.models import Article, ArticleDraft
-from newsletter.sanitize import (
+from newsletter.collect.sanitize import (
     clean_html,
     first_paragraph,
     one_line,
@@ -21,7 +19,9 @@ from newsletter.sanitize import (
     slugify,
     xml_safe,
 )
-from newsletter.store import Store
+from newsletter.errors import SourceError
+from newsletter.models import Article, ArticleDraft
+from newsletter.store.database import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
-from newsletter import schema as s
+from newsletter.store import schema as s
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter import schema as s
 from newsletter.models import Issue, IssueSection
+from newsletter.store import schema as s
 
 
 def _issue_row(issue: Issue, now: datetime) -> dict[str, Any]:
@@ -23,7 +23,7 @@ class IssueQueries:
     engine: Engine
 
     def _load_sections(self, conn: Connection, issue_id: int) -> tuple[IssueSection, ...]:
-        from newsletter.store import row_to_article
+        from newsletter.store.database import row_to_article
 
         q = (sa.select(s.articles, s.issue_articles.c.section.label("issue_section"))
              .join(s.issue_articles, s.issue_articles.c.article_id == s.articles.c.id)
@@ -98,7 +98,7 @@ class IssueQueries:
             return conn.execute(q).rowcount == 1
 
     def articles_between(self, start: datetime, end: datetime) -> list[Any]:
-        from newsletter.store import row_to_article
+        from newsletter.store.database import row_to_article
 
         q = (sa.select(s.articles).where(s.articles.c.published > start)
              .where(s.articles.c.published <= end)

@@ -12,13 +12,13 @@ from newsletter.errors import NewsletterError
 
 
 def _store(ctx: click.Context):  # noqa: ANN202 - (Settings, Store), imported lazily
-    from newsletter.cli import _with_store
+    from newsletter.cli.main import _with_store
 
     return _with_store(ctx)
 
 
 def _fail(fn):  # noqa: ANN001, ANN202
-    from newsletter.cli import fail_cleanly
+    from newsletter.cli.main import fail_cleanly
 
     return fail_cleanly(fn)
 

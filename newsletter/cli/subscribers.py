@@ -19,16 +19,16 @@ from newsletter.errors import NewsletterError
 from newsletter.words import plural
 
 if TYPE_CHECKING:
+    from newsletter.audience.subscribers_csv import ImportReport
     from newsletter.config import Settings
-    from newsletter.store_subscribers import SubscriberStore
-    from newsletter.subscribers_csv import ImportReport
+    from newsletter.store.subscribers import SubscriberStore
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # Imported when called: newsletter.cli imports this module to add the group.
+    # Imported when called: newsletter.cli.main imports this module to add the group.
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from newsletter.cli import fail_cleanly
+        from newsletter.cli.main import fail_cleanly
 
         return fail_cleanly(fn)(*args, **kwargs)
 
@@ -36,9 +36,9 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open(ctx: click.Context) -> tuple[Settings, SubscriberStore]:
-    # Imported here: newsletter.cli imports this module to add the group.
-    from newsletter.cli import settings_of
-    from newsletter.store_subscribers import SubscriberStore
+    # Imported here: newsletter.cli.main imports this module to add the group.
+    from newsletter.cli.main import settings_of
+    from newsletter.store.subscribers import SubscriberStore
 
     settings = settings_of(ctx)
     store = SubscriberStore(settings.storage.database_url)
@@ -80,7 +80,7 @@ def add(ctx: click.Context, email: str, name: str, confirmed: bool, resubscribe:
         reason: str) -> None:
     """Add EMAIL; without --confirmed a confirmation mail goes out and it waits for the
     person to confirm. An address that opted out is refused unless --resubscribe."""
-    from newsletter import consent, subscriptions, tokens
+    from newsletter.audience import consent, subscriptions, tokens
     from newsletter.pipeline.sending import subscriber_confirmation
 
     settings, store = _open(ctx)
@@ -128,7 +128,7 @@ def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
 
     FILE may be '-' for standard input.
     """
-    from newsletter.subscribers_csv import import_csv
+    from newsletter.audience.subscribers_csv import import_csv
 
     settings, store = _open(ctx)
     if str(file) == "-":
@@ -147,7 +147,7 @@ def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
 def _import_stdin(store: SubscriberStore, batch_size: int, smtputf8: bool) -> ImportReport:
     """Standard input, spooled to a private file: the import reads its file twice (the
     UTF-8 check first, so a bad file changes nothing)."""
-    from newsletter.subscribers_csv import import_csv
+    from newsletter.audience.subscribers_csv import import_csv
 
     with tempfile.NamedTemporaryFile(prefix="newsletter-import-", suffix=".csv") as spool:
         with click.open_file("-", "rb") as src:
@@ -167,7 +167,7 @@ def _import_stdin(store: SubscriberStore, batch_size: int, smtputf8: bool) -> Im
 @_fail_cleanly
 def export(ctx: click.Context, output: Path | None) -> None:
     """Write every subscriber as CSV (formula-like cells neutralised)."""
-    from newsletter.subscribers_csv import export_csv
+    from newsletter.audience.subscribers_csv import export_csv
 
     _settings, store = _open(ctx)
     if output is None or str(output) == "-":
@@ -211,7 +211,7 @@ def list_(ctx: click.Context, status: str | None, limit: int, offset: int) -> No
 @_fail_cleanly
 def remove(ctx: click.Context, email: str) -> None:
     """Delete EMAIL; if issues were already sent to it, keep it anonymised and unsubscribed."""
-    from newsletter.subscriptions import AddressError, normalise_address
+    from newsletter.audience.subscriptions import AddressError, normalise_address
 
     _settings, store = _open(ctx)
     try:
@@ -235,7 +235,7 @@ def remove(ctx: click.Context, email: str) -> None:
 @_fail_cleanly
 def history(ctx: click.Context, email: str) -> None:
     """Show every consent recorded for EMAIL: when, what, who, why (oldest first)."""
-    from newsletter.subscriptions import AddressError, normalise_address
+    from newsletter.audience.subscriptions import AddressError, normalise_address
 
     _settings, store = _open(ctx)
     try:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.dkim_sign import DkimSigner
+    from newsletter.deliver.dkim import DkimSigner
 
 MAX_LINE = 78  # RFC 5322 §2.1.1 SHOULD; 998 is the hard limit
 _PLACEHOLDER_RE = re.compile(r"%%(UNSUBSCRIBE_URL|PREFERENCES_URL|NAME)%%")

@@ -1,0 +1,1 @@
+"""People and their consent: subscribing, signed links, CSV import and export."""

@@ -1,0 +1,1 @@
+"""Sources to stored articles: reading, identity, sanitising, what is new."""

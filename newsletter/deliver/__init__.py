@@ -1,0 +1,1 @@
+"""An issue to messages to a transport: building, signing, the engine, SMTP and the outbox."""

@@ -1,0 +1,1 @@
+"""Stored articles to what readers fetch: feeds (and the site's pages)."""
