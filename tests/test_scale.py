@@ -123,7 +123,7 @@ sweep_minutes = 60
         assert sorted(started) == [False, True]
         wait_for(lambda: any(i.status == "sent" for i in stores[0].list_issues()), 30,
                  "the issue sent")
-        time.sleep(1)  # not a wait for something: the standby's retry period passes: prove it does not act
+        time.sleep(1)  # a period that must pass, not a wait: the standby must not act in it
         assert [(i.number, i.status) for i in stores[0].list_issues()] == [(1, "sent")]
         assert len(list((tmp_path / "outbox").glob("*.eml"))) == 5
     finally:
