@@ -7,10 +7,9 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from newsletter.deliver.engine import Policy, SendResult, settle_for
-from newsletter.models import Issue
+from newsletter.models import Issue, Settle
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from newsletter.store.ledger import Settle
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 

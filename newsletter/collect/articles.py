@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from newsletter.collect.sanitize import (
@@ -21,7 +22,14 @@ from newsletter.collect.sanitize import (
 )
 from newsletter.errors import SourceError
 from newsletter.models import Article, ArticleDraft
-from newsletter.store.database import Store
+
+
+class ArticleStore(Protocol):
+    """What saving needs from a store: the stored fingerprints, and one write of the result."""
+
+    def article_hashes(self, keys: Iterable[str]) -> dict[str, tuple[str, datetime]]: ...
+    def save_articles(self, new: Sequence[Article], changed: Sequence[Article],
+                      now: datetime) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,7 @@ class SaveResult:
     unchanged: int = 0
 
 
-def save(store: Store, articles: Sequence[Article], now: datetime) -> SaveResult:
+def save(store: ArticleStore, articles: Sequence[Article], now: datetime) -> SaveResult:
     """Store what is new, update in place what changed (its `updated` time moves), skip the rest."""
     result = SaveResult()
     known = store.article_hashes(a.key for a in articles)
