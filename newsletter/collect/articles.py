@@ -72,15 +72,15 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
         if url and urlsplit(url).scheme not in ("http", "https"):
             raise SourceError(draft.origin, f"field '{name}' must be an http(s) URL or a path "
                                             f"on the site, got {url[:100]!r}")
-    fields = {
-        "title": one_line(draft.title), "link": link, "summary": summary, "content": body,
-        "authors": [one_line(a) for a in draft.authors if a.strip()],
-        "section": one_line(draft.section or default_section),
-        "tags": [one_line(t) for t in draft.tags if t.strip()],
-        "image": image, "image_credit": one_line(draft.image_credit),
+    title, section = one_line(draft.title), one_line(draft.section or default_section)
+    authors = [one_line(a) for a in draft.authors if a.strip()]
+    tags = [one_line(t) for t in draft.tags if t.strip()]
+    image_credit = one_line(draft.image_credit)
+    digest = content_hash({
+        "title": title, "link": link, "summary": summary, "content": body, "authors": authors,
+        "section": section, "tags": tags, "image": image, "image_credit": image_credit,
         "published": draft.published.isoformat(),
-    }
-    digest = content_hash(fields)
+    })
     if draft.guid:
         key = "guid:" + draft.guid.strip()
     elif link:
@@ -89,11 +89,11 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
     else:
         key = "hash:" + digest
     return Article(
-        key=key, title=fields["title"] or "(untitled)", link=link or draft.origin,
+        key=key, title=title or "(untitled)", link=link or draft.origin,
         published=draft.published, updated=draft.updated or draft.published,
         content_html=body, content_hash=digest, source=source, summary=summary,
-        authors=tuple(fields["authors"]), section=fields["section"], tags=tuple(fields["tags"]),
-        image=image, image_credit=fields["image_credit"], slug=slug,
+        authors=tuple(authors), section=section, tags=tuple(tags),
+        image=image, image_credit=image_credit, slug=slug,
         guid=draft.guid.strip() or link,
     )
 

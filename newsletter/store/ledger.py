@@ -71,12 +71,17 @@ class LedgerQueries:
         ).where(sub.status == "active")
         cols = ["issue_id", "subscriber_id", "status", "attempts", "next_attempt_at",
                 "updated_at"]
+        # ON CONFLICT DO NOTHING is spelt the same by both dialects, but each has its own Insert.
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: sa.Insert
+        key = ["issue_id", "subscriber_id"]
         if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            stmt = postgresql.insert(s.deliveries).from_select(cols, select) \
+                .on_conflict_do_nothing(index_elements=key)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(s.deliveries).from_select(cols, select).on_conflict_do_nothing(
-            index_elements=["issue_id", "subscriber_id"])
+            stmt = sqlite.insert(s.deliveries).from_select(cols, select) \
+                .on_conflict_do_nothing(index_elements=key)
         with self.engine.begin() as conn:
             # Without preserve_rowcount psycopg reports -1 for INSERT … SELECT.
             return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount
