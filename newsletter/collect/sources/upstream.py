@@ -377,8 +377,7 @@ def _struct_dt(value: Any) -> datetime | None:
     if not value:
         return None
     try:
-        year, month, day, hour, minute, second = value[:6]
-        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        return datetime(*value[:6]).replace(tzinfo=UTC)  # the fields are UTC already
     except (TypeError, ValueError):
         return None
 
