@@ -11,14 +11,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter.models import ISSUE_STATUSES
-from newsletter.store import schema as s
 from newsletter.web.admin_api import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
 
 if TYPE_CHECKING:
@@ -49,24 +46,14 @@ def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> l
     return lines
 
 
-def _by_status(store: Store, table: sa.Table, statuses: Iterable[str]) -> dict[str, int]:
-    counts = dict.fromkeys(statuses, 0)  # every status present, so a series never vanishes
-    q = sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
-    with store.engine.connect() as conn:
-        counts.update({status: n for status, n in conn.execute(q)})
-    return counts
-
-
 def render_metrics(store: Store, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
-    d = s.deliveries.c
-    with store.engine.connect() as conn:
-        recent = conn.execute(sa.select(sa.func.count()).select_from(s.deliveries).where(
-            d.status == "sent", d.sent_at > now - RATE_WINDOW, d.sent_at <= now)).scalar_one()
+    recent = store.sent_between(now - RATE_WINDOW, now)
     last = store.last_collect()
     last_at = last["finished_at"].timestamp() if last else 0.0
-    issues = _by_status(store, s.issues, ISSUE_STATUSES)
-    deliveries = _by_status(store, s.deliveries, s.DELIVERY_STATUSES)
+    # Every status present, so a series never vanishes.
+    issues = store.count_issues()
+    deliveries = store.delivery_totals()
     subscribers = store.count_subscribers()
     lines = [
         *family("newsletter_articles_total", "counter", "Articles in the store.",

@@ -30,7 +30,7 @@ from newsletter.audience.subscriptions import AddressError, TokenError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.store.subscribers import SubscriberStore
+    from newsletter.store.database import Store as SubscriberStore
 
 Fields = dict[str, list[str]]
 CSRF_COOKIE = "newsletter_csrf"

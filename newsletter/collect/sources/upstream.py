@@ -377,7 +377,7 @@ def _struct_dt(value: Any) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime(*value[:6], tzinfo=UTC)
+        return datetime(*value[:6]).replace(tzinfo=UTC)  # the fields are UTC already
     except (TypeError, ValueError):
         return None
 
