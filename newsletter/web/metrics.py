@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter.models import ISSUE_STATUSES
 from newsletter.store import schema as s
-from newsletter.web.admin_api import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
+from newsletter.web.admin_http import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
 
 if TYPE_CHECKING:
     from newsletter.store.database import Store
