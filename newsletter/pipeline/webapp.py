@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
+    from newsletter.pipeline.schedule import next_issue_line
     from newsletter.pipeline.sending import confirmation_sender
-    from newsletter.scheduler import next_issue_line
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
@@ -40,13 +40,14 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                   secret: bytes) -> list[BaseRoute]:
+    import newsletter.pipeline.control as control
+    import newsletter.pipeline.sending as sending
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
-    from newsletter.pipeline import control, sending
     from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
-    from newsletter.scheduler import next_issue_line, next_runs
+    from newsletter.pipeline.schedule import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import admin_api_routes
     from newsletter.web.admin_http import AdminDeps
