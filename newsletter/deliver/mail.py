@@ -1,4 +1,4 @@
-"""Messages built once per issue variant, stamped per recipient as bytes, never via email.message."""
+"""Messages built once per issue variant, stamped per recipient as bytes, headers and all."""
 
 from __future__ import annotations
 
