@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from smtpserver import SmtpTestServer
-from test_scheduler import register_stopped, set_stored_next_run
 
 from newsletter import pipeline
 from newsletter.config import Settings
@@ -23,6 +22,7 @@ from newsletter.models import Article
 from newsletter.pipeline import scheduling, sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.schedule import register_stopped, set_stored_next_run
 
 pytestmark = pytest.mark.postgres
 NOW = datetime.now(UTC)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from newsletter.models import Article
 from newsletter.pipeline import schedule, scheduling
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.schedule import register_stopped, set_stored_next_run
 
 NOW = datetime.now(UTC)
 
@@ -80,25 +80,6 @@ def test_jobs_follow_the_config_and_keep_missed_runs(
     assert job.next_run_time > datetime.now(UTC) and job.next_run_time.weekday() == 0
     scheduler.shutdown(wait=False)
     store.close()
-
-
-def set_stored_next_run(store: Store, job_id: str, when: datetime) -> None:
-    """The controlled clock: rewrite a stored job's next run time, as if the service had
-    been down since then (APScheduler keeps it pickled in the row and in a column)."""
-    table = sa.Table(schedule.JOBS_TABLE, sa.MetaData(), autoload_with=store.engine)
-    with store.engine.begin() as conn:
-        state = pickle.loads(conn.execute(sa.select(table.c.job_state)
-                                          .where(table.c.id == job_id)).scalar_one())
-        state["next_run_time"] = when
-        conn.execute(table.update().where(table.c.id == job_id).values(
-            next_run_time=when.timestamp(), job_state=pickle.dumps(state, 4)))
-
-
-def register_stopped(settings: Settings, store: Store) -> None:
-    scheduler = schedule.make_scheduler(settings, store)
-    scheduler.start(paused=True)
-    schedule.register_jobs(scheduler, settings)
-    scheduler.shutdown(wait=True)
 
 
 class MissedRun:
