@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from newsletter.deliver.dkim import DkimSigner
-from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.headers import message_id
+from newsletter.deliver.mail import MailIdentity, MessageTemplate
 from newsletter.deliver.smtp import SmtpPool
 
 IDENTITY = MailIdentity("news@ledger.example.org", "The Ledger", "editor@ledger.example.org",

@@ -1,4 +1,4 @@
-"""TOML settings: one table of typed keys with defaults and help, validated at start."""
+"""TOML settings: read a file, apply environment overrides, validate; one line per mistake."""
 
 from __future__ import annotations
 
@@ -8,260 +8,41 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_origin
 from urllib.parse import urlsplit
 
 from newsletter.config_env import check_env_names
+from newsletter.config_table import (
+    DEFAULT_CONFIG,
+    Collect,
+    Delivery,
+    Feeds,
+    Mail,
+    Newsletter,
+    Publication,
+    Schedule,
+    Secrets,
+    Server,
+    Settings,
+    Smtp,
+    Source,
+    Storage,
+    Subscriptions,
+    opt,
+    section_types,
+    settings_table,
+    type_hints_of,
+)
 from newsletter.errors import ConfigError
 
-DEFAULT_CONFIG = "config/newsletter.toml"
+__all__ = ["DEFAULT_CONFIG", "MIN_ADMIN_TOKEN_CHARS", "Collect", "Delivery", "Feeds", "Mail",
+           "Newsletter", "Publication", "Schedule", "Secrets", "Server", "Settings", "Smtp",
+           "Source", "Storage", "Subscriptions", "effective_settings", "load_settings", "opt",
+           "settings_table"]
+
 MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
-
-
-def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
-        choices: tuple[str, ...] = (), minimum: float | None = None,
-        maximum: float | None = None) -> Any:
-    """A setting: its help text lives beside its default, so docs can be checked against it."""
-    meta = {"help": help, "secret": secret, "choices": choices, "min": minimum, "max": maximum}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class Publication:
-    name: str = opt("Publication name, shown in feeds and emails (required).")
-    base_url: str = opt("Absolute https URL of the site; every published link is built on it "
-                        "(required).")
-    language: str = opt("Language tag for feeds and emails.", "en")
-    description: str = opt("One-line description used in feeds.", "")
-    article_path: str = opt("Path of an article on the site, relative to base_url; {slug} is "
-                            "replaced.", "articles/{slug}/")
-    postal_address: str = opt("Postal address printed in every email footer.", "")
-
-
-@dataclass(frozen=True)
-class Storage:
-    database_url: str = opt("SQLAlchemy URL: sqlite:///path (embedded) or "
-                            "postgresql+psycopg://… (scale-out).", "sqlite:///var/newsletter.db")
-
-
-@dataclass(frozen=True)
-class Source:
-    type: str = opt("'folder' (Markdown articles and digest exports) or 'feed' (RSS/Atom URL).",
-                    choices=("folder", "feed"))
-    path: str = opt("Folder of articles (type = 'folder').", "")
-    url: str = opt("Upstream feed URL (type = 'feed').", "")
-    name: str = opt("Label used in logs and status; defaults to the path or URL.", "")
-    section: str = opt("Section given to articles from this source that name none.", "")
-
-
-@dataclass(frozen=True)
-class Collect:
-    allow_private_networks: bool = opt("Allow feed URLs (and redirects) that resolve to "
-                                       "loopback, link-local or private addresses.", False)
-    timeout: float = opt("Seconds to wait for each network operation.", 10.0, minimum=0.1)
-    deadline: float = opt("Seconds one feed fetch may take in all.", 30.0, minimum=0.1)
-    max_feed_bytes: int = opt("Largest feed body accepted, after decompression.",
-                              10_000_000, minimum=1024)
-    max_redirects: int = opt("Redirects followed per fetch.", 5, minimum=0, maximum=20)
-    concurrency: int = opt("Feeds fetched at once.", 8, minimum=1, maximum=64)
-    max_entries_per_feed: int = opt("Entries taken from one upstream feed.", 1000, minimum=1)
-    max_file_bytes: int = opt("Largest article file accepted.", 5_000_000, minimum=1024)
-
-
-@dataclass(frozen=True)
-class Feeds:
-    output_dir: str = opt("Folder the generated feeds are written to.", "feeds")
-    max_entries: int = opt("Entries per feed, newest first.", 50, minimum=1, maximum=10_000)
-    cache_max_age: int = opt("Cache-Control max-age, in seconds, for served feeds.", 300,
-                             minimum=0)
-    public_url: str = opt("Absolute URL the feeds folder is served at (self links); empty "
-                          "means base_url + 'feeds/'.", "")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    timezone: str = opt("IANA time zone the cron expression is read in, e.g. Europe/Oslo.",
-                        "UTC")
-    collect_minutes: int = opt("Collect every N minutes (and publish feeds when something is "
-                               "new); 0 turns it off.", 15, minimum=0)
-    issue_cron: str = opt("When to build and send an issue, as a crontab line "
-                          "(minute hour day month weekday), e.g. '0 9 * * fri'; empty turns "
-                          "it off.", "")
-    late_limit_minutes: int = opt("An issue whose send time passed longer ago than this is not "
-                                  "sent automatically; it waits for an operator.", 360,
-                                  minimum=1)
-    sweep_minutes: int = opt("Every N minutes, retry deferred deliveries and send scheduled "
-                             "issues that are due.", 1, minimum=1)
-
-
-@dataclass(frozen=True)
-class Server:
-    host: str = opt("Address `newsletter serve` and `newsletter run` listen on.", "127.0.0.1")
-    port: int = opt("Port they listen on.", 8000, minimum=1, maximum=65535)
-    forwarded_allow_ips: list[str] = opt(
-        "Reverse proxies whose X-Forwarded-For/-Proto are believed (the visitor's address, "
-        "https): addresses, networks such as 10.0.0.0/8, or '*'. Empty: uvicorn's default, "
-        "FORWARDED_ALLOW_IPS from the environment or else 127.0.0.1 and ::1.", [])
-
-
-@dataclass(frozen=True)
-class Secrets:
-    secret_key: str = opt("Key that signs subscriber tokens (HMAC); set "
-                          "NEWSLETTER_SECRETS_SECRET_KEY in production.", "", secret=True)
-    admin_token: str = opt("Bearer token for the admin API and dashboard.", "", secret=True)
-
-
-@dataclass(frozen=True)
-class Mail:
-    transport: str = opt("'outbox' writes .eml files to outbox_dir (embedded default); 'smtp' "
-                         "sends through [smtp].", "outbox", choices=("outbox", "smtp"))
-    outbox_dir: str = opt("Folder for .eml files when transport = 'outbox'.", "var/outbox")
-    from_address: str = opt("From address of every email.", "newsletter@example.org")
-    from_name: str = opt("Display name in From; empty uses the publication name.", "")
-    reply_to: str = opt("Reply-To address; empty sends none.", "")
-    list_id: str = opt("List-Id value (a domain-like identifier); empty derives one from "
-                       "from_address.", "")
-    unsubscribe_mailto: str = opt("Address for mailto: List-Unsubscribe; empty uses "
-                                  "from_address.", "")
-    smtputf8: bool = opt("Whether the relay accepts internationalised (SMTPUTF8) addresses.",
-                         False)
-    dkim_key_path: str = opt("PEM private key for DKIM signing; empty disables DKIM.", "")
-    dkim_selector: str = opt("DKIM selector (the DNS record is <selector>._domainkey.<domain>).",
-                             "")
-    dkim_domain: str = opt("DKIM signing domain; empty uses the From domain.", "")
-
-
-@dataclass(frozen=True)
-class Delivery:
-    batch_size: int = opt("Ledger rows a worker claims at once.", 200, minimum=1,
-                          maximum=10_000)
-    lease_seconds: int = opt("How long a claim lasts before another worker may take the rows.",
-                             300, minimum=10)
-    retry_initial: int = opt("Seconds before the first retry of a 4xx or connection error.",
-                             300, minimum=1)
-    retry_max: int = opt("Longest wait between retries, in seconds (backoff doubles up to it).",
-                         14_400, minimum=1)
-    give_up_after: int = opt("Seconds after the first attempt when a deferred message fails "
-                             "for good (default 4 days).", 345_600, minimum=60)
-    max_hard_bounces: int = opt("Permanent failures after which a subscriber is marked "
-                                "bounced.", 1, minimum=1)
-    workers: int = opt("Sending processes `newsletter issue send` starts on this machine.", 1,
-                       minimum=1, maximum=64)
-
-
-@dataclass(frozen=True)
-class Subscriptions:
-    confirm_hours: int = opt("Hours a double opt-in confirmation link stays valid.", 72,
-                             minimum=1)
-    unsubscribe_days: int = opt("Days an unsubscribe or preferences link stays valid "
-                                "(at least 30).", 400, minimum=30)
-    confirm_resend_minutes: int = opt("At most one confirmation email per address in this "
-                                      "window.", 60, minimum=1)
-    rate_per_ip: int = opt("Subscribe requests accepted per IP address per hour.", 20,
-                           minimum=1)
-
-
-@dataclass(frozen=True)
-class Smtp:
-    host: str = opt("SMTP server host.", "localhost")
-    port: int = opt("SMTP server port.", 587, minimum=1, maximum=65535)
-    security: str = opt("'starttls', 'tls' (implicit) or 'none' (loopback tests only).",
-                        "starttls", choices=("starttls", "tls", "none"))
-    username: str = opt("SMTP AUTH user name; empty disables AUTH.", "")
-    password: str = opt("SMTP AUTH password (or NEWSLETTER_SMTP_PASSWORD).", "", secret=True)
-    concurrency: int = opt("SMTP connections used at once.", 4, minimum=1, maximum=256)
-    rate: float = opt("Messages per second at most; 0 means no limit.", 0.0, minimum=0)
-    timeout: float = opt("Seconds to wait for each SMTP reply.", 60.0, minimum=0.1)
-    pipelining: bool = opt("When the server offers PIPELINING (RFC 2920), send MAIL, RCPT "
-                           "and DATA in one write, behind the previous message's data: one "
-                           "round trip per message. false for a relay that mishandles it.",
-                           True)
-    fallback_hosts: list[str] = opt("Further relays as 'host:port', tried in order when the "
-                                    "main one fails.", [])
-
-
-@dataclass(frozen=True)
-class Newsletter:
-    templates_dir: str = opt("Folder of templates that override the built-in ones, file by "
-                             "file; empty uses templates/.", "")
-    lookback_days: int = opt("How far back a forced build looks when nothing is new since "
-                             "the previous issue.", 7, minimum=1)
-    max_articles: int = opt("Most articles in one issue (newest kept). The first issue takes "
-                            "the newest this many, however old.", 30, minimum=1, maximum=500)
-    section_order: list[str] = opt("Sections in this order first; others follow "
-                                   "alphabetically.", [])
-    subject: str = opt("Subject template: {publication}, {number} and {date} (strftime "
-                       "codes allowed, e.g. {date:%d %B %Y}).",
-                       "{publication} No. {number} — {date:%d %B %Y}")
-    preheader: str = opt("Preview text shown by mail clients and as the intro; empty counts "
-                         "the articles and names the sections.", "")
-    reason: str = opt("Footer line telling readers why they get the email; {publication} is "
-                      "replaced.", "You are receiving this because you subscribed to "
-                      "{publication}.")
-    direction: str = opt("Text direction of the email.", "ltr", choices=("ltr", "rtl"))
-    untitled_section: str = opt("Heading for articles that have no section.", "More")
-
-
-@dataclass(frozen=True)
-class Settings:
-    publication: Publication
-    storage: Storage = field(default_factory=Storage)
-    sources: list[Source] = field(default_factory=list)
-    collect: Collect = field(default_factory=Collect)
-    feeds: Feeds = field(default_factory=Feeds)
-    newsletter: Newsletter = field(default_factory=Newsletter)
-    mail: Mail = field(default_factory=Mail)
-    smtp: Smtp = field(default_factory=Smtp)
-    delivery: Delivery = field(default_factory=Delivery)
-    subscriptions: Subscriptions = field(default_factory=Subscriptions)
-    schedule: Schedule = field(default_factory=Schedule)
-    server: Server = field(default_factory=Server)
-    secrets: Secrets = field(default_factory=Secrets)
-    path: Path = field(default=Path(DEFAULT_CONFIG), compare=False)
-
-    @property
-    def feeds_dir(self) -> Path:
-        return Path(self.feeds.output_dir)
-
-    @property
-    def site_url(self) -> str:
-        return self.publication.base_url.rstrip("/") + "/"
-
-    @property
-    def feeds_url(self) -> str:
-        return (self.feeds.public_url or self.site_url + "feeds/").rstrip("/") + "/"
-
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _sections() -> dict[str, type]:
-    hints = _hints(Settings)
-    return {name: (get_args(t)[0] if get_origin(t) is list else t)
-            for name, t in hints.items() if name != "path"}
-
-
-def settings_table() -> list[tuple[str, str, Any, str, bool]]:
-    """(section, key, default, help, secret) for every setting, in declaration order."""
-    rows = []
-    for section, cls in _sections().items():
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = None
-            rows.append((section, f.name, default, f.metadata["help"], f.metadata["secret"]))
-    return rows
 
 
 _TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number",
@@ -306,28 +87,28 @@ def _build(where: str, cls: type, data: Any) -> Any:
     values = {}
     for name, f in fields.items():
         if name in data:
-            values[name] = _coerce(f"{where}.{name}", _hints(cls)[name], f, data[name])
+            values[name] = _coerce(f"{where}.{name}", type_hints_of(cls)[name], f, data[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}.{name}: missing required key ({f.metadata['help']})")
     return cls(**values)
 
 
 def _env_names() -> list[str]:
-    return [f"NEWSLETTER_{section}_{f.name}".upper() for section, cls in _sections().items()
+    return [f"NEWSLETTER_{section}_{f.name}".upper() for section, cls in section_types().items()
             if section != "sources" for f in dataclasses.fields(cls)]
 
 
 def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
     """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al."""
     check_env_names(environ, _env_names())
-    for section, cls in _sections().items():
+    for section, cls in section_types().items():
         if section == "sources":
             continue
         for f in dataclasses.fields(cls):
             raw = environ.get(f"NEWSLETTER_{section}_{f.name}".upper())
             if raw is None:
                 continue
-            kind = _hints(cls)[f.name]
+            kind = type_hints_of(cls)[f.name]
             where = "environment " + f"NEWSLETTER_{section}_{f.name}".upper()
             try:
                 if get_origin(kind) is list:
@@ -420,7 +201,7 @@ def load_settings(path: str | Path | None = None,
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
     _env_overrides(data, environ)
-    sections = _sections()
+    sections = section_types()
     for key in data:
         if key not in sections:
             raise ConfigError(f"{where}: [{key}]: unknown section "
@@ -445,7 +226,7 @@ def load_settings(path: str | Path | None = None,
 def effective_settings(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with every secret masked, for `config check`."""
     out: dict[str, Any] = {}
-    for section in _sections():
+    for section in section_types():
         value = getattr(settings, section)
         items = value if isinstance(value, list) else [value]
         rendered = []

@@ -6,155 +6,32 @@ import asyncio
 import json
 import logging
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from test_send import seed
-from webserver import running
 
-from newsletter import log, pipeline
-from newsletter.audience import subscriptions
-from newsletter.audience.subscribers_csv import import_csv
-from newsletter.audience.tokens import load_or_create_secret
-from newsletter.compose.render import personalize
+from newsletter import pipeline
 from newsletter.config import Settings
-from newsletter.errors import NewsletterError
-from newsletter.models import Subscriber
-from newsletter.pipeline import control, sending
-from newsletter.store.database import Store
-from newsletter.web import create_app
-from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions, admin_routes
-from newsletter.web.admin_api import AdminDeps, admin_api_routes
-from newsletter.web.metrics import metrics_routes
+from newsletter.pipeline import sending
+from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions
+from newsletter.web.admin_api import admin_api_routes
+from tests.helpers.admin import (
+    TOKEN,
+    Admin,
+    admin_app,
+    admin_settings,
+    csrf_of,
+    serve,
+)
+from tests.helpers.sending import seed
 
-TOKEN = "admin-test-token-0123456789abcdef"
 WRONG = "admin-test-token-0123456789abcdeX"
 
 # -- wiring: what pipeline.webapp does in production, with sending in a thread ----------
-
-
-def thread_sender(settings: Settings, store: Store) -> Callable[[int], None]:
-    """Fill the ledger now, deliver in a daemon thread; one thread per issue at a time."""
-    threads: dict[int, threading.Thread] = {}
-    lock = threading.Lock()
-
-    def work(number: int) -> None:
-        try:
-            sending.run_worker(settings, store, sending.get_sendable(store, number))
-        except Exception as exc:  # a thread has nobody to raise to: log it
-            log.event("admin.send_failed", number=number, error=f"{type(exc).__name__}: {exc}")
-
-    def send(number: int) -> None:
-        issue = sending.get_sendable(store, number)  # NewsletterError: the API's 409
-        with lock:
-            if number in threads and threads[number].is_alive():
-                return
-            sending.start_sending(settings, store, issue)
-            threads[number] = threading.Thread(target=work, args=(number,), daemon=True)
-            threads[number].start()
-
-    return send
-
-
-def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
-    def collect_now() -> dict[str, Any]:
-        report = pipeline.collect(settings, store)
-        pipeline.publish_feeds(settings, store)
-        return {"new": report.new, "updated": report.updated, "unchanged": report.unchanged,
-                "errors": report.errors, "warnings": report.warnings}
-
-    def preview_html(number: int) -> str:
-        issue = store.get_issue(number, with_articles=False)
-        if issue is None:
-            raise NewsletterError(f"issue {number}: no such issue")
-        site = settings.site_url  # the sample values of pipeline.write_preview
-        return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
-                           preferences_url=site + "preferences?preview", name="Reader")
-
-    secret, mail = load_or_create_secret(settings), sending.confirmation_sender(settings)
-
-    def send_confirmation(sub: Subscriber) -> None:
-        token = subscriptions.confirm_token(secret, sub, datetime.now(UTC))
-        mail(sub.email, sub.name, subscriptions.confirm_url(settings.site_url, token))
-
-    values: dict[str, Any] = {
-        "token": settings.secrets.admin_token, "store": store, "collect_now": collect_now,
-        "build_issue": lambda force: pipeline.build_issue(settings, store, force=force),
-        "send_issue": thread_sender(settings, store),
-        "schedule_issue": lambda n, at: control.schedule_issue(store, n, at),
-        "pause_issue": lambda n: control.pause_issue(store, n),
-        "resume_issue": lambda n: control.resume_issue(store, n),
-        "cancel_issue": lambda n: control.cancel_issue(store, n),
-        "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
-        "import_subscribers": lambda path, actor="": import_csv(
-            store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
-        "send_confirmation": send_confirmation, "publication_name": settings.publication.name,
-        "smtputf8": settings.mail.smtputf8}
-    values.update(overrides)
-    return AdminDeps(**values)
-
-
-def admin_app(settings: Settings, deps: AdminDeps) -> Any:
-    routes = [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]
-    return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
-                      feeds_url=settings.feeds_url, extra_routes=routes)
-
-
-ARTICLE = """---
-title: Harbour cranes return
-date: {date}
-section: World
-summary: The port reopens.
----
-
-The cranes are back on the quay.
-"""
-
-
-def admin_settings(make_settings: Callable[..., Settings], tmp_path: Path,
-                   token: str = TOKEN) -> Settings:
-    date = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
-    (tmp_path / "articles").mkdir(exist_ok=True)
-    (tmp_path / "articles" / "cranes.md").write_text(ARTICLE.format(date=date), "utf-8")
-    settings = make_settings(f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
-    # As NEWSLETTER_SECRETS_ADMIN_TOKEN would set it (conftest writes [secrets] itself).
-    return replace(settings, secrets=replace(settings.secrets, admin_token=token))
-
-
-@dataclass
-class Admin:
-    base: str
-    api: httpx.Client  # carries the token
-    anon: httpx.Client  # carries nothing
-    store: Store
-    settings: Settings
-    deps: AdminDeps
-    outbox: Path
-
-    def wait_until(self, check: Callable[[], Any], seconds: float = 15.0) -> Any:
-        deadline = time.monotonic() + seconds
-        while not (found := check()):
-            assert time.monotonic() < deadline, "condition not met before the deadline"
-            time.sleep(0.05)  # polling interval inside a deadline
-        return found
-
-
-@contextmanager
-def serve(settings: Settings, store: Store, tmp_path: Path, **overrides: Any) -> Iterator[Admin]:
-    deps = admin_deps(settings, store, **overrides)
-    with running(admin_app(settings, deps)) as base, \
-            httpx.Client(base_url=base, headers={"authorization": f"Bearer {TOKEN}"},
-                         timeout=30) as api, \
-            httpx.Client(base_url=base, timeout=30) as anon:
-        yield Admin(base, api, anon, store, settings, deps, tmp_path / "outbox")
 
 
 @pytest.fixture
@@ -482,13 +359,6 @@ def login(admin: Admin) -> Iterator[httpx.Client]:
         r = client.post("/admin/login", data={"token": TOKEN})
         assert r.status_code == 303 and r.headers["location"] == "/admin/"
         yield client
-
-
-def csrf_of(page: str, action: str) -> str:
-    m = re.search(rf'action="{re.escape(action)}"[^>]*>\s*<input type="hidden" name="csrf" '
-                  rf'value="([0-9a-f]+)"', page)
-    assert m, action
-    return m[1]
 
 
 def test_dashboard_login_session_and_csrf(admin: Admin) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_admin_api import TOKEN, Admin, admin_settings, serve
-from test_send import seed
 
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.web.admin import SESSION_COOKIE, Sessions
+from tests.helpers.admin import TOKEN, Admin, admin_settings, serve
+from tests.helpers.sending import seed
 
 pytestmark = pytest.mark.browser
 

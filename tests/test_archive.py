@@ -8,13 +8,13 @@ from pathlib import Path
 import feedparser
 import httpx
 import pytest
-from test_render import MASTHEAD, Tags, sample_issue
 from webserver import running
 
 from newsletter.compose.render import Renderer
 from newsletter.models import Issue
 from newsletter.web import create_app
 from newsletter.web.archive import archive_routes
+from tests.helpers.render import MASTHEAD, Tags, sample_issue
 
 ARCHIVE = "https://ledger.example.org/issues/"
 

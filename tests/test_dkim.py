@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from newsletter.config import Mail
 from newsletter.deliver.dkim import DkimSigner, relaxed_body, relaxed_header, signer_from_settings
-from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.headers import message_id
+from newsletter.deliver.mail import MailIdentity, MessageTemplate
 from newsletter.deliver.smtp import SmtpPool
 from newsletter.errors import ConfigError
 from tests.smtpserver import SmtpTestServer

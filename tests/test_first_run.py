@@ -13,9 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from test_admin_api import TOKEN, csrf_of
-from test_issue import NOW, art
-from test_run import ROOT, fresh_copy
 from webserver import running
 
 from newsletter import pipeline
@@ -23,6 +20,9 @@ from newsletter.config import Settings
 from newsletter.pipeline.webapp import web_app
 from newsletter.store.database import Store
 from newsletter.words import friendly_time, joined, plural
+from tests.helpers.admin import TOKEN, csrf_of
+from tests.helpers.checkout import ROOT, fresh_copy
+from tests.helpers.issues import NOW, art
 
 # "Monday 7 December, 07:00 UTC", maybe with a year: the shipped cron in human words.
 WHEN = r"Monday \d{1,2} [A-Z][a-z]+( \d{4})?, 07:00 UTC"

@@ -33,12 +33,12 @@ from newsletter.collect.sources.digest import looks_like_digest, parse_digest
 from newsletter.collect.sources.files import read_article_file
 from newsletter.compose.issue import make_subject
 from newsletter.config import Settings
+from newsletter.deliver.headers import safe_header_value
 from newsletter.deliver.mail import (
     MailIdentity,
     MessageTemplate,
     identity_from_settings,
     notice_message,
-    safe_header_value,
 )
 from newsletter.errors import SourceError
 from newsletter.models import Issue, IssueSection

@@ -23,7 +23,7 @@ from newsletter import pipeline
 from newsletter import scheduler as sched
 from newsletter.audience import subscriptions
 from newsletter.config import Settings
-from newsletter.pipeline import collecting, sending
+from newsletter.pipeline import collecting, scheduling, sending
 from newsletter.store.database import Store
 
 BAD_FIXTURES = Path(__file__).parent / "fixtures" / "articles" / "bad"
@@ -212,7 +212,7 @@ def test_future_dates_are_held_until_due_then_published_and_sent_once(
                             user_agent=None, now=NOW, confirmed=True)
     clock = [NOW]
     monkeypatch.setattr(collecting, "now_utc", lambda: clock[0])
-    monkeypatch.setattr(sched, "_RUNTIME", sched.Runtime(settings, store))
+    monkeypatch.setattr(scheduling, "_RUNTIME", scheduling.Runtime(settings, store))
     atom = tmp_path / "feeds" / "atom.xml"
 
     def feed_titles() -> list[str]:

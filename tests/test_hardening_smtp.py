@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from smtpserver import SmtpTestServer
-from test_send import seed, smtp_settings
 
 from newsletter import pipeline
 from newsletter.config import Settings
@@ -32,6 +31,7 @@ from newsletter.models import Issue
 from newsletter.pipeline import sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.sending import r, seed, smtp_settings, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,15 +60,6 @@ def wait_until_due(store: Store, issue: Issue, seconds: float = 15) -> None:
         time.sleep(0.05)
 
 
-def start(settings: Settings, readers: int) -> tuple[Store, Issue]:
-    store = pipeline.open_store(settings)
-    seed(store, readers)
-    issue = pipeline.build_issue(settings, store).issue
-    assert issue is not None and issue.id is not None
-    sending.start_sending(settings, store, issue)
-    return store, issue
-
-
 @contextmanager
 def captured_logs() -> Iterator[list[str]]:
     lines: list[str] = []
@@ -83,10 +74,6 @@ def captured_logs() -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-
-
-def r(i: int) -> str:
-    return f"reader{i}@example.org"
 
 
 def relay_settings(make_settings: Callable[..., Settings], srv: SmtpTestServer, *,

@@ -12,16 +12,7 @@ from newsletter import pipeline
 from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.models import Article
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def art(n: int, section: str, hours_ago: float) -> Article:
-    when = NOW - timedelta(hours=hours_ago)
-    return Article(key=f"link:https://ledger.example.org/a/{n}/", title=f"Piece {n}",
-                   link=f"https://ledger.example.org/a/{n}/", published=when, updated=when,
-                   content_html=f"<p>Body {n}</p>", content_hash=f"h{n}", section=section,
-                   summary=f"Summary {n}.", authors=("Ada",))
+from tests.helpers.issues import NOW, art
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from newsletter.deliver.engine import Policy, SendResult, settle_for
 from newsletter.models import ISSUE_STATUSES, Issue, Settle
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from newsletter.store.locks import SchedulerLock
+from newsletter.store.leader import DatabaseLock
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -186,18 +186,18 @@ def test_totals_for_metrics_name_every_status_and_count_sends_in_a_window(db_url
 
 def test_the_scheduler_lock_has_one_holder_until_released(db_url: str) -> None:
     first, second = Store(db_url), Store(db_url, migrate=False)
-    a, b = SchedulerLock(first.engine), SchedulerLock(second.engine)
+    a, b = DatabaseLock(first.engine), DatabaseLock(second.engine)
     try:
-        assert a.acquire() and a.held and a.alive()
-        assert not b.acquire() and not b.held
+        assert a.try_take() and a.held and a.alive()
+        assert not b.try_take() and not b.held
         a.release()
         assert not a.held
         # PostgreSQL frees an advisory lock once the server has ended the closed session.
         deadline = time.monotonic() + 10
-        while not b.acquire() and time.monotonic() < deadline:
+        while not b.try_take() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert b.held
-        assert not a.acquire()
+        assert not a.try_take()
     finally:
         a.release()
         b.release()

@@ -13,16 +13,18 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.deliver.mail import (
+from newsletter.deliver.headers import (
     HeaderError,
+    encode_header,
+    format_address,
+    message_id,
+    safe_header_value,
+)
+from newsletter.deliver.mail import (
     MailIdentity,
     MessageTemplate,
     WireMessage,
-    encode_header,
-    format_address,
     identity_from_settings,
-    message_id,
-    safe_header_value,
 )
 
 IDENTITY = MailIdentity(from_address="news@example.org", from_name="The Ledger",

@@ -7,13 +7,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from test_admin_api import TOKEN, admin_settings, serve
-from test_send import seed
-
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.web.metrics import family, render_metrics
+from tests.helpers.admin import TOKEN, admin_settings, serve
+from tests.helpers.sending import seed
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from smtpserver import SmtpTestServer
-from test_send import seed
 
 from newsletter import pipeline
-from newsletter.cli.main import SEND_STOPPED_EARLY
+from newsletter.cli.issues import SEND_STOPPED_EARLY
 from newsletter.config import Settings
 from newsletter.models import example_send_time
 from newsletter.store.database import Store
+from tests.helpers.sending import seed
 
 
 def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

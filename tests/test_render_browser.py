@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_render import MASTHEAD, sample_issue
 
 from newsletter.compose.render import Renderer, personalize
+from tests.helpers.render import MASTHEAD, sample_issue
 
 pytestmark = pytest.mark.browser
 

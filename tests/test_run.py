@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,26 +18,13 @@ import pytest
 
 from newsletter.config import Settings
 from newsletter.store.database import Store
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.checkout import fresh_copy
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def fresh_copy(dest: Path) -> Path:
-    """The files git tracks, as a clean clone would have them (no var/, no feeds)."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                            check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 def test_run_on_a_fresh_checkout(tmp_path: Path) -> None:

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 from smtpserver import SmtpTestServer
-from test_scheduler import register_stopped, set_stored_next_run
 
 from newsletter import pipeline
-from newsletter import scheduler as sched
 from newsletter.config import Settings
 from newsletter.models import Article
-from newsletter.pipeline import sending
+from newsletter.pipeline import scheduling, sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.schedule import register_stopped, set_stored_next_run
 
 pytestmark = pytest.mark.postgres
 NOW = datetime.now(UTC)
@@ -117,7 +116,7 @@ sweep_minutes = 60
     seed(stores[0], 5)
     register_stopped(settings, stores[0])
     set_stored_next_run(stores[0], "issue", datetime.now(UTC) - timedelta(minutes=5))
-    services = [sched.SingleScheduler(settings, st, retry_seconds=0.2) for st in stores]
+    services = [scheduling.SingleScheduler(settings, st, retry_seconds=0.2) for st in stores]
     try:
         started = [svc.start() for svc in services]
         assert sorted(started) == [False, True]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,8 +15,10 @@ from newsletter import pipeline
 from newsletter import scheduler as sched
 from newsletter.config import Settings
 from newsletter.models import Article
+from newsletter.pipeline import schedule, scheduling
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.schedule import register_stopped, set_stored_next_run
 
 NOW = datetime.now(UTC)
 
@@ -59,9 +60,9 @@ def test_jobs_follow_the_config_and_keep_missed_runs(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     settings = schedule_settings(make_settings, tmp_path, "0 9 * * fri", 60)
     store = pipeline.open_store(settings)
-    scheduler = sched.make_scheduler(settings, store)
+    scheduler = schedule.make_scheduler(settings, store)
     scheduler.start(paused=True)
-    sched.register_jobs(scheduler, settings)
+    schedule.register_jobs(scheduler, settings)
     issue_job = scheduler.get_job("issue")
     assert {j.id for j in scheduler.get_jobs()} == {"issue", "sweep"}
     assert issue_job.next_run_time.weekday() == 4 and issue_job.next_run_time.hour == 9
@@ -70,34 +71,15 @@ def test_jobs_follow_the_config_and_keep_missed_runs(
     # Unchanged config at the next start: the stored (possibly missed) run time is kept.
     past = datetime.now(UTC) - timedelta(days=3)
     issue_job.modify(next_run_time=past)
-    sched.register_jobs(scheduler, settings)
+    schedule.register_jobs(scheduler, settings)
     assert scheduler.get_job("issue").next_run_time == past
     # A changed schedule replaces the job.
     changed = schedule_settings(make_settings, tmp_path, "30 7 * * mon", 60)
-    sched.register_jobs(scheduler, changed)
+    schedule.register_jobs(scheduler, changed)
     job = scheduler.get_job("issue")
     assert job.next_run_time > datetime.now(UTC) and job.next_run_time.weekday() == 0
     scheduler.shutdown(wait=False)
     store.close()
-
-
-def set_stored_next_run(store: Store, job_id: str, when: datetime) -> None:
-    """The controlled clock: rewrite a stored job's next run time, as if the service had
-    been down since then (APScheduler keeps it pickled in the row and in a column)."""
-    table = sa.Table(sched.JOBS_TABLE, sa.MetaData(), autoload_with=store.engine)
-    with store.engine.begin() as conn:
-        state = pickle.loads(conn.execute(sa.select(table.c.job_state)
-                                          .where(table.c.id == job_id)).scalar_one())
-        state["next_run_time"] = when
-        conn.execute(table.update().where(table.c.id == job_id).values(
-            next_run_time=when.timestamp(), job_state=pickle.dumps(state, 4)))
-
-
-def register_stopped(settings: Settings, store: Store) -> None:
-    scheduler = sched.make_scheduler(settings, store)
-    scheduler.start(paused=True)
-    sched.register_jobs(scheduler, settings)
-    scheduler.shutdown(wait=True)
 
 
 class MissedRun:
@@ -107,7 +89,7 @@ class MissedRun:
     def __init__(self, settings: Settings, store: Store, missed_by: timedelta) -> None:
         register_stopped(settings, store)
         set_stored_next_run(store, "issue", datetime.now(UTC) - missed_by)
-        self.service = sched.SingleScheduler(settings, store)
+        self.service = scheduling.SingleScheduler(settings, store)
         assert self.service.start()
 
     def stop(self) -> None:
@@ -159,7 +141,7 @@ def test_sweep_sends_due_scheduled_issues_and_pauses_overdue_ones(
     # Scheduled while the time was still ahead; it has come by now.
     due = datetime.now(UTC) - timedelta(minutes=5)
     control.schedule_issue(store, 1, due, now=due - timedelta(days=1))
-    sched._RUNTIME = sched.Runtime(settings, store)
+    scheduling._RUNTIME = scheduling.Runtime(settings, store)
     try:
         sched.job_sweep()
         assert store.get_issue(1).status == "sent"
@@ -170,7 +152,7 @@ def test_sweep_sends_due_scheduled_issues_and_pauses_overdue_ones(
         sched.job_sweep()
         assert store.get_issue(2).status == "paused"  # overdue: an operator decides
     finally:
-        sched._RUNTIME = None
+        scheduling._RUNTIME = None
     store.close()
 
 
@@ -178,8 +160,8 @@ def test_only_one_scheduler_per_database(make_settings: Callable[..., Settings],
                                          tmp_path: Path) -> None:
     settings = schedule_settings(make_settings, tmp_path, "0 9 * * *", 60)
     store_a, store_b = pipeline.open_store(settings), pipeline.open_store(settings)
-    a = sched.SingleScheduler(settings, store_a, retry_seconds=0.05)
-    b = sched.SingleScheduler(settings, store_b, retry_seconds=0.05)
+    a = scheduling.SingleScheduler(settings, store_a, retry_seconds=0.05)
+    b = scheduling.SingleScheduler(settings, store_b, retry_seconds=0.05)
     try:
         assert a.start() is True
         assert b.start() is False and b.scheduler is None
@@ -219,7 +201,7 @@ def lock_holder(url: str) -> int | None:
                 " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 " AND classid::bigint = :key AND objsubid = 2"
                 " AND objid = hashtext(current_schema())::oid"),
-                {"key": sched.SingleScheduler.ADVISORY_KEY}).scalar()
+                {"key": scheduling.SingleScheduler.ADVISORY_KEY}).scalar()
     finally:
         engine.dispose()
 
@@ -230,8 +212,8 @@ def test_a_scheduler_whose_lock_session_dies_stands_down(
 
     settings = make_settings(PG_SCHEDULE, database_url=pg_url)
     store_a, store_b = Store(pg_url), Store(pg_url)
-    a = sched.SingleScheduler(settings, store_a, retry_seconds=0.05)
-    b = sched.SingleScheduler(settings, store_b, retry_seconds=0.05)
+    a = scheduling.SingleScheduler(settings, store_a, retry_seconds=0.05)
+    b = scheduling.SingleScheduler(settings, store_b, retry_seconds=0.05)
     admin = sa.create_engine(pg_url)
     try:
         assert a.start() is True and b.start() is False
@@ -261,7 +243,7 @@ def test_each_schema_has_its_own_scheduler(make_settings: Callable[..., Settings
                                            make_pg_url: Callable[[], str]) -> None:
     """Staging and prod (or parallel test runs) in one PostgreSQL database."""
     stores = [Store(make_pg_url()) for _ in range(2)]
-    services = [sched.SingleScheduler(make_settings(PG_SCHEDULE, database_url=st.url), st)
+    services = [scheduling.SingleScheduler(make_settings(PG_SCHEDULE, database_url=st.url), st)
                 for st in stores]
     try:
         assert [service.start() for service in services] == [True, True]

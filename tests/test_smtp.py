@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from newsletter.deliver.mail import MailIdentity, MessageTemplate, message_id
+from newsletter.deliver.headers import message_id
+from newsletter.deliver.mail import MailIdentity, MessageTemplate
 from newsletter.deliver.outbox import OutboxPool
 from newsletter.deliver.smtp import (
     SendResult,

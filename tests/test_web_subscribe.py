@@ -24,12 +24,11 @@ from newsletter.config import Settings
 from newsletter.models import Article
 from newsletter.store.database import Store as SubscriberStore
 from newsletter.web import create_app
+from newsletter.web.forms import SlidingWindow, rate_key
 from newsletter.web.subscribe import (
     CHECK_INBOX,
     CSRF_COOKIE,
-    SlidingWindow,
     SubscribeDeps,
-    _rate_key,
     subscribe_routes,
 )
 
@@ -358,9 +357,9 @@ def test_subscribe_page_renders(site: Site) -> None:
 
 
 def test_rate_keys_and_window() -> None:
-    assert _rate_key("192.0.2.7") == "192.0.2.7"
-    assert _rate_key("2001:db8::1") == _rate_key("2001:db8::ffff") == "2001:db8::/64"
-    assert _rate_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert rate_key("192.0.2.7") == "192.0.2.7"
+    assert rate_key("2001:db8::1") == rate_key("2001:db8::ffff") == "2001:db8::/64"
+    assert rate_key("::ffff:192.0.2.7") == "192.0.2.7"
     now = [0.0]
     window = SlidingWindow(2, 60, max_keys=2, clock=lambda: now[0])
     assert window.hit("a") == 0 and window.hit("a") == 0

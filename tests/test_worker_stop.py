@@ -14,13 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from smtpserver import SmtpTestServer
-from test_hardening_smtp import r, start
-from test_send import smtp_settings
 
 from newsletter.config import Settings
 from newsletter.deliver.engine import Policy, Summary, deliver
 from newsletter.deliver.smtp import pool_from_settings
 from newsletter.pipeline import sending
+from tests.helpers.sending import r, smtp_settings, start
 
 
 def test_a_batch_slower_than_its_lease_is_never_sent_twice(

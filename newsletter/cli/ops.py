@@ -8,19 +8,8 @@ from datetime import datetime
 
 import click
 
+from newsletter.cli.common import fail_cleanly, with_store
 from newsletter.errors import NewsletterError
-
-
-def _store(ctx: click.Context):  # noqa: ANN202 - (Settings, Store), imported lazily
-    from newsletter.cli.main import _with_store
-
-    return _with_store(ctx)
-
-
-def _fail(fn):  # noqa: ANN001, ANN202
-    from newsletter.cli.main import fail_cleanly
-
-    return fail_cleanly(fn)
 
 
 def parse_time(value: str, zone: str) -> datetime:
@@ -38,95 +27,98 @@ def parse_time(value: str, zone: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=ZoneInfo(zone))
 
 
-def register(issue: click.Group, cli: click.Group) -> None:
-    @issue.command("schedule")
+@click.command("schedule")
+@click.argument("number", type=int)
+@click.option("--at", "at", required=True, help="Send time (ISO 8601; default zone is "
+                                                "[schedule] timezone).")
+@click.pass_context
+@fail_cleanly
+def schedule(ctx: click.Context, number: int, at: str) -> None:
+    """Send issue N at a given time (the running service's sweeper sends it)."""
+    from newsletter.pipeline import control
+
+    settings, store = with_store(ctx)
+    it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone))
+    click.echo(f"issue {number} scheduled for {it.send_at:%Y-%m-%d %H:%M %Z}")
+
+def _transition(verb: str) -> click.Command:
+    @click.command(verb, help=f"{verb.capitalize()} issue N.")
     @click.argument("number", type=int)
-    @click.option("--at", "at", required=True, help="Send time (ISO 8601; default zone is "
-                                                    "[schedule] timezone).")
     @click.pass_context
-    @_fail
-    def schedule(ctx: click.Context, number: int, at: str) -> None:
-        """Send issue N at a given time (the running service's sweeper sends it)."""
+    @fail_cleanly
+    def action(ctx: click.Context, number: int) -> None:
         from newsletter.pipeline import control
 
-        settings, store = _store(ctx)
-        it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone))
-        click.echo(f"issue {number} scheduled for {it.send_at:%Y-%m-%d %H:%M %Z}")
+        _settings, store = with_store(ctx)
+        it = getattr(control, f"{verb}_issue")(store, number)
+        click.echo(f"issue {number}: {it.status}")
 
-    for verb in ("pause", "resume", "cancel"):
-        def make(verb: str = verb) -> None:
-            @issue.command(verb, help=f"{verb.capitalize()} issue N.")
-            @click.argument("number", type=int)
-            @click.pass_context
-            @_fail
-            def action(ctx: click.Context, number: int) -> None:
-                from newsletter.pipeline import control
+    return action
 
-                _settings, store = _store(ctx)
-                it = getattr(control, f"{verb}_issue")(store, number)
-                click.echo(f"issue {number}: {it.status}")
-        make()
 
-    @cli.command()
-    @click.pass_context
-    @_fail
-    def status(ctx: click.Context) -> None:
-        """Next scheduled runs, the last collect, and recent issues with delivery counts."""
-        from zoneinfo import ZoneInfo
+# Added to `newsletter issue` by the root group.
+ISSUE_COMMANDS = [schedule, *(_transition(verb) for verb in ("pause", "resume", "cancel"))]
 
-        from newsletter.pipeline import control
-        from newsletter.scheduler import job_specs, next_runs
-        from newsletter.words import friendly_time
 
-        settings, store = _store(ctx)
-        zone = ZoneInfo(settings.schedule.timezone)
-        now = datetime.now(zone)
-        click.echo(f"schedule ({settings.schedule.timezone}):")
-        stored = dict(next_runs(settings, store))
-        next_issue = None
-        for job_id, (_f, trigger, grace) in job_specs(settings).items():
-            # Not stored yet (the service has not run): the trigger says when it will fire.
-            when = stored.get(job_id) or trigger.get_next_fire_time(None, now)
-            shown = when.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if when else "never"
-            extra = f", not sent if over {grace // 60} min late" if grace else ""
-            click.echo(f"  {job_id:<8} {trigger}  next: {shown}{extra}")
-            if job_id == "issue" and when:
-                next_issue = when.astimezone(zone)
-        click.echo(f"next issue: {friendly_time(next_issue, now)}" if next_issue else
-                   "next issue: none scheduled ([schedule] issue_cron is empty)")
-        view = control.overview(store)
-        last = view.last_collect
-        click.echo(f"articles: {view.articles}; last collect: " + (
-            f"{last['finished_at']:%Y-%m-%d %H:%M} UTC ({last['new']} new, {last['failed']} "
-            f"failed)" if last else "never"))
-        click.echo("recent issues:" if view.issues else "no issues yet")
-        for it, counts in view.issues:
-            total = sum(counts.values())
-            click.echo(f"  {it.number:>4} {it.status:<10} sent {counts['sent']}/{total}, "
-                       f"deferred {counts['deferred']}, failed {counts['failed']}  {it.subject}")
+@click.command()
+@click.pass_context
+@fail_cleanly
+def status(ctx: click.Context) -> None:
+    """Next scheduled runs, the last collect, and recent issues with delivery counts."""
+    from zoneinfo import ZoneInfo
 
-    @cli.command()
-    @click.option("--poll", default=2.0, show_default=True, help="Seconds between ledger checks.")
-    @click.option("--once", is_flag=True, help="Work through what is due, then exit.")
-    @click.pass_context
-    @_fail
-    def worker(ctx: click.Context, poll: float, once: bool) -> None:
-        """A delivery worker: sends due ledger rows of every issue being sent, until stopped."""
-        from newsletter.pipeline import collecting, sending
+    from newsletter.pipeline import control
+    from newsletter.pipeline.schedule import planned_runs
+    from newsletter.words import friendly_time
 
-        settings, store = _store(ctx)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.is_set():
-            sending_now = store.list_issues(limit=50, statuses=("sending",))
-            for it in sending_now:  # a crashed sibling on this host frees its rows at once
-                sending.release_dead_local_workers(store, it)
-            due = set(store.issues_with_due_rows(collecting.now_utc()))
-            for it in sending_now:
-                if it.id in due and not stop.is_set():
-                    sending.run_worker(settings, store, sending.get_sendable(store, it.number),
-                                       stop=stop)
-            if once:
-                return
-            stop.wait(poll)
+    settings, store = with_store(ctx)
+    zone = ZoneInfo(settings.schedule.timezone)
+    now = datetime.now(zone)
+    click.echo(f"schedule ({settings.schedule.timezone}):")
+    next_issue = None
+    for run in planned_runs(settings, store, now):
+        # Not stored yet (the service has not run): the trigger says when it will fire.
+        shown = run.next_run.strftime("%Y-%m-%d %H:%M %Z") if run.next_run else "never"
+        extra = f", not sent if over {run.grace // 60} min late" if run.grace else ""
+        click.echo(f"  {run.job_id:<8} {run.trigger}  next: {shown}{extra}")
+        if run.job_id == "issue" and run.next_run:
+            next_issue = run.next_run
+    click.echo(f"next issue: {friendly_time(next_issue, now)}" if next_issue else
+               "next issue: none scheduled ([schedule] issue_cron is empty)")
+    view = control.overview(store)
+    last = view.last_collect
+    click.echo(f"articles: {view.articles}; last collect: " + (
+        f"{last['finished_at']:%Y-%m-%d %H:%M} UTC ({last['new']} new, {last['failed']} "
+        f"failed)" if last else "never"))
+    click.echo("recent issues:" if view.issues else "no issues yet")
+    for it, counts in view.issues:
+        total = sum(counts.values())
+        click.echo(f"  {it.number:>4} {it.status:<10} sent {counts['sent']}/{total}, "
+                   f"deferred {counts['deferred']}, failed {counts['failed']}  {it.subject}")
+
+
+@click.command()
+@click.option("--poll", default=2.0, show_default=True, help="Seconds between ledger checks.")
+@click.option("--once", is_flag=True, help="Work through what is due, then exit.")
+@click.pass_context
+@fail_cleanly
+def worker(ctx: click.Context, poll: float, once: bool) -> None:
+    """A delivery worker: sends due ledger rows of every issue being sent, until stopped."""
+    from newsletter.pipeline import collecting, sending
+
+    settings, store = with_store(ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        sending_now = store.list_issues(limit=50, statuses=("sending",))
+        for it in sending_now:  # a crashed sibling on this host frees its rows at once
+            sending.release_dead_local_workers(store, it)
+        due = set(store.issues_with_due_rows(collecting.now_utc()))
+        for it in sending_now:
+            if it.id in due and not stop.is_set():
+                sending.run_worker(settings, store, sending.get_sendable(store, it.number),
+                                   stop=stop)
+        if once:
+            return
+        stop.wait(poll)

@@ -1,4 +1,4 @@
-"""`serve` and `run`: bind the port first, then announce, then hand the socket to uvicorn."""
+"""`serve` and `run`: bind the port first, then announce, then hand the socket to the server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from newsletter.cli.common import fail_cleanly, print_collect, settings_of
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 
@@ -44,25 +45,61 @@ def listen(settings: Settings, host: str | None, port: int | None) -> socket.soc
 
 
 def serve_on(settings: Settings, sock: socket.socket, *, scheduler: Any = None) -> None:
-    import uvicorn
+    """Announce where, then serve until stopped (the pipeline owns the server)."""
+    from newsletter.pipeline.serving import serve as serve_app
 
+    def announce() -> None:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"serving http://{shown}:{port}/ — feeds at /feeds/, archive at /issues/")
+        if settings.secrets.admin_token:
+            click.echo(f"admin dashboard: http://{shown}:{port}/admin/ (log in with the admin "
+                       f"token)")
+        else:
+            click.echo("admin dashboard: off (no admin token: set NEWSLETTER_SECRETS_ADMIN_TOKEN"
+                       " to 16 or more characters to turn it on)")
+
+    serve_app(settings, sock, scheduler=scheduler, ready=announce)
+
+
+@click.command()
+@click.option("--host", default=None, help="Listen address (default from [server]).")
+@click.option("--port", default=None, type=int, help="Port (default from [server]).")
+@click.pass_context
+@fail_cleanly
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
+    settings = settings_of(ctx)
+    serve_on(settings, listen(settings, host, port))
+
+
+@click.command()
+@click.option("--host", default=None, help="Listen address (default from [server]).")
+@click.option("--port", default=None, type=int, help="Port (default from [server]).")
+@click.pass_context
+@fail_cleanly
+def run(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.pipeline.scheduling import start_scheduler
 
+    settings = settings_of(ctx)
+    sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)
-    app = pipeline.web_app(settings, store, scheduler=scheduler)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"serving http://{shown}:{port}/ — feeds at /feeds/, archive at /issues/")
-    if settings.secrets.admin_token:
-        click.echo(f"admin dashboard: http://{shown}:{port}/admin/ (log in with the admin token)")
-    else:
-        click.echo("admin dashboard: off (no admin token: set NEWSLETTER_SECRETS_ADMIN_TOKEN "
-                   "to 16 or more characters to turn it on)")
+    scheduler = None
     try:
-        # None leaves uvicorn's default (FORWARDED_ALLOW_IPS, else the loopback addresses).
-        config = uvicorn.Config(app, log_level="warning",
-                                forwarded_allow_ips=settings.server.forwarded_allow_ips or None)
-        uvicorn.Server(config).run(sockets=[sock])
+        print_collect(pipeline.collect(settings, store))
+        pipeline.publish_feeds(settings, store)
+        scheduler, active = start_scheduler(settings, store)
+        click.echo("scheduler: " + ("active" if active else
+                                    "standing by (another process holds the scheduler lock)"))
+        where = (f"mail: .eml files in {settings.mail.outbox_dir}/"
+                 if settings.mail.transport == "outbox"
+                 else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
+        click.echo(f"{where}; feeds in {settings.feeds_dir}/")
+        serve_on(settings, sock, scheduler=scheduler)
     finally:
         sock.close()
+        if scheduler is not None:
+            scheduler.stop()
         store.close()

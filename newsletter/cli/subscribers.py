@@ -7,14 +7,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 import click
 
+from newsletter.cli.common import fail_cleanly, settings_of
 from newsletter.errors import NewsletterError
 from newsletter.words import plural
 
@@ -24,20 +23,7 @@ if TYPE_CHECKING:
     from newsletter.store.database import Store as SubscriberStore
 
 
-def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # Imported when called: newsletter.cli.main imports this module to add the group.
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from newsletter.cli.main import fail_cleanly
-
-        return fail_cleanly(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _open(ctx: click.Context) -> tuple[Settings, SubscriberStore]:
-    # Imported here: newsletter.cli.main imports this module to add the group.
-    from newsletter.cli.main import settings_of
     from newsletter.store.database import Store as SubscriberStore
 
     settings = settings_of(ctx)
@@ -75,7 +61,7 @@ def _actor() -> str:
 @click.option("--reason", default="",
               help="Why (who asked, when, how): required with --resubscribe, recorded.")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def add(ctx: click.Context, email: str, name: str, confirmed: bool, resubscribe: bool,
         reason: str) -> None:
     """Add EMAIL; without --confirmed a confirmation mail goes out and it waits for the
@@ -121,7 +107,7 @@ def add(ctx: click.Context, email: str, name: str, confirmed: bool, resubscribe:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 50_000))
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def import_(ctx: click.Context, file: Path, batch_size: int) -> None:
     """Import a CSV with columns email, name, sections (a|b); bad rows are listed, and so
     are addresses left as they were (opted out, or awaiting the person's confirmation).
@@ -164,7 +150,7 @@ def _import_stdin(store: SubscriberStore, batch_size: int, smtputf8: bool) -> Im
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file instead of standard output ('-': standard output).")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def export(ctx: click.Context, output: Path | None) -> None:
     """Write every subscriber as CSV (formula-like cells neutralised)."""
     from newsletter.audience.subscribers_csv import export_csv
@@ -194,7 +180,7 @@ def export(ctx: click.Context, output: Path | None) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def list_(ctx: click.Context, status: str | None, limit: int, offset: int) -> None:
     """List subscribers (oldest first) and the count per status."""
     _settings, store = _open(ctx)
@@ -208,7 +194,7 @@ def list_(ctx: click.Context, status: str | None, limit: int, offset: int) -> No
 @subscribers.command("remove")
 @click.argument("email")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def remove(ctx: click.Context, email: str) -> None:
     """Delete EMAIL; if issues were already sent to it, keep it anonymised and unsubscribed."""
     from newsletter.audience.subscriptions import AddressError, normalise_address
@@ -232,7 +218,7 @@ def remove(ctx: click.Context, email: str) -> None:
 @subscribers.command("history")
 @click.argument("email")
 @click.pass_context
-@_fail_cleanly
+@fail_cleanly
 def history(ctx: click.Context, email: str) -> None:
     """Show every consent recorded for EMAIL: when, what, who, why (oldest first)."""
     from newsletter.audience.subscriptions import AddressError, normalise_address

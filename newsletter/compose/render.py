@@ -117,7 +117,7 @@ def _inline(document: str) -> str:
     # Not keep_style_tags: premailer then writes back only what it cannot inline (the @media
     # blocks), so the CSS is not sent twice. No base_url and no network: links are already
     # absolute and nothing may be fetched while building an issue.
-    return Premailer(
+    inlined: str = Premailer(
         document,
         base_url=None,
         allow_network=False,
@@ -131,6 +131,7 @@ def _inline(document: str) -> str:
         # templates give tables and images for Outlook, which ignores CSS widths.
         disable_basic_attributes=["width", "height"],
     ).transform()
+    return inlined
 
 
 class Renderer:

@@ -1,8 +1,7 @@
-"""Messages built once per issue variant, stamped per recipient as bytes; headers encoded here."""
+"""Messages built once per issue variant, stamped per recipient as bytes, headers and all."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import html as html_lib
@@ -13,159 +12,25 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from newsletter.deliver.headers import (
+    DOMAIN_RE,
+    LIST_ID_RE,
+    MSGID_RE,
+    HeaderError,
+    check_address,
+    check_url,
+    encode_header,
+    fold,
+    named,
+    safe_header_value,
+)
+
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.deliver.dkim import DkimSigner
 
-MAX_LINE = 78  # RFC 5322 §2.1.1 SHOULD; 998 is the hard limit
 _PLACEHOLDER_RE = re.compile(r"%%(UNSUBSCRIBE_URL|PREFERENCES_URL|NAME)%%")
 
-
-class HeaderError(ValueError):
-    """A value that cannot be put in a header safely: an invalid address, URL or id."""
-
-
-# -- header values ----------------------------------------------------------------------------
-
-# C0, DEL, C1 (NEL included) and the Unicode line/paragraph separators: some parser somewhere
-# treats each of them as a line end, so none may reach a header. Lone surrogates cannot be
-# encoded at all.
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_SPACES_RE = re.compile(" {2,}")
-_PLAIN_RE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
-_ATOM_PHRASE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
-_LIST_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
-_DOMAIN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-# Local parts: dot-atom, or non-ASCII (RFC 6531, sent only with SMTPUTF8); never quoted.
-_LOCAL_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f<>()\[\],;:\\\"@.]+(?:\.[^\s\x00-\x1f\x7f-\x9f"
-                       r"<>()\[\],;:\\\"@.]+)*")
-_URL_RE = re.compile(r"https?://[!#-;=?-~]+")  # printable ASCII without space, quote, < and >
-_MSGID_RE = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
-
-
-def safe_header_value(value: str) -> str:
-    """One line of text: control characters become spaces, runs of spaces one, ends trimmed.
-
-    The result is still *text*: it only reaches a message through encode_header, which turns
-    anything that could be read as an encoded word ("=?…?=") into encoded words of its own.
-    """
-    value = _SURROGATE_RE.sub("\ufffd", _CONTROL_RE.sub(" ", value))
-    return _SPACES_RE.sub(" ", value).strip()
-
-
-def _b_words(text: str, used: int) -> list[str]:
-    """RFC 2047 'B' encoded words of whole characters, each ≤ 75 columns, the first fitting
-    after `used` columns. Words are split after a space where possible: decoders that (against
-    RFC 2047 §6.2) keep the whitespace between encoded words, as Python's address parser does,
-    then show a doubled space rather than a space inside a word."""
-    words: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    width = max(16, min(75, MAX_LINE - used - 1))
-    for ch in text:
-        n = len(ch.encode("utf-8"))
-        while chunk and size + n > (width - 12) // 4 * 3:  # 12 = len("=?utf-8?b??=")
-            cut = len(chunk) - chunk[::-1].index(" ") if " " in chunk[1:] else len(chunk)
-            words.append(_b_word("".join(chunk[:cut])))
-            chunk, width = chunk[cut:], 75
-            size = len("".join(chunk).encode("utf-8"))
-        chunk.append(ch)
-        size += n
-    if chunk:
-        words.append(_b_word("".join(chunk)))
-    return words
-
-
-def _b_word(text: str) -> str:
-    return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
-
-
-def _fold(tokens: list[str], used: int) -> str:
-    """Tokens joined by single spaces, a CRLF put before the space wherever a line would pass
-    78 columns; unfolding (removing the CRLFs) gives back the single-spaced text."""
-    out: list[str] = []
-    col = used
-    for tok in tokens:
-        if out and col + 1 + len(tok) > MAX_LINE:
-            out.append("\r\n")
-            col = 0
-        out.append(" " + tok)
-        col += 1 + len(tok)
-    return "".join(out)
-
-
-def _text_tokens(value: str, used: int) -> list[str]:
-    words = value.split(" ")
-    if (_PLAIN_RE.fullmatch(value) and "=?" not in value
-            and max(len(w) for w in words) < MAX_LINE - 8):
-        return words
-    # Non-ASCII, an encoded-word look-alike, or an unfoldable word: encode it all ourselves,
-    # so no "=?…?=" from the input survives verbatim to be decoded by a reader.
-    return _b_words(value, used)
-
-
-def encode_header(name: str, value: str) -> str:
-    """`Name: value` (no CRLF at the end), folded at 78 columns with CRLF + space."""
-    value = safe_header_value(value)
-    return name + ":" + (_fold(_text_tokens(value, len(name) + 1), len(name) + 1) or " ")
-
-
-def check_address(addr: str) -> str:
-    """The address itself (IDN domains in A-labels) or HeaderError: no display name, no
-    comments, no quoted local part, nothing that could end a header or an SMTP command."""
-    local, at, domain = addr.rpartition("@")
-    if not at or len(addr) > 254 or len(local) > 64 or not _LOCAL_RE.fullmatch(local):
-        raise HeaderError(f"invalid email address {addr!r}")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise HeaderError(f"invalid email address {addr!r}") from None
-    if not _DOMAIN_RE.fullmatch(domain):
-        raise HeaderError(f"invalid email address {addr!r}")
-    return f"{local}@{domain}"
-
-
-def _phrase_tokens(name: str, used: int) -> list[str]:
-    name = safe_header_value(name)
-    if not name:
-        return []
-    if "=?" not in name and max(len(w) for w in name.split(" ")) < MAX_LINE - 20:
-        if _ATOM_PHRASE_RE.fullmatch(name):
-            return name.split(" ")
-        if _PLAIN_RE.fullmatch(name) and len(name) < MAX_LINE - 20:
-            return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
-    return _b_words(name, used)
-
-
-def _named(name: str, angle: str, used: int) -> str:
-    return _fold([*_phrase_tokens(name, used + 1), f"<{angle}>"], used)
-
-
-def format_address(name: str, addr: str) -> str:
-    """`Name <addr>` (or `<addr>`) for an address header; the name quoted or encoded, folded
-    for a header name of up to 10 columns (Reply-To:)."""
-    return _named(name, check_address(addr), 10).lstrip(" ")
-
-
-def message_id(issue_number: int, subscriber_id: int | str, domain: str) -> str:
-    """Deterministic: a resend of the same issue to the same subscriber keeps its id."""
-    sub = str(subscriber_id)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", sub) or not _DOMAIN_RE.fullmatch(domain):
-        raise HeaderError(f"cannot build a Message-ID from {subscriber_id!r} and {domain!r}")
-    digest = hashlib.sha256(f"{issue_number}:{sub}:{domain}".encode()).hexdigest()[:12]
-    return f"<issue-{int(issue_number)}.sub-{sub}.{digest}@{domain}>"
-
-
-def _check_url(url: str) -> str:
-    if len(url) > 900 or not _URL_RE.fullmatch(url):
-        raise HeaderError(f"not an absolute http(s) URL fit for a header: {url!r}")
-    return url
-
-
-# -- quoted-printable --------------------------------------------------------------------------
 
 _QP_BYTE = [chr(b) if 33 <= b <= 126 and b != 61 else f"={b:02X}" for b in range(256)]
 # Values are escaped more than QP needs: spaces and dots too, so no encoded line of a value
@@ -313,21 +178,21 @@ class MessageTemplate:
         label, lid = identity.from_name, identity.list_id.strip()
         if m := re.fullmatch(r"(.*)<([^<>]*)>\s*", lid, re.S):
             label, lid = m[1], m[2].strip()
-        if not _LIST_ID_RE.fullmatch(lid):
+        if not LIST_ID_RE.fullmatch(lid):
             raise HeaderError(f"invalid List-Id {identity.list_id!r}")
         mailto = check_address(identity.unsubscribe_mailto)
-        if not _DOMAIN_RE.fullmatch(identity.message_id_domain):
+        if not DOMAIN_RE.fullmatch(identity.message_id_domain):
             raise HeaderError(f"invalid Message-ID domain {identity.message_id_domain!r}")
         static = {
-            "from": "From:" + _named(identity.from_name, check_address(identity.from_address), 5),
+            "from": "From:" + named(identity.from_name, check_address(identity.from_address), 5),
             "subject": encode_header("Subject", subject),
             "mime-version": "MIME-Version: 1.0",
             "content-type": f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"',
-            "list-id": "List-Id:" + _named(label, lid, 8),
+            "list-id": "List-Id:" + named(label, lid, 8),
             "list-unsubscribe-post": "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         }
         if identity.reply_to:
-            static["reply-to"] = "Reply-To:" + _named("", check_address(identity.reply_to), 9)
+            static["reply-to"] = "Reply-To:" + named("", check_address(identity.reply_to), 9)
         chunks: list[bytes | str] = [b"--%s\r\n" % boundary.encode() + _PART_HEAD % b"plain"]
         for kind, doc in (("text", text), ("html", html)):
             if kind == "html":
@@ -353,11 +218,11 @@ class MessageTemplate:
         """The whole message, CRLF line ends, DKIM-signed when the template has a signer."""
         if date.tzinfo is None:
             raise ValueError("date must be timezone-aware")
-        if not _MSGID_RE.fullmatch(message_id):
+        if not MSGID_RE.fullmatch(message_id):
             raise HeaderError(f"invalid Message-ID {message_id!r}")
-        unsubscribe_url = _check_url(unsubscribe_url)
+        unsubscribe_url = check_url(unsubscribe_url)
         name = safe_header_value(to_name)
-        raw = {"UNSUBSCRIBE_URL": unsubscribe_url, "PREFERENCES_URL": _check_url(preferences_url),
+        raw = {"UNSUBSCRIBE_URL": unsubscribe_url, "PREFERENCES_URL": check_url(preferences_url),
                "NAME": name or self._default_name}
         values = {}
         for key, value in raw.items():
@@ -365,11 +230,11 @@ class MessageTemplate:
             values["html:" + key] = _qp_value(html_lib.escape(value, quote=True))
         body = b"".join(c if isinstance(c, bytes) else values[c] for c in self._chunks)
         s = self._static
-        unsub = _fold([f"<{unsubscribe_url}>,", f"<mailto:{self._mailto}?subject=unsubscribe>"],
+        unsub = fold([f"<{unsubscribe_url}>,", f"<mailto:{self._mailto}?subject=unsubscribe>"],
                       len("List-Unsubscribe:"))
         fields = [
             ("from", s["from"]),
-            ("to", ("To:" + _named(to_name, check_address(to_address), 3) + "\r\n").encode()),
+            ("to", ("To:" + named(to_name, check_address(to_address), 3) + "\r\n").encode()),
             ("subject", s["subject"]),
             ("date", _date_field(date.replace(microsecond=0))),
             ("message-id", f"Message-ID: {message_id}\r\n".encode("ascii")),
@@ -391,11 +256,11 @@ def notice_message(*, identity: MailIdentity, to_address: str, to_name: str, sub
                    text: str, message_id: str, date: datetime) -> WireMessage:
     """A one-off plain-text message (a confirmation request): no list headers, since the
     reader is not on the list yet."""
-    if not _MSGID_RE.fullmatch(message_id):
+    if not MSGID_RE.fullmatch(message_id):
         raise HeaderError(f"invalid Message-ID {message_id!r}")
     head = "".join(line + "\r\n" for line in (
-        "From:" + _named(identity.from_name, check_address(identity.from_address), 5),
-        "To:" + _named(to_name, check_address(to_address), 3),
+        "From:" + named(identity.from_name, check_address(identity.from_address), 5),
+        "To:" + named(to_name, check_address(to_address), 3),
         encode_header("Subject", subject),
         f"Date: {format_datetime(date)}",
         f"Message-ID: {message_id}",

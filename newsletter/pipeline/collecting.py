@@ -15,7 +15,8 @@ from newsletter.collect.sources.files import iter_article_files, read_article_fi
 from newsletter.collect.sources.upstream import FeedState, FetchLimits, fetch_all
 from newsletter.config import Settings, Source
 from newsletter.errors import SourceError
-from newsletter.models import Article, now_utc
+from newsletter.models import Article
+from newsletter.models import now_utc as now_utc  # re-exported: jobs and tests read it here
 from newsletter.publish.feeds import FeedMeta, write_feeds
 from newsletter.store.articles import FileRecord
 from newsletter.store.database import Store

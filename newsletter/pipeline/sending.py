@@ -20,11 +20,11 @@ from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
 from newsletter.deliver.dkim import signer_from_settings
 from newsletter.deliver.engine import Plan, Policy, Summary, deliver
+from newsletter.deliver.headers import message_id
 from newsletter.deliver.mail import (
     MailIdentity,
     MessageTemplate,
     identity_from_settings,
-    message_id,
 )
 from newsletter.deliver.smtp import pool_from_settings
 from newsletter.errors import NewsletterError

@@ -17,19 +17,19 @@ if TYPE_CHECKING:
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
+    from newsletter.pipeline.schedule import next_issue_line
     from newsletter.pipeline.sending import confirmation_sender
-    from newsletter.scheduler import next_issue_line
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
     secret = load_or_create_secret(settings)
     confirm_mail = confirmation_sender(settings)
-    routes = archive_routes(
+    routes: list[BaseRoute] = [*archive_routes(
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
                                               with_articles=True),
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
-        archive_base_url=archive_url(settings))
+        archive_base_url=archive_url(settings))]
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail))
     routes += _admin_routes(settings, store, scheduler, secret)
@@ -40,15 +40,17 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                   secret: bytes) -> list[BaseRoute]:
+    import newsletter.pipeline.control as control
+    import newsletter.pipeline.sending as sending
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
-    from newsletter.pipeline import control, sending
     from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
-    from newsletter.scheduler import next_issue_line, next_runs
+    from newsletter.pipeline.schedule import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
-    from newsletter.web.admin_api import AdminDeps, admin_api_routes
+    from newsletter.web.admin_api import admin_api_routes
+    from newsletter.web.admin_http import AdminDeps
     from newsletter.web.metrics import metrics_routes
 
     def collect_now() -> dict[str, Any]:

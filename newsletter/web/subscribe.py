@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import secrets
-import threading
-import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -27,12 +20,21 @@ from starlette.routing import Route
 from newsletter import log
 from newsletter.audience import subscriptions, tokens
 from newsletter.audience.subscriptions import AddressError, TokenError
+from newsletter.web.forms import (
+    Fields,
+    Refused,
+    SlidingWindow,
+    client_ip,
+    first,
+    parse_fields,
+    rate_key,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.store.database import Store as SubscriberStore
 
-Fields = dict[str, list[str]]
 CSRF_COOKIE = "newsletter_csrf"
 HONEYPOT = "website"  # hidden from people by CSS; bots fill in every field they find
 CHECK_INBOX = ("Thank you. If this address can be subscribed, a confirmation email is on its "
@@ -84,111 +86,6 @@ class SubscribeDeps:
                    templates_dir=Path(folder) if folder else None)
 
 
-class SlidingWindow:
-    """At most `limit` hits per key in any `window` seconds, in memory, per process.
-
-    Memory is bounded: at most `max_keys` keys are tracked, the least recently seen
-    forgotten first, so a flood from many addresses cannot exhaust it.
-    """
-
-    def __init__(self, limit: int, window: float, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> float:
-        """Record a hit; 0 if allowed, else the seconds until one would be."""
-        now = self.clock()
-        with self._lock:
-            hits = self._hits.pop(key, None) or deque()
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            self._hits[key] = hits
-            if len(self._hits) > self.max_keys:
-                self._hits.popitem(last=False)
-            if len(hits) >= self.limit:
-                return max(hits[0] + self.window - now, 1.0)
-            hits.append(now)
-            return 0.0
-
-
-class _Refused(Exception):
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code, self.text = code, text
-
-
-_TOO_LARGE = (413, "The request is too large.")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _Refused(*_TOO_LARGE)  # refuse before reading a byte of it
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked bodies declare no length: count them
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(*_TOO_LARGE)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _parse(request: Request, body: bytes) -> Fields:
-    """Form fields from urlencoded, multipart (RFC 8058 prefers it) or a JSON object."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    fields: Fields = {}
-    try:
-        if ctype == "application/json":
-            data = json.loads(body or b"{}")
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            for key, value in data.items():
-                values = value if isinstance(value, list) else [value]
-                fields[key] = [v for v in values if isinstance(v, str)]
-        elif ctype == "multipart/form-data":
-            async def once() -> AsyncGenerator[bytes, None]:
-                yield body
-
-            form = await MultiPartParser(request.headers, once(), max_files=0,
-                                         max_fields=100).parse()
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    fields.setdefault(key, []).append(value)
-        elif body:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
-            for key, value in pairs:
-                fields.setdefault(key, []).append(value)
-    except (ValueError, MultiPartException):  # bad JSON or UTF-8, too many fields, files
-        raise _Refused(400, "The form could not be read.") from None
-    return fields
-
-
-def _first(fields: Fields, name: str) -> str:
-    values = fields.get(name) or [""]
-    return values[0]
-
-
-def _client_ip(request: Request) -> str:
-    # uvicorn puts the visitor here from X-Forwarded-For only when the proxy's address is in
-    # [server] forwarded_allow_ips (default: loopback); otherwise this is the proxy.
-    return request.client.host if request.client else "unknown"
-
-
-def _rate_key(ip: str) -> str:
-    """The IPv6 /64 a host usually gets whole, so rotating within it does not evade limits."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
-
-
 class _Pages:
     def __init__(self, deps: SubscribeDeps) -> None:
         self.deps = deps
@@ -228,9 +125,9 @@ class _Pages:
         `lenient`: an unreadable (but not oversized) body counts as no fields.
         """
         try:
-            body = await _read_body(request, self.deps.max_body_bytes)
-            return await _parse(request, body)
-        except _Refused as exc:
+            body = await read_body(request, self.deps.max_body_bytes)
+            return await parse_fields(request, body)
+        except Refused as exc:
             if lenient and exc.code == 400:
                 return {}
             return self.message("Sorry", exc.text, exc.code, wants_json=wants_json)
@@ -243,8 +140,8 @@ class _Pages:
         ctype = request.headers.get("content-type", "")
         wants_json = ctype.startswith("application/json") or \
             "application/json" in request.headers.get("accept", "")
-        ip = _client_ip(request)
-        retry = self.limiter.hit(_rate_key(ip))
+        ip = client_ip(request)
+        retry = self.limiter.hit(rate_key(ip))
         if retry:
             log.event("subscribe_rate_limited", ip=ip)
             return self.message("Too many requests", "Too many requests from your address; "
@@ -254,10 +151,10 @@ class _Pages:
         if isinstance(fields, Response):
             return fields
         done = self.message("Check your inbox", CHECK_INBOX, 202, wants_json=wants_json)
-        if _first(fields, HONEYPOT):
+        if first(fields, HONEYPOT):
             log.event("subscribe_honeypot", ip=ip)
             return done  # look like success, so the bot learns nothing
-        email, name = _first(fields, "email"), _first(fields, "name")
+        email, name = first(fields, "email"), first(fields, "name")
         deps, now = self.deps, self.deps.now()
         try:
             outcome = await run_in_threadpool(
@@ -331,7 +228,7 @@ class _Pages:
         fields = await self.read_fields(request, lenient=True)
         if isinstance(fields, Response):
             return fields
-        token = token or _first(fields, "token")
+        token = token or first(fields, "token")
         try:
             outcome = await run_in_threadpool(subscriptions.unsubscribe, deps.store,
                                               deps.secret, token, now=deps.now(),
@@ -340,7 +237,7 @@ class _Pages:
             return self.bad_link("unsubscribe", exc, request)
         if outcome.changed:
             log.event("subscriber_unsubscribed", subscriber=outcome.subscriber.id,
-                      one_click=_first(fields, "List-Unsubscribe") == "One-Click")
+                      one_click=first(fields, "List-Unsubscribe") == "One-Click")
         return self.html("unsubscribe.html", token=token, email=outcome.subscriber.email,
                          done=True)
 
@@ -355,7 +252,7 @@ class _Pages:
         if len(nonce) < 32:
             return False
         try:
-            subject = tokens.verify(self.deps.secret, _first(fields, "csrf"), "preferences-form",
+            subject = tokens.verify(self.deps.secret, first(fields, "csrf"), "preferences-form",
                                     timedelta(days=1), self.deps.now(), extra=nonce)
         except TokenError:
             return False

@@ -1,0 +1,71 @@
+"""What every command shares: clean operator errors, the loaded settings, an open store."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import click
+
+from newsletter.config import Settings, load_settings
+from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.models import Issue
+    from newsletter.store.database import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail_cleanly(fn: F) -> F:
+    """Operator errors become one line on stderr and exit status 2, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NewsletterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return cast(F, wrapper)
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings(obj["config"])
+        except NewsletterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def with_store(ctx: click.Context) -> tuple[Settings, Store]:
+    """The settings and a store that closes when the command ends."""
+    from newsletter import pipeline
+
+    settings = settings_of(ctx)
+    store = pipeline.open_store(settings)
+    ctx.call_on_close(store.close)
+    return settings, store
+
+
+def get_issue(store: Store, number: int) -> Issue:
+    found = store.get_issue(number)
+    if found is None:
+        raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
+    return found
+
+
+def print_collect(report: Any) -> None:
+    # Each error and warning is already on stderr once, as collect's WARNING log line.
+    from newsletter.words import plural
+
+    click.echo(f"collected: {report.new} new, {report.updated} updated, "
+               f"{report.unchanged} unchanged, {plural(report.skipped_files, 'file')} unchanged "
+               f"on disk, {len(report.errors)} failed")

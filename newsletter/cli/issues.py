@@ -1,0 +1,210 @@
+"""`newsletter issue …`: build, list, show, preview, send and inspect issues."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from newsletter.cli.common import fail_cleanly, get_issue, with_store
+from newsletter.words import plural
+
+# `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
+# error; 128 + the signal (130 for Ctrl-C) when interrupted, rows given back at once.
+SEND_STOPPED_EARLY = 1
+
+
+@click.group()
+def issue() -> None:
+    """Build, inspect and preview newsletter issues."""
+
+
+@issue.command("build")
+@click.option("--force", is_flag=True, help="Build even when nothing is new.")
+@click.pass_context
+@fail_cleanly
+def issue_build(ctx: click.Context, force: bool) -> None:
+    """Build the next issue from the articles published since the previous one."""
+    from newsletter import pipeline
+
+    settings, store = with_store(ctx)
+    result = pipeline.build_issue(settings, store, force=force)
+    click.echo(result.message + (" (--force builds one anyway)" if result.nothing_new else ""))
+
+
+@issue.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_context
+@fail_cleanly
+def issue_list(ctx: click.Context, limit: int) -> None:
+    """List recent issues, newest first."""
+    _settings, store = with_store(ctx)
+    issues = store.list_issues(limit=limit)
+    if not issues:
+        click.echo("no issues yet: run `newsletter issue build`")
+    for it in issues:
+        click.echo(f"{it.number:>5}  {it.status:<10} {it.created:%Y-%m-%d %H:%M}  {it.subject}")
+
+
+@issue.command("show")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_show(ctx: click.Context, number: int) -> None:
+    """Show an issue's subject, status and articles by section."""
+    _settings, store = with_store(ctx)
+    it = get_issue(store, number)
+    click.echo(f"Issue {it.number} — {it.status}\nSubject:   {it.subject}\n"
+               f"Preheader: {it.preheader}\nWindow:    {it.window_start:%Y-%m-%d %H:%M} → "
+               f"{it.window_end:%Y-%m-%d %H:%M} UTC\nHTML:      {len(it.html.encode())} bytes")
+    for section in it.sections:
+        click.echo(f"\n{section.name}")
+        for a in section.articles:
+            click.echo(f"  {a.published:%Y-%m-%d}  {a.title}\n              {a.link}")
+
+
+@issue.command("preview")
+@click.argument("number", type=int)
+@click.option("--open", "open_", is_flag=True, help="Open the HTML in a web browser.")
+@click.option("--out", default="var/preview", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+@fail_cleanly
+def issue_preview(ctx: click.Context, number: int, open_: bool, out: Path) -> None:
+    """Write the issue's HTML and text (with sample personal values) and print the paths."""
+    from newsletter import pipeline
+
+    settings, store = with_store(ctx)
+    html_path, text_path = pipeline.write_preview(settings, get_issue(store, number), out)
+    click.echo(f"html: {html_path}\ntext: {text_path}")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(html_path.resolve().as_uri())
+
+
+def _print_counts(number: int, counts: dict[str, int]) -> None:
+    total = sum(counts.values())
+    parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("sent", "failed"))
+    click.echo(f"issue {number}: {plural(total, 'delivery', 'deliveries')} — {parts}")
+
+
+@issue.command("send")
+@click.argument("number", type=int)
+@click.option("--dry-run", is_flag=True, help="Build every message, send none.")
+@click.option("--to", "to", default=None, metavar="ADDRESS",
+              help="Send one test copy to ADDRESS, outside the ledger.")
+@click.pass_context
+@fail_cleanly
+def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -> None:
+    """Send issue N to every active subscriber (resumes where a previous run stopped)."""
+    from newsletter.pipeline import sending
+
+    settings, store = with_store(ctx)
+    it = sending.get_sendable(store, number)
+    if to:
+        click.echo(f"test copy sent to {to}: {sending.send_test_copy(settings, it, to)}")
+        return
+    if dry_run:
+        report = sending.dry_run(settings, store, it)
+        click.echo(f"dry run: {plural(report.recipients, 'message')} in "
+                   f"{plural(report.variants, 'variant')}, "
+                   f"{report.total_bytes / 1e6:.1f} MB; {report.skipped} skipped (no chosen "
+                   f"section in this issue); nothing sent")
+        return
+    assert it.id is not None
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:  # Ctrl-C: stop like a worker does
+        signals.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    early: list[str] = []  # why the run stopped before the end, if it did
+    try:
+        sending.start_sending(settings, store, it)
+        issue_id = it.id
+        with _progress(lambda: store.delivery_counts(issue_id)) as update:
+            if settings.delivery.workers > 1:
+                sending.run_workers(settings, store, it, on_counts=update, stop=stop,
+                                    on_stopped=early.append)
+            else:
+                summary = sending.run_worker(settings, store, it, stop=stop,
+                                             on_progress=lambda _s: update(None))
+                if summary.stopped:
+                    early.append(summary.stopped + ("" if summary.halted else
+                                                    "; the rest is deferred"))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    counts = store.delivery_counts(it.id)
+    _print_counts(number, counts)
+    if signals:
+        click.echo(f"interrupted: {counts['sent']} sent so far, nothing lost; "
+                   f"`newsletter issue send {number}` resumes", err=True)
+        sys.exit(128 + signals[0])
+    if early:
+        click.echo(f"stopped early: {early[0]}; `newsletter issue send {number}` resumes "
+                   f"(or `newsletter run` retries deferred rows)", err=True)
+        sys.exit(SEND_STOPPED_EARLY)
+    after = store.get_issue(number, with_articles=False)
+    if after and after.status == "sent":
+        click.echo(f"issue {number} is sent")
+    elif counts["deferred"]:
+        click.echo(f"{counts['deferred']} deferred: retried automatically by `newsletter run`, "
+                   f"or run this command again")
+
+
+class _progress:  # noqa: N801 - used as a context manager like a function
+    """A rich progress bar on a terminal; silent otherwise (logs and the summary remain)."""
+
+    def __init__(self, counts_fn: Callable[[], dict[str, int]]) -> None:
+        self.counts_fn = counts_fn
+        self.total = sum(counts_fn().values())
+        self.bar: Any = None
+        self.calls = 0
+
+    def __enter__(self) -> Callable[[dict[str, int] | None], None]:
+        if sys.stdout.isatty() and self.total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[detail]}"))
+            self.task = self.bar.add_task("send", total=self.total, detail="")
+            self.bar.start()
+        return self.update
+
+    def update(self, counts: dict[str, int] | None) -> None:
+        """Called with fresh counts, or with None per message (then read every 50th)."""
+        self.calls += 1
+        if self.bar is None or (counts is None and self.calls % 50):
+            return
+        counts = counts or self.counts_fn()
+        settled = counts["sent"] + counts["failed"] + counts["skipped"] + counts["deferred"]
+        rate = counts["sent"] / max(self.bar.tasks[0].elapsed or 0.0, 1e-3)
+        self.bar.update(self.task, completed=settled,
+                        detail=f"sent {counts['sent']} · failed {counts['failed']} · deferred "
+                               f"{counts['deferred']} · {rate:,.0f}/s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@issue.command("status")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_status(ctx: click.Context, number: int) -> None:
+    """Print the delivery ledger's counts for issue N."""
+    _settings, store = with_store(ctx)
+    it = get_issue(store, number)
+    click.echo(f"issue {number}: {it.status} — {it.subject}")
+    assert it.id is not None
+    _print_counts(number, store.delivery_counts(it.id))

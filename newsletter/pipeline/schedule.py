@@ -1,0 +1,128 @@
+"""The schedule from the configuration: job triggers, stored jobs, and when each runs next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from newsletter.config import Settings
+from newsletter.store.database import Store
+
+JOBS_TABLE = "apscheduler_jobs"
+FIXED_JOBS = ("collect", "issue", "sweep")
+# The functions the scheduler runs, by the textual reference APScheduler stores with each
+# job: a database written before stays valid, and this module needs no entry point.
+JOB_FUNCTIONS = {job_id: f"newsletter.scheduler:job_{job_id}" for job_id in FIXED_JOBS}
+SEND_FUNCTION = "newsletter.scheduler:job_send"
+
+
+def job_specs(settings: Settings) -> dict[str, tuple[str, Any, int | None]]:
+    """id → (function reference, trigger, misfire grace in seconds; None = however late)."""
+    sch = settings.schedule
+    zone = ZoneInfo(sch.timezone)
+    specs: dict[str, tuple[str, Any, int | None]] = {
+        "sweep": (JOB_FUNCTIONS["sweep"], IntervalTrigger(minutes=sch.sweep_minutes,
+                                                          timezone=zone), None),
+    }
+    if sch.collect_minutes:
+        specs["collect"] = (JOB_FUNCTIONS["collect"], IntervalTrigger(
+            minutes=sch.collect_minutes, timezone=zone), None)
+    if sch.issue_cron:
+        specs["issue"] = (JOB_FUNCTIONS["issue"], CronTrigger.from_crontab(
+            sch.issue_cron, timezone=zone), sch.late_limit_minutes * 60)
+    return specs
+
+
+class _SharedEngineJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # untyped library
+    """The Store owns the engine. APScheduler disposes its engine while its own thread may
+    still be reading jobs (the thread is joined afterwards), orphaning a connection."""
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_scheduler(settings: Settings, store: Store) -> BackgroundScheduler:
+    return BackgroundScheduler(
+        jobstores={"default": _SharedEngineJobStore(engine=store.engine, tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(3)},
+        # Coalesce: a week of downtime means one late run, not seven.
+        job_defaults={"coalesce": True, "max_instances": 1},
+        timezone=ZoneInfo(settings.schedule.timezone))
+
+
+def register_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
+    """Bring stored jobs in line with the config. A job whose trigger is unchanged keeps its
+    stored next run time, so runs missed while the service was down are seen as missed."""
+    specs = job_specs(settings)
+    for job in scheduler.get_jobs():
+        if job.id in FIXED_JOBS and job.id not in specs:
+            job.remove()
+    for job_id, (func, trigger, grace) in specs.items():
+        existing = scheduler.get_job(job_id)
+        if existing is not None and repr(existing.trigger) == repr(trigger):
+            if existing.misfire_grace_time != grace:
+                existing.modify(misfire_grace_time=grace)
+            continue
+        scheduler.add_job(func, trigger, id=job_id, name=job_id, replace_existing=True,
+                          misfire_grace_time=grace)
+
+
+def next_runs(settings: Settings, store: Store) -> list[tuple[str, datetime | None]]:
+    """The effective schedule as stored (readable from any process, acting on nothing)."""
+    scheduler = make_scheduler(settings, store)
+    scheduler.start(paused=True)
+    try:
+        return [(job.id, job.next_run_time) for job in scheduler.get_jobs()]
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One configured job for `newsletter status`: its trigger and when it runs next."""
+
+    job_id: str
+    trigger: str
+    next_run: datetime | None  # in the schedule's zone; None: never
+    grace: int | None  # seconds late after which the run is skipped
+
+
+def planned_runs(settings: Settings, store: Store, now: datetime) -> list[PlannedRun]:
+    """Every configured job: the stored next run, else (not stored yet) the trigger's."""
+    zone = ZoneInfo(settings.schedule.timezone)
+    stored = dict(next_runs(settings, store))
+    found = []
+    for job_id, (_func, trigger, grace) in job_specs(settings).items():
+        when = stored.get(job_id) or trigger.get_next_fire_time(None, now.astimezone(zone))
+        found.append(PlannedRun(job_id, str(trigger), when.astimezone(zone) if when else None,
+                                grace))
+    return found
+
+
+def next_issue_time(settings: Settings, now: datetime | None = None) -> datetime | None:
+    """When the issue cron next fires, in the schedule's zone; None without a cron."""
+    sch = settings.schedule
+    if not sch.issue_cron:
+        return None
+    zone = ZoneInfo(sch.timezone)
+    trigger = CronTrigger.from_crontab(sch.issue_cron, timezone=zone)
+    fire: datetime | None = trigger.get_next_fire_time(None, (now or datetime.now(zone))
+                                                        .astimezone(zone))
+    return fire
+
+
+def next_issue_line(settings: Settings, now: datetime | None = None) -> str:
+    """'Next issue: Monday 7 December, 07:00 UTC', or '' when no issue is scheduled."""
+    from newsletter.words import friendly_time
+
+    when = next_issue_time(settings, now)
+    return f"Next issue: {friendly_time(when, now or datetime.now(when.tzinfo))}" if when \
+        else ""
