@@ -67,11 +67,12 @@ def _dot_stuffed(message: bytes) -> bytes:
     return b"." + message if message.startswith(b".") else message
 
 
-def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:
+def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.Transport | None = None) -> None:
     """Close now. A TLS transport is aborted rather than shut down: after QUIT or a failure
     the close_notify exchange buys nothing, and a graceful TLS shutdown can outlive the event
     loop (an unclosed socket) when the program ends right after."""
-    transport = transport or client.transport
+    # (uvloop's transports are not asyncio.Transport subclasses, hence a cast, not a check.)
+    transport = transport or cast("asyncio.Transport | None", client.transport)
     client.close()
     if transport is not None and transport.get_extra_info("ssl_object") is not None:
         transport.abort()
