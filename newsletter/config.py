@@ -20,6 +20,11 @@ from newsletter.errors import ConfigError
 
 DEFAULT_CONFIG = "config/newsletter.toml"
 MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
+# The kinds the registries in pipeline/ know (collecting.SOURCES, transports.TRANSPORTS),
+# named here because the settings are checked before anything is wired; a test keeps them
+# equal to the registries' keys.
+SOURCE_TYPES = ("folder", "feed")
+TRANSPORT_KINDS = ("outbox", "smtp")
 
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
@@ -53,7 +58,7 @@ class Storage:
 @dataclass(frozen=True)
 class Source:
     type: str = opt("'folder' (Markdown articles and digest exports) or 'feed' (RSS/Atom URL).",
-                    choices=("folder", "feed"))
+                    choices=SOURCE_TYPES)
     path: str = opt("Folder of articles (type = 'folder').", "")
     url: str = opt("Upstream feed URL (type = 'feed').", "")
     name: str = opt("Label used in logs and status; defaults to the path or URL.", "")
@@ -120,7 +125,7 @@ class Secrets:
 @dataclass(frozen=True)
 class Mail:
     transport: str = opt("'outbox' writes .eml files to outbox_dir (embedded default); 'smtp' "
-                         "sends through [smtp].", "outbox", choices=("outbox", "smtp"))
+                         "sends through [smtp].", "outbox", choices=TRANSPORT_KINDS)
     outbox_dir: str = opt("Folder for .eml files when transport = 'outbox'.", "var/outbox")
     from_address: str = opt("From address of every email.", "newsletter@example.org")
     from_name: str = opt("Display name in From; empty uses the publication name.", "")

@@ -19,8 +19,8 @@ from test_send import smtp_settings
 
 from newsletter.config import Settings
 from newsletter.deliver.engine import Policy, Summary, deliver
-from newsletter.deliver.smtp import pool_from_settings
 from newsletter.pipeline import sending
+from newsletter.pipeline.transports import pool_from_settings
 
 
 def test_a_batch_slower_than_its_lease_is_never_sent_twice(

@@ -27,10 +27,9 @@ from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.deliver.outbox import OutboxPool
 
 __all__ = ["SendResult", "SmtpConnection", "SmtpError", "SmtpPool", "SmtpSetupError",
-           "SmtpUnavailable", "parse_host", "pool_from_settings"]
+           "SmtpUnavailable", "parse_host"]
 
 Security = Literal["starttls", "tls", "none"]
 # Envelope addresses: anything that could end or extend an SMTP command line is refused.
@@ -392,11 +391,3 @@ class SmtpPool:
             raise SmtpSetupError(f"{where}: authentication failed ({type(exc).__name__})") \
                 from None
 
-
-def pool_from_settings(settings: Settings) -> SmtpPool | OutboxPool:
-    """[mail] transport: 'smtp' → SmtpPool over [smtp]; 'outbox' → .eml files."""
-    if settings.mail.transport == "smtp":
-        return SmtpPool.from_settings(settings)
-    from newsletter.deliver.outbox import OutboxPool  # local: outbox imports SendResult from here
-
-    return OutboxPool(settings.mail.outbox_dir)

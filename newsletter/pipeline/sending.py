@@ -26,9 +26,9 @@ from newsletter.deliver.mail import (
     identity_from_settings,
     message_id,
 )
-from newsletter.deliver.smtp import pool_from_settings
 from newsletter.errors import NewsletterError
 from newsletter.models import Issue, IssueSection, now_utc
+from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
 from newsletter.store.ledger import Claimed
 from newsletter.store.subscribers import Subscriber
