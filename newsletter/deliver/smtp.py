@@ -18,11 +18,10 @@ from aiosmtplib.errors import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
-from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.deliver.engine import SendResult
-from newsletter.deliver.mail import WireMessage
 from newsletter.deliver.smtp_replies import Reply, ReplyReader
+from newsletter.deliver.wire import dot_stuffed
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
@@ -51,19 +50,6 @@ class SmtpUnavailable(SmtpError):
 
 def _one_line(text: str, limit: int = 300) -> str:
     return " ".join(text.split())[:limit]
-
-
-def _dot_stuffed(message: bytes) -> bytes:
-    """CRLF-only, dot-stuffed (RFC 5321 §4.5.2), ending in CRLF, ready for "." CRLF."""
-    if isinstance(message, WireMessage):
-        return message  # built that way (mail.py): skip three scans of ~60 KB per message
-    n = message.count(b"\r\n")
-    if n != message.count(b"\n") or n != message.count(b"\r"):
-        message = normalize_message_line_endings(message)  # bare CR/LF: servers reject them
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    message = message.replace(b"\r\n.", b"\r\n..")
-    return b"." + message if message.startswith(b".") else message
 
 
 def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.Transport | None = None) -> None:
@@ -141,7 +127,7 @@ class SmtpConnection:
             return SendResult("deferred", None, "the envelope sent ahead was for another "
                               "recipient; connection closed", close=True)
         following = self._commands(*then) if then is not None and self.pipelining else None
-        message = _dot_stuffed(message)
+        message = dot_stuffed(message)
         stage = "MAIL"
         try:
             replies = await (self._replies.read(3, self._timeout) if ahead
