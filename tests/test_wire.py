@@ -7,8 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.deliver.mail import WireMessage
-from newsletter.deliver.wire import crlf, dot_stuffed
+from newsletter.deliver.wire import WireMessage, crlf, dot_stuffed
 
 # Mostly the bytes that matter here, so CR, LF, CRLF and leading dots meet in every order.
 PIECES = st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b" ", b"\xff", b"\x00"])

@@ -179,7 +179,7 @@ class Delivery:
         self.owner, self.clock, self.on_progress = owner, clock, on_progress
         self.summary = Summary()
         self.inflight = 0  # workers between taking a row and having its outcome committed
-        self.recorder = Recorder(ledger, policy, clock, busy=lambda: self.inflight)
+        self.recorder = Recorder(self._settle, busy=lambda: self.inflight)
         self.limiter = limiter or RateLimit(policy.rate)
         self.abort = ""  # the server is in trouble: held rows wait `retry_initial`
         self.halted = ""  # paused, cancelled or stopping: held rows are free again now
@@ -193,6 +193,10 @@ class Delivery:
         # Set once gather returns, not derived from the tasks: when one worker fails, gather
         # returns while the others still run, and the feeder must stop claiming all the same.
         self.workers_done = False
+
+    async def _settle(self, outcomes: list[Settle]) -> None:
+        policy = self.policy
+        await policy.call(self.ledger.settle, outcomes, self.clock(), policy.max_hard_bounces)
 
     def _stop(self, why: str) -> None:
         """The server is in trouble: the first reason is the one the operator is told."""

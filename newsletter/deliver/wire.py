@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 
-from newsletter.deliver.mail import WireMessage
-
 # CRLF first, so that it stays one line end; then a CR or an LF on its own.
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class WireMessage(bytes):
+    """Bytes fit for SMTP DATA as they are: CRLF line ends only and no line starting with "."
+    (mail.py QP-escapes it). Senders may skip line-ending and dot-stuffing passes for these."""
+
+    __slots__ = ()
 
 
 def crlf(data: bytes) -> bytes:
