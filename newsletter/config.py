@@ -20,9 +20,8 @@ from newsletter.errors import ConfigError
 
 DEFAULT_CONFIG = "config/newsletter.toml"
 MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
-# The kinds the registries in pipeline/ know (collecting.SOURCES, transports.TRANSPORTS),
-# named here because the settings are checked before anything is wired; a test keeps them
-# equal to the registries' keys.
+# The keys of pipeline's registries (collecting.SOURCES, transports.TRANSPORTS), checked
+# before anything is wired; tests/test_registries.py keeps the two equal.
 SOURCE_TYPES = ("folder", "feed")
 TRANSPORT_KINDS = ("outbox", "smtp")
 
