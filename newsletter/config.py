@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from newsletter.config_env import check_env_names
 from newsletter.config_table import (
     DEFAULT_CONFIG,
+    SOURCE_TYPES,
+    TRANSPORT_KINDS,
     Collect,
     Delivery,
     Feeds,
@@ -37,7 +39,8 @@ from newsletter.config_table import (
 )
 from newsletter.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "MIN_ADMIN_TOKEN_CHARS", "Collect", "Delivery", "Feeds", "Mail",
+__all__ = ["DEFAULT_CONFIG", "MIN_ADMIN_TOKEN_CHARS", "SOURCE_TYPES", "TRANSPORT_KINDS",
+           "Collect", "Delivery", "Feeds", "Mail",
            "Newsletter", "Publication", "Schedule", "Secrets", "Server", "Settings", "Smtp",
            "Source", "Storage", "Subscriptions", "effective_settings", "load_settings", "opt",
            "settings_table"]

@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 DEFAULT_CONFIG = "config/newsletter.toml"
+# The keys of pipeline's registries (collecting.SOURCES, transports.TRANSPORTS), checked
+# before anything is wired; tests/test_registries.py keeps the two equal.
+SOURCE_TYPES = ("folder", "feed")
+TRANSPORT_KINDS = ("outbox", "smtp")
 
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
@@ -42,7 +46,7 @@ class Storage:
 @dataclass(frozen=True)
 class Source:
     type: str = opt("'folder' (Markdown articles and digest exports) or 'feed' (RSS/Atom URL).",
-                    choices=("folder", "feed"))
+                    choices=SOURCE_TYPES)
     path: str = opt("Folder of articles (type = 'folder').", "")
     url: str = opt("Upstream feed URL (type = 'feed').", "")
     name: str = opt("Label used in logs and status; defaults to the path or URL.", "")
@@ -109,7 +113,7 @@ class Secrets:
 @dataclass(frozen=True)
 class Mail:
     transport: str = opt("'outbox' writes .eml files to outbox_dir (embedded default); 'smtp' "
-                         "sends through [smtp].", "outbox", choices=("outbox", "smtp"))
+                         "sends through [smtp].", "outbox", choices=TRANSPORT_KINDS)
     outbox_dir: str = opt("Folder for .eml files when transport = 'outbox'.", "var/outbox")
     from_address: str = opt("From address of every email.", "newsletter@example.org")
     from_name: str = opt("Display name in From; empty uses the publication name.", "")

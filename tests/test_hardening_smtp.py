@@ -26,9 +26,9 @@ from smtpserver import SmtpTestServer
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.deliver.engine import Policy, RateLimit, Summary, deliver
-from newsletter.deliver.smtp import pool_from_settings
 from newsletter.models import Issue
 from newsletter.pipeline import sending
+from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store import schema as s
 from newsletter.store.database import Store
 from tests.helpers.sending import r, seed, smtp_settings, start

@@ -22,9 +22,9 @@ from newsletter.deliver.smtp import (
     SmtpSetupError,
     SmtpUnavailable,
     parse_host,
-    pool_from_settings,
 )
 from newsletter.pipeline.sending import run_loop
+from newsletter.pipeline.transports import pool_from_settings
 from tests.smtpserver import SmtpTestServer
 
 T = TypeVar("T")

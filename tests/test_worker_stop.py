@@ -17,8 +17,8 @@ from smtpserver import SmtpTestServer
 
 from newsletter.config import Settings
 from newsletter.deliver.engine import Policy, Summary, deliver
-from newsletter.deliver.smtp import pool_from_settings
 from newsletter.pipeline import sending
+from newsletter.pipeline.transports import pool_from_settings
 from tests.helpers.sending import r, smtp_settings, start
 
 

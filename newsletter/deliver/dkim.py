@@ -54,8 +54,8 @@ def split_fields(head: bytes) -> list[tuple[str, bytes]]:
         if not line:
             continue
         if line[:1] in (b" ", b"\t") and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + line + b"\r\n")
+            folded, raw = fields[-1]
+            fields[-1] = (folded, raw + line + b"\r\n")
             continue
         name = line.partition(b":")[0].rstrip(b" \t")
         if not _FIELD_NAME_RE.fullmatch(name):

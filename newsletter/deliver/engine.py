@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
+__all__ = ["Connection", "Delivery", "Lane", "Ledger", "Plan", "Policy", "Pool", "RateLimit",
+           "SendResult", "Stamp", "Summary", "deliver", "settle_for"]
+
 from newsletter import log
+from newsletter.deliver.pacing import RateLimit
 from newsletter.deliver.recorder import Recorder
 from newsletter.models import Claimed, Settle, now_utc
 
@@ -129,26 +133,6 @@ def settle_for(row: Claimed, result: SendResult, policy: Policy, now: datetime) 
                   next_attempt_at=now + wait)
 
 
-class RateLimit:
-    """Token bucket shared by every connection task of one process. The clock and sleep
-    can be replaced, so a test checks the pacing on time it controls."""
-
-    def __init__(self, per_second: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
-        self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self.clock, self.sleep = clock, sleep
-        self.next_slot = clock()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = self.clock()
-        slot = max(self.next_slot, now)
-        self.next_slot = slot + self.interval
-        if slot > now:
-            await self.sleep(slot - now)
-
-
 @dataclass(slots=True)
 class Lane:
     """One connection task: its connection and, taken early, the next row it will send,
@@ -178,81 +162,136 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
     """Work through every due row of the issue; stop early (rows deferred) if the server
     refuses connections or answers 421, or (rows freed at once) if `plan.halt` says so.
     `limiter` replaces the one built from `policy.rate` (a test's own clock)."""
-    summary = Summary()
-    inflight = [0]  # workers between taking a row and having its outcome committed
-    recorder = Recorder(ledger, policy, clock, busy=lambda: inflight[0])
-    limiter = limiter or RateLimit(policy.rate)
-    abort: list[str] = []  # the server is in trouble: held rows wait `retry_initial`
-    halted: list[str] = []  # paused, cancelled or stopping: held rows are free again now
-    queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
-    held: set[int] = set()  # leased by us and not yet settled
-    lost: set[int] = set()  # lease ran out and another worker took them: never send these
-    # Claim the next batch while this one is being sent, so connections never sit idle
-    # waiting for the slowest message of a batch.
-    low_water = max(policy.batch_size // 2, policy.concurrency)
-    wake = asyncio.Event()
+    return await Delivery(ledger, plan, pool, policy, owner=owner, clock=clock,
+                          on_progress=on_progress, limiter=limiter).run()
 
-    async def work() -> None:
-        lane = Lane()
+
+class Delivery:
+    """One run over one issue's rows: a feeder that claims and renews leases, and
+    `policy.concurrency` connection tasks that send and record. Used once."""
+
+    def __init__(self, ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
+                 clock: Callable[[], datetime] = now_utc,
+                 on_progress: Callable[[Summary], None] | None = None,
+                 limiter: RateLimit | None = None) -> None:
+        self.ledger, self.plan, self.pool, self.policy = ledger, plan, pool, policy
+        self.owner, self.clock, self.on_progress = owner, clock, on_progress
+        self.summary = Summary()
+        self.inflight = 0  # workers between taking a row and having its outcome committed
+        self.recorder = Recorder(self._settle, busy=lambda: self.inflight)
+        self.limiter = limiter or RateLimit(policy.rate)
+        self.abort = ""  # the server is in trouble: held rows wait `retry_initial`
+        self.halted = ""  # paused, cancelled or stopping: held rows are free again now
+        self.queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self.held: set[int] = set()  # leased by us and not yet settled
+        self.lost: set[int] = set()  # lease ran out and another worker took them: never send
+        # Claim the next batch while this one is being sent, so connections never sit idle
+        # waiting for the slowest message of a batch.
+        self.low_water = max(policy.batch_size // 2, policy.concurrency)
+        self.wake = asyncio.Event()
+        # Set once gather returns, not derived from the tasks: when one worker fails, gather
+        # returns while the others still run, and the feeder must stop claiming all the same.
+        self.workers_done = False
+
+    async def _settle(self, outcomes: list[Settle]) -> None:
+        policy = self.policy
+        await policy.call(self.ledger.settle, outcomes, self.clock(), policy.max_hard_bounces)
+
+    def _stop(self, why: str) -> None:
+        """The server is in trouble: the first reason is the one the operator is told."""
+        self.abort = self.abort or why
+
+    async def run(self) -> Summary:
+        tasks = [asyncio.create_task(self._work()) for _ in range(max(self.policy.concurrency, 1))]
+        feeder = asyncio.create_task(self._feed(len(tasks)))
         try:
-            while not abort and not halted:
+            await asyncio.gather(*tasks)
+        finally:
+            # Once the workers are gone nothing needs a lease renewed; rows still queued
+            # after a stop are released below.
+            self.workers_done = True
+            self.wake.set()
+            await feeder  # raises the feeder's own error, if it had one
+        if self.abort or self.halted:
+            await self._release()
+        return self.summary
+
+    async def _release(self) -> None:
+        summary, policy = self.summary, self.policy
+        summary.stopped = self.abort or self.halted
+        summary.halted = not self.abort
+        now = self.clock()
+        retry_at = now + policy.retry_initial if self.abort else now
+        freed = await policy.call(self.ledger.release, self.owner, now, retry_at,
+                                  summary.stopped)
+        if self.abort:
+            summary.deferred += freed
+        log.event("deliver.stopped", level=30, issue=self.plan.issue_id,
+                  reason=summary.stopped, released=freed)
+
+    async def _work(self) -> None:
+        lane = Lane()
+        queue = self.queue
+        try:
+            while not self.abort and not self.halted:
                 row: Claimed | None = lane.next
                 lane.next = None
                 if row is None:
                     row = None if lane.last else await queue.get()
                 if row is None:
                     return
-                if queue.qsize() <= low_water:
-                    wake.set()
-                if row.delivery_id in lost:
-                    held.discard(row.delivery_id)
+                if queue.qsize() <= self.low_water:
+                    self.wake.set()
+                if row.delivery_id in self.lost:
+                    self.held.discard(row.delivery_id)
                     await lane.unannounce(row)
                     continue
-                inflight[0] += 1
+                self.inflight += 1
                 try:
-                    await one(row, lane)
+                    await self._one(row, lane)
                 finally:
-                    inflight[0] -= 1
-                    recorder.nudge()
-                if abort:
-                    wake.set()
+                    self.inflight -= 1
+                    self.recorder.nudge()
+                if self.abort:
+                    self.wake.set()
         finally:
             await lane.drop()
 
-    def upcoming(lane: Lane) -> tuple[str, str] | None:
+    def _upcoming(self, lane: Lane) -> tuple[str, str] | None:
         """Take the lane's next row now, so that its envelope can go out with this message's
         data; None when there is none or it will not be sent by SMTP."""
-        if limiter.interval or lane.conn is None or not lane.conn.pipelining:
+        if self.limiter.interval or lane.conn is None or not lane.conn.pipelining:
             # Nothing to announce on a connection that does not pipeline. When paced, the
             # server would sit in DATA for the whole pause (and may time out there), while
             # the pause, not round trips, sets the rate anyway.
             return None
-        if lane.next is None and not lane.last and not queue.empty():
-            row = queue.get_nowait()
+        if lane.next is None and not lane.last and not self.queue.empty():
+            row = self.queue.get_nowait()
             lane.last = row is None
             lane.next = row
         row = lane.next
-        if (row is None or not row.email or row.delivery_id in lost
-                or plan.variant_for(row.sections) is None):
+        if (row is None or not row.email or row.delivery_id in self.lost
+                or self.plan.variant_for(row.sections) is None):
             return None
         lane.announced = row.delivery_id
-        return plan.envelope_from, row.email
+        return self.plan.envelope_from, row.email
 
-    async def one(row: Claimed, lane: Lane) -> None:
+    async def _one(self, row: Claimed, lane: Lane) -> None:
         """Send one row on the lane's connection (opened if there is none)."""
+        plan, summary = self.plan, self.summary
         stamp = plan.variant_for(row.sections) if row.email else None
         if stamp is None:
             why = "no longer subscribed" if not row.email else "no chosen section here"
-            await recorder.record(Settle(row.delivery_id, row.subscriber_id, "skipped", None,
-                                         why))
-            held.discard(row.delivery_id)
+            await self.recorder.record(Settle(row.delivery_id, row.subscriber_id, "skipped",
+                                              None, why))
+            self.held.discard(row.delivery_id)
             summary.add("skipped")
             return
         if lane.conn is None:
             try:
-                lane.conn = await pool.connect()
+                lane.conn = await self.pool.connect()
             except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
-                abort.append(f"cannot connect: {exc}")
+                self._stop(f"cannot connect: {exc}")
                 return
         conn = lane.conn
         try:
@@ -260,112 +299,96 @@ async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, own
             message = stamp.render(to_address=row.email, to_name=row.name,
                                    message_id=plan.message_id_for(row),
                                    unsubscribe_url=unsubscribe, preferences_url=preferences,
-                                   date=clock())
+                                   date=self.clock())
         except ValueError as exc:  # an address or name no header may carry
             result = SendResult("failed", None, f"message not built: {exc}")
             await lane.unannounce(row)
         else:
-            await limiter.wait()
+            await self.limiter.wait()
             lane.announced = None
-            result = await conn.send(plan.envelope_from, row.email, message, upcoming(lane))
+            result = await conn.send(plan.envelope_from, row.email, message,
+                                     self._upcoming(lane))
         if result.status == "failed" and result.reply.startswith("MAIL:"):
             # The server refuses our sender, not this reader: stop, fail no one.
             result = SendResult("deferred", result.code, result.reply, close=True)
-            abort.append(f"server refused the sender: {result.reply}")
-        outcome = settle_for(row, result, policy, clock())
-        await recorder.record(outcome)
-        held.discard(row.delivery_id)
+            self._stop(f"server refused the sender: {result.reply}")
+        outcome = settle_for(row, result, self.policy, self.clock())
+        # Recorded before this lane sends again: the next message's data waits for it.
+        await self.recorder.record(outcome)
+        self.held.discard(row.delivery_id)
         summary.add(outcome.status)
-        if on_progress:
-            on_progress(summary)
+        if self.on_progress:
+            self.on_progress(summary)
         if result.close:
             await lane.drop()
             if result.code == 421:
-                abort.append(f"server closed the session: {result.code} {result.reply}")
+                self._stop(f"server closed the session: {result.code} {result.reply}")
 
-    # Set once gather returns, not derived from the tasks: when one worker fails, gather
-    # returns while the others still run, and the feeder must stop claiming all the same.
-    workers_done: list[bool] = []
-
-    async def feed(workers: int) -> None:
+    async def _feed(self, workers: int) -> None:
+        policy, queue = self.policy, self.queue
         closing = False
         renew_every = max(policy.lease.total_seconds() / 3, 0.05)
         last_renew = next_halt = time.monotonic()
         exhausted = False
         try:
             while True:
-                if held and time.monotonic() - last_renew >= renew_every:
-                    await renew()
+                if self.held and time.monotonic() - last_renew >= renew_every:
+                    await self._renew()
                     last_renew = time.monotonic()
                 if not closing:
-                    if not abort and not exhausted and (queue.qsize() <= low_water
-                                                        or time.monotonic() >= next_halt):
-                        reason = await policy.call(plan.halt)
+                    if not self.abort and not exhausted and (queue.qsize() <= self.low_water
+                                                             or time.monotonic() >= next_halt):
+                        reason = await policy.call(self.plan.halt)
                         next_halt = time.monotonic() + 2.0
                         if reason:
-                            halted.append(reason)
-                    if not (abort or halted or exhausted) and queue.qsize() <= low_water:
-                        rows = await policy.call(ledger.claim, plan.issue_id, owner,
-                                                 policy.batch_size, policy.lease, clock())
-                        # A row we still hold (queued, in a lane or being sent) can come
-                        # back only after its lease ran out: it is ours again, and its copy
-                        # already here is the one to send, never a second.
-                        fresh = [r for r in rows if r.delivery_id not in held]
-                        lost.difference_update(r.delivery_id for r in rows)
-                        held.update(r.delivery_id for r in fresh)
-                        for row in fresh:
-                            queue.put_nowait(row)
-                        exhausted = not rows
-                        if rows:
+                            self.halted = self.halted or reason
+                    if (not (self.abort or self.halted or exhausted)
+                            and queue.qsize() <= self.low_water):
+                        claimed = await self._claim()
+                        exhausted = not claimed
+                        if claimed:
                             continue
-                    closing = bool(abort or halted or (exhausted and queue.empty()))
+                    closing = bool(self.abort or self.halted or (exhausted and queue.empty()))
                     if closing:
                         for _ in range(workers):
                             queue.put_nowait(None)
-                if (closing and not held) or workers_done:
+                if (closing and not self.held) or self.workers_done:
                     return
-                wake.clear()
+                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(renew_every, 2.0)):
-                        await wake.wait()
+                        await self.wake.wait()
         finally:
             if not closing:  # the feeder failed: workers must not wait for rows forever
                 for _ in range(workers):
                     queue.put_nowait(None)
 
-    async def renew() -> None:
+    async def _claim(self) -> int:
+        """Lease the next batch into the queue; how many rows the ledger gave (0: none due)."""
+        policy = self.policy
+        rows = await policy.call(self.ledger.claim, self.plan.issue_id, self.owner,
+                                 policy.batch_size, policy.lease, self.clock())
+        # A row we still hold (queued, in a lane or being sent) can come back only after its
+        # lease ran out: it is ours again, and its copy already here is the one to send,
+        # never a second.
+        fresh = [r for r in rows if r.delivery_id not in self.held]
+        self.lost.difference_update(r.delivery_id for r in rows)
+        self.held.update(r.delivery_id for r in fresh)
+        for row in fresh:
+            self.queue.put_nowait(row)
+        return len(rows)
+
+    async def _renew(self) -> None:
         # A lease must outlive the rows waiting in our queue, however slow the server:
         # renew it, and drop any row another worker took after our lease ran out.
-        asked = list(held)
-        async with recorder.own_rows:
-            kept = await policy.call(ledger.renew, owner, asked, clock() + policy.lease,
-                                     clock())
-        gone = (set(asked) - kept) & held
+        asked = list(self.held)
+        async with self.recorder.own_rows:
+            kept = await self.policy.call(self.ledger.renew, self.owner, asked,
+                                          self.clock() + self.policy.lease, self.clock())
+        gone = (set(asked) - kept) & self.held
         if gone:
-            lost.update(gone)
-            log.event("deliver.lease_lost", level=30, issue=plan.issue_id, rows=len(gone))
-
-    tasks = [asyncio.create_task(work()) for _ in range(max(policy.concurrency, 1))]
-    feeder = asyncio.create_task(feed(len(tasks)))
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        # Once the workers are gone nothing needs a lease renewed; rows still queued after
-        # a stop are released below.
-        workers_done.append(True)
-        wake.set()
-        await feeder  # raises the feeder's own error, if it had one
-    if abort or halted:
-        summary.stopped = (abort or halted)[0]
-        summary.halted = not abort
-        now = clock()
-        retry_at = now + policy.retry_initial if abort else now
-        freed = await policy.call(ledger.release, owner, now, retry_at, summary.stopped)
-        if abort:
-            summary.deferred += freed
-        log.event("deliver.stopped", level=30, issue=plan.issue_id, reason=summary.stopped,
-                  released=freed)
-    return summary
+            self.lost.update(gone)
+            log.event("deliver.lease_lost", level=30, issue=self.plan.issue_id, rows=len(gone))
 
 
 async def _close(conn: Connection) -> None:

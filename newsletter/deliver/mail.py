@@ -24,6 +24,8 @@ from newsletter.deliver.headers import (
     named,
     safe_header_value,
 )
+from newsletter.deliver.qp import qp_piece, qp_value
+from newsletter.deliver.wire import WireMessage
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -32,90 +34,11 @@ if TYPE_CHECKING:
 _PLACEHOLDER_RE = re.compile(r"%%(UNSUBSCRIBE_URL|PREFERENCES_URL|NAME)%%")
 
 
-_QP_BYTE = [chr(b) if 33 <= b <= 126 and b != 61 else f"={b:02X}" for b in range(256)]
-# Values are escaped more than QP needs: spaces and dots too, so no encoded line of a value
-# can start with "." (SMTP dot-stuffing) or "From " or end in whitespace.
-_VALUE_UNSAFE_RE = re.compile(rb"[^!-\-/-<>-~]+")
-_VALUE_ESC = [b"=%02X" % b for b in range(256)]
-_PRINTABLE_RE = re.compile(rb"[!-~]*")  # no space: in it, only "." and "=" need escaping
-
-
-def _qp_tokens(data: bytes) -> list[str]:
-    toks = [_QP_BYTE[b] for b in data]
-    # A literal space only where a printable character follows: no trailing or repeated
-    # whitespace, so the body is already in DKIM relaxed canonical form.
-    for i, b in enumerate(data):
-        if b == 32 and i + 1 < len(data) and data[i + 1] not in (32, 9):
-            toks[i] = " "
-    return toks
-
-
-def _qp_lines(text: str) -> list[str]:
-    """One logical line as encoded lines of ≤ 75 columns (the soft-break "=" makes 76)."""
-    toks = _qp_tokens(text.encode("utf-8"))
-    lines: list[str] = []
-    cur: list[str] = []
-    col = 0
-    for i, tok in enumerate(toks):
-        if col + len(tok) > 75:
-            carry = cur.pop() if cur and cur[-1] == " " else None  # no space before "="
-            lines.append("".join(cur))
-            cur, col = ([" "], 1) if carry else ([], 0)
-        if col == 0 and (tok == "." or (tok == "F" and toks[i + 1:i + 5] == ["r", "o", "m", " "])):
-            tok = f"={ord(tok):02X}"  # dot-stuffing and mbox "From " mangling cannot bite
-        cur.append(tok)
-        col += len(tok)
-    lines.append("".join(cur))
-    return lines
-
-
-def _qp_piece(text: str, soft_end: bool) -> bytes:
-    """Static text to QP with CRLF line ends; ends with a soft break when a value follows
-    mid-line, so the value starts at column 0 whatever its length."""
-    segs = text.split("\n")
-    out = "\r\n".join("=\r\n".join(_qp_lines(seg)) for seg in segs)
-    if soft_end and segs[-1]:
-        out += "=\r\n"
-    return out.encode("ascii")
-
-
 @functools.lru_cache(maxsize=4)
 def _date_field(date: datetime) -> bytes:
     """The Date field; within one second every message carries the same one, so it is
     formatted once (email.utils' formatting costs more than the rest of the headers)."""
     return f"Date: {format_datetime(date)}\r\n".encode("ascii")
-
-
-def _qp_value(value: str) -> bytes:
-    """A per-recipient value as whole encoded lines, each ending in a soft break."""
-    if not value:
-        return b""
-    data = value.encode("utf-8")
-    if _PRINTABLE_RE.fullmatch(data):
-        # A URL or a plain name: "=" and "." are the only bytes to escape, and two C-level
-        # replaces do it in a fifth of the time of the general substitution.
-        data = data.replace(b"=", b"=3D").replace(b".", b"=2E")
-    else:
-        data = _VALUE_UNSAFE_RE.sub(lambda m: b"".join(_VALUE_ESC[b] for b in m[0]), data)
-    if len(data) <= 75:
-        return data + b"=\r\n"
-    out = []
-    i = 0
-    while i < len(data):
-        j = min(i + 75, len(data))
-        eq = data.rfind(b"=", j - 2, j)
-        if eq != -1 and j < len(data):
-            j = eq  # never split an "=XX" escape across lines
-        out.append(data[i:j] + b"=\r\n")
-        i = j
-    return b"".join(out)
-
-
-class WireMessage(bytes):
-    """Bytes fit for SMTP DATA as they are: CRLF line ends only and no line starting with "."
-    (QP escapes it). Senders may skip line-ending and dot-stuffing passes for these."""
-
-    __slots__ = ()
 
 
 # -- identity and template ---------------------------------------------------------------------
@@ -199,7 +122,7 @@ class MessageTemplate:
                 chunks.append(b"\r\n--%s\r\n" % boundary.encode() + _PART_HEAD % b"html")
             pieces, names = _split(doc)
             for i, piece in enumerate(pieces):
-                chunks.append(_qp_piece(piece, soft_end=i < len(names)))
+                chunks.append(qp_piece(piece, soft_end=i < len(names)))
                 if i < len(names):
                     chunks.append(f"{kind}:{names[i]}")
         chunks.append(b"\r\n--%s--\r\n" % boundary.encode())
@@ -226,8 +149,8 @@ class MessageTemplate:
                "NAME": name or self._default_name}
         values = {}
         for key, value in raw.items():
-            values["text:" + key] = _qp_value(value)
-            values["html:" + key] = _qp_value(html_lib.escape(value, quote=True))
+            values["text:" + key] = qp_value(value)
+            values["html:" + key] = qp_value(html_lib.escape(value, quote=True))
         body = b"".join(c if isinstance(c, bytes) else values[c] for c in self._chunks)
         s = self._static
         unsub = fold([f"<{unsubscribe_url}>,", f"<mailto:{self._mailto}?subject=unsubscribe>"],
@@ -268,5 +191,5 @@ def notice_message(*, identity: MailIdentity, to_address: str, to_name: str, sub
         'Content-Type: text/plain; charset="utf-8"',
         "Content-Transfer-Encoding: quoted-printable",
     ))
-    return WireMessage(head.encode("utf-8") + b"\r\n" + _qp_piece(text, soft_end=False)
+    return WireMessage(head.encode("utf-8") + b"\r\n" + qp_piece(text, soft_end=False)
                        + b"\r\n")

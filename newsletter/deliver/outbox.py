@@ -9,8 +9,12 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from newsletter.deliver.engine import SendResult
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 _MESSAGE_ID_RE = re.compile(rb"(?im)^message-id:[ \t]*(<[^>\r\n]*>)")
 
@@ -57,6 +61,10 @@ class OutboxPool:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxPool:
+        return cls(settings.mail.outbox_dir)
 
     async def connect(self) -> OutboxConnection:
         self.folder.mkdir(parents=True, exist_ok=True)

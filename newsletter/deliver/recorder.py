@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from newsletter.deliver.engine import Ledger, Policy
     from newsletter.models import Settle
 
 
@@ -22,9 +20,9 @@ class Recorder:
     # CPU however few rows it holds; without the wait nearly every row got its own.
     LINGER = 0.002
 
-    def __init__(self, ledger: Ledger, policy: Policy, clock: Callable[[], datetime],
+    def __init__(self, commit: Callable[[list[Settle]], Awaitable[None]],
                  busy: Callable[[], int] = lambda: 1) -> None:
-        self.ledger, self.policy, self.clock = ledger, policy, clock
+        self.commit = commit  # one transaction for the outcomes of every waiting task
         self.busy = busy  # connections holding a row: once all are waiting, commit at once
         self.pending: list[tuple[Settle, asyncio.Future[None]]] = []
         self.flushing: asyncio.Task[None] | None = None
@@ -58,8 +56,7 @@ class Recorder:
             batch, self.pending = self.pending, []
             try:
                 async with self.own_rows:
-                    await self.policy.call(self.ledger.settle, [o for o, _ in batch],
-                                           self.clock(), self.policy.max_hard_bounces)
+                    await self.commit([o for o, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of it
                 for _, fut in batch:
                     fut.set_exception(exc)

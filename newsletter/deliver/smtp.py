@@ -18,19 +18,17 @@ from aiosmtplib.errors import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
-from aiosmtplib.protocol import normalize_message_line_endings
 
 from newsletter.deliver.engine import SendResult
-from newsletter.deliver.mail import WireMessage
 from newsletter.deliver.smtp_replies import Reply, ReplyReader
+from newsletter.deliver.wire import dot_stuffed
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.deliver.outbox import OutboxPool
 
 __all__ = ["SendResult", "SmtpConnection", "SmtpError", "SmtpPool", "SmtpSetupError",
-           "SmtpUnavailable", "parse_host", "pool_from_settings"]
+           "SmtpUnavailable", "parse_host"]
 
 Security = Literal["starttls", "tls", "none"]
 # Envelope addresses: anything that could end or extend an SMTP command line is refused.
@@ -54,24 +52,12 @@ def _one_line(text: str, limit: int = 300) -> str:
     return " ".join(text.split())[:limit]
 
 
-def _dot_stuffed(message: bytes) -> bytes:
-    """CRLF-only, dot-stuffed (RFC 5321 §4.5.2), ending in CRLF, ready for "." CRLF."""
-    if isinstance(message, WireMessage):
-        return message  # built that way (mail.py): skip three scans of ~60 KB per message
-    n = message.count(b"\r\n")
-    if n != message.count(b"\n") or n != message.count(b"\r"):
-        message = normalize_message_line_endings(message)  # bare CR/LF: servers reject them
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    message = message.replace(b"\r\n.", b"\r\n..")
-    return b"." + message if message.startswith(b".") else message
-
-
-def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:
+def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.Transport | None = None) -> None:
     """Close now. A TLS transport is aborted rather than shut down: after QUIT or a failure
     the close_notify exchange buys nothing, and a graceful TLS shutdown can outlive the event
     loop (an unclosed socket) when the program ends right after."""
-    transport = transport or client.transport
+    # (uvloop's transports are not asyncio.Transport subclasses, hence a cast, not a check.)
+    transport = transport or cast("asyncio.Transport | None", client.transport)
     client.close()
     if transport is not None and transport.get_extra_info("ssl_object") is not None:
         transport.abort()
@@ -141,7 +127,7 @@ class SmtpConnection:
             return SendResult("deferred", None, "the envelope sent ahead was for another "
                               "recipient; connection closed", close=True)
         following = self._commands(*then) if then is not None and self.pipelining else None
-        message = _dot_stuffed(message)
+        message = dot_stuffed(message)
         stage = "MAIL"
         try:
             replies = await (self._replies.read(3, self._timeout) if ahead
@@ -391,11 +377,3 @@ class SmtpPool:
             raise SmtpSetupError(f"{where}: authentication failed ({type(exc).__name__})") \
                 from None
 
-
-def pool_from_settings(settings: Settings) -> SmtpPool | OutboxPool:
-    """[mail] transport: 'smtp' → SmtpPool over [smtp]; 'outbox' → .eml files."""
-    if settings.mail.transport == "smtp":
-        return SmtpPool.from_settings(settings)
-    from newsletter.deliver.outbox import OutboxPool  # local: outbox imports SendResult from here
-
-    return OutboxPool(settings.mail.outbox_dir)

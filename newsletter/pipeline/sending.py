@@ -26,9 +26,9 @@ from newsletter.deliver.mail import (
     MessageTemplate,
     identity_from_settings,
 )
-from newsletter.deliver.smtp import pool_from_settings
 from newsletter.errors import NewsletterError
 from newsletter.models import Claimed, Issue, IssueSection, Subscriber, now_utc
+from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
 
 T = TypeVar("T")

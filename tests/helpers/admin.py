@@ -24,7 +24,7 @@ from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.pipeline import control, sending
 from newsletter.store.database import Store
-from newsletter.store.subscribers import Subscriber
+from newsletter.models import Subscriber
 from newsletter.web import create_app
 from newsletter.web.admin import admin_routes
 from newsletter.web.admin_api import admin_api_routes
