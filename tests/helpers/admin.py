@@ -22,9 +22,9 @@ from newsletter.audience.tokens import load_or_create_secret
 from newsletter.compose.render import personalize
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
+from newsletter.models import Subscriber
 from newsletter.pipeline import control, sending
 from newsletter.store.database import Store
-from newsletter.models import Subscriber
 from newsletter.web import create_app
 from newsletter.web.admin import admin_routes
 from newsletter.web.admin_api import admin_api_routes
