@@ -486,7 +486,7 @@ def login(admin: Admin) -> Iterator[httpx.Client]:
 
 def csrf_of(page: str, action: str) -> str:
     m = re.search(rf'action="{re.escape(action)}"[^>]*>\s*<input type="hidden" name="csrf" '
-                  rf'value="([0-9a-f]+)"', page)
+                  rf'value="([A-Za-z0-9_-]+)"', page)
     assert m, action
     return m[1]
 
@@ -568,7 +568,8 @@ def test_session_cookie_is_secure_over_https(admin: Admin) -> None:
 
 def admin_csrf(admin: Admin, client: httpx.Client, purpose: str) -> str:
     """The token a form for `purpose` would carry (for actions the page does not offer)."""
-    nonce = client.cookies[SESSION_COOKIE].split(".")[1]
+    nonce = Sessions(admin.deps).nonce_of(client.cookies[SESSION_COOKIE])
+    assert nonce is not None
     return Sessions(admin.deps).csrf(nonce, purpose)
 
 

@@ -24,12 +24,12 @@ from newsletter.config import Settings
 from newsletter.models import Article
 from newsletter.store.subscribers import SubscriberStore
 from newsletter.web import create_app
+from newsletter.web.limits import SlidingWindow
+from newsletter.web.limits import rate_key as _rate_key
 from newsletter.web.subscribe import (
     CHECK_INBOX,
     CSRF_COOKIE,
-    SlidingWindow,
     SubscribeDeps,
-    _rate_key,
     subscribe_routes,
 )
 

@@ -7,10 +7,7 @@ import hmac
 import json
 import os
 import tempfile
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +24,8 @@ from newsletter.config import MIN_ADMIN_TOKEN_CHARS
 from newsletter.errors import BadValue, NewsletterError
 from newsletter.store.schema import SUBSCRIBER_STATUSES
 from newsletter.web.admin_add import add_subscriber
+from newsletter.web.limits import SlidingWindow, rate_key
+from newsletter.web.requests import BodyTooLarge, ClientAddress, capped_stream, read_capped
 
 if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
@@ -48,34 +47,6 @@ _MAX_ISSUE_NUMBER = 2**31 - 1  # larger path numbers would overflow the database
 
 def _no_jobs() -> Jobs:
     return []
-
-
-class FailureLimiter:
-    """Wrong tokens per client address in a sliding window; memory bounded by `max_keys`."""
-
-    def __init__(self, limit: int, window: float, max_keys: int = 10_000) -> None:
-        self.limit, self.window, self.max_keys = limit, window, max_keys
-        self._hits: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        hits = [t for t in self._hits.pop(key, []) if t > now - self.window]
-        self._hits[key] = hits
-        if len(self._hits) > self.max_keys:
-            self._hits.popitem(last=False)
-        return hits
-
-    def blocked(self, key: str) -> float:
-        """Seconds until `key` may try again; 0 when it may now (a right token too)."""
-        now = time.monotonic()
-        with self._lock:
-            hits = self._recent(key, now)
-            return max(hits[0] + self.window - now, 1.0) if len(hits) >= self.limit else 0.0
-
-    def record(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._recent(key, now).append(now)
 
 
 @dataclass(frozen=True)
@@ -108,10 +79,15 @@ class AdminDeps:
     max_import_bytes: int = 50 * 1024 * 1024
     session_hours: float = 12.0
     auth_failures_per_minute: int = 20
-    failures: FailureLimiter = field(init=False, repr=False, compare=False)
+    templates_dir: Path | None = None  # [newsletter] templates_dir: overrides admin/*.html
+    # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
+    client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
+    failures: SlidingWindow = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "failures", FailureLimiter(self.auth_failures_per_minute, 60))
+        # Wrong tokens per client address (an IPv6 /64 as one) in a sliding minute.
+        object.__setattr__(self, "failures", SlidingWindow(self.auth_failures_per_minute, 60,
+                                                           max_keys=10_000))
 
     @property
     def enabled(self) -> bool:
@@ -148,16 +124,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                     media_type="application/json")
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def check_bearer(deps: AdminDeps, request: Request) -> None:
     """Raise HttpError unless the request carries the admin token as a bearer token."""
     if not deps.enabled:
         raise HttpError(403, DISABLED)
-    ip = client_ip(request)
-    wait = deps.failures.blocked(ip)
+    ip = deps.client_ip(request)
+    wait = deps.failures.blocked(rate_key(ip))
     if wait:
         raise HttpError(429, "too many wrong tokens from your address; try again later",
                         {"retry-after": str(int(wait + 0.999))})
@@ -168,28 +140,10 @@ def check_bearer(deps: AdminDeps, request: Request) -> None:
                         "'Authorization: Bearer <NEWSLETTER_SECRETS_ADMIN_TOKEN>'",
                         {"www-authenticate": challenge})
     if not deps.token_ok(value.strip()):
-        deps.failures.record(ip)
+        deps.failures.record(rate_key(ip))
         log.event("admin.auth_refused", ip=ip, path=request.url.path)
         raise HttpError(401, "wrong bearer token",
                         {"www-authenticate": challenge + ', error="invalid_token"'})
-
-
-async def capped_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks, refused (413) past `limit` bytes, declared or counted."""
-    declared = request.headers.get("content-length")
-    too_large = HttpError(413, f"the request body is larger than {limit} bytes")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large  # before reading a byte of it
-    size = 0
-    async for chunk in request.stream():  # chunked bodies declare no length: count them
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        yield chunk
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in capped_stream(request, limit)])
 
 
 def done_of(counts: dict[str, int]) -> int:
@@ -245,6 +199,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 class _Api:
     def __init__(self, deps: AdminDeps) -> None:
         self.deps = deps
+        self.ip = deps.client_ip
 
     def guarded(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -253,6 +208,8 @@ class _Api:
                 return await handler(request)
             except HttpError as exc:
                 return json_response({"error": exc.text}, exc.code, exc.headers)
+            except BodyTooLarge as exc:
+                return json_response({"error": str(exc)}, 413)
             except BadValue as exc:  # e.g. a send time already past
                 return json_response({"error": str(exc)}, 400)
             except NewsletterError as exc:  # an invalid transition, an unsendable issue
@@ -275,7 +232,7 @@ class _Api:
 
     async def collect(self, request: Request) -> Response:
         summary = await run_in_threadpool(self.deps.collect_now)
-        log.event("admin.collect", ip=client_ip(request), new=summary.get("new"))
+        log.event("admin.collect", ip=self.ip(request), new=summary.get("new"))
         return json_response(summary)
 
     async def build(self, request: Request) -> Response:
@@ -286,7 +243,7 @@ class _Api:
         issue = None
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
-        log.event("admin.build", ip=client_ip(request), force=force, created=result.created)
+        log.event("admin.build", ip=self.ip(request), force=force, created=result.created)
         hint = ' (send {"force": true} to build one anyway)' if result.nothing_new else ""
         return json_response({"message": result.message + hint, "created": result.created,
                               "issue": issue}, 201 if result.created else 200)
@@ -320,7 +277,7 @@ class _Api:
             await run_in_threadpool(load_issue, self.deps, number)
             # send_issue returns at once, the delivery goes on: 202, poll the issue.
             await run_in_threadpool(getattr(self.deps, f"{verb}_issue"), *args)
-            log.event(f"admin.{verb}", ip=client_ip(request), number=number)
+            log.event(f"admin.{verb}", ip=self.ip(request), number=number)
             issue = await run_in_threadpool(load_issue, self.deps, number)
             return json_response(await run_in_threadpool(counted, self.deps, issue),
                                  202 if verb == "send" else 200)
@@ -355,17 +312,17 @@ class _Api:
 
     async def add_subscriber(self, request: Request) -> Response:
         data = await self.body(request)
-        actor = f"api {client_ip(request)}"
+        actor = f"api {self.ip(request)}"
         try:
             code, body = await run_in_threadpool(add_subscriber, self.deps, data, actor,
                                                  consent.HINT_API)
         except consent.ConsentRefused as exc:
-            log.event("admin.subscriber_add_refused", ip=client_ip(request),
+            log.event("admin.subscriber_add_refused", ip=self.ip(request),
                       subscriber=exc.subscriber.id, status=exc.subscriber.status)
             return json_response({"error": str(exc), "status": exc.subscriber.status,
                                   "how": 'send "resubscribe": true and a "reason" (who '
                                          'asked, when, how)'}, 409)
-        log.event("admin.subscriber_add", ip=client_ip(request), state=body["state"])
+        log.event("admin.subscriber_add", ip=self.ip(request), state=body["state"])
         return json_response(body, code)
 
     async def remove_subscriber(self, request: Request) -> Response:
@@ -383,7 +340,7 @@ class _Api:
             return {"email": sub.email, "result": result}
 
         body = await run_in_threadpool(run)
-        log.event("admin.subscriber_remove", ip=client_ip(request), result=body["result"])
+        log.event("admin.subscriber_remove", ip=self.ip(request), result=body["result"])
         return json_response(body)
 
     async def import_subscribers(self, request: Request) -> Response:
@@ -398,12 +355,12 @@ class _Api:
                     await run_in_threadpool(out.write, chunk)  # disk must not stall the loop
             try:
                 report = await run_in_threadpool(self.deps.import_subscribers, path,
-                                                 actor=f"api {client_ip(request)}")
+                                                 actor=f"api {self.ip(request)}")
             except NewsletterError as exc:  # the file as a whole is unusable
                 raise HttpError(400, str(exc).replace(str(path), "the CSV body")) from None
         finally:
             path.unlink(missing_ok=True)
-        log.event("admin.subscriber_import", ip=client_ip(request), rows=report.rows,
+        log.event("admin.subscriber_import", ip=self.ip(request), rows=report.rows,
                   added=report.added, invalid=report.invalid)
         return json_response({"rows": report.rows, "added": report.added,
                               "merged": report.merged, "suppressed": report.suppressed,

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import secrets
-import threading
-import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -24,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from newsletter import log
+from newsletter import log, templating
 from newsletter.audience import subscriptions, tokens
 from newsletter.audience.subscriptions import AddressError, TokenError
+from newsletter.web.limits import SlidingWindow, rate_key
+from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -68,6 +65,8 @@ class SubscribeDeps:
     smtputf8: bool = False
     max_body_bytes: int = 16 * 1024
     templates_dir: Path | None = None
+    # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
+    client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
     now: Callable[[], datetime] = field(default=_utcnow)
 
     @classmethod
@@ -81,58 +80,14 @@ class SubscribeDeps:
                    token_max_age=timedelta(days=sub.unsubscribe_days),
                    resend_window=timedelta(minutes=sub.confirm_resend_minutes),
                    rate_per_ip=sub.rate_per_ip, smtputf8=settings.mail.smtputf8,
-                   templates_dir=Path(folder) if folder else None)
-
-
-class SlidingWindow:
-    """At most `limit` hits per key in any `window` seconds, in memory, per process.
-
-    Memory is bounded: at most `max_keys` keys are tracked, the least recently seen
-    forgotten first, so a flood from many addresses cannot exhaust it.
-    """
-
-    def __init__(self, limit: int, window: float, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def hit(self, key: str) -> float:
-        """Record a hit; 0 if allowed, else the seconds until one would be."""
-        now = self.clock()
-        with self._lock:
-            hits = self._hits.pop(key, None) or deque()
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            self._hits[key] = hits
-            if len(self._hits) > self.max_keys:
-                self._hits.popitem(last=False)
-            if len(hits) >= self.limit:
-                return max(hits[0] + self.window - now, 1.0)
-            hits.append(now)
-            return 0.0
+                   templates_dir=Path(folder) if folder else None,
+                   client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips))
 
 
 class _Refused(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code, self.text = code, text
-
-
-_TOO_LARGE = (413, "The request is too large.")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _Refused(*_TOO_LARGE)  # refuse before reading a byte of it
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked bodies declare no length: count them
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(*_TOO_LARGE)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _parse(request: Request, body: bytes) -> Fields:
@@ -170,34 +125,13 @@ def _first(fields: Fields, name: str) -> str:
     return values[0]
 
 
-def _client_ip(request: Request) -> str:
-    # uvicorn puts the visitor here from X-Forwarded-For only when the proxy's address is in
-    # [server] forwarded_allow_ips (default: loopback); otherwise this is the proxy.
-    return request.client.host if request.client else "unknown"
-
-
-def _rate_key(ip: str) -> str:
-    """The IPv6 /64 a host usually gets whole, so rotating within it does not evade limits."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr)
-
-
 class _Pages:
     def __init__(self, deps: SubscribeDeps) -> None:
         self.deps = deps
         self.home_url = deps.base_url.rstrip("/") + "/"
         self.limiter = SlidingWindow(deps.rate_per_ip, deps.rate_window.total_seconds())
-        loaders = [FileSystemLoader(str(deps.templates_dir))] if deps.templates_dir else []
-        loaders.append(FileSystemLoader(str(subscriptions.DEFAULT_TEMPLATES)))
         # Autoescape: names, addresses and section titles are visitor- or feed-supplied.
-        self.env = Environment(loader=ChoiceLoader(loaders), autoescape=True)
+        self.env = templating.environment(deps.templates_dir, autoescape=True)
 
     # -- responses ------------------------------------------------------------------------
 
@@ -228,8 +162,10 @@ class _Pages:
         `lenient`: an unreadable (but not oversized) body counts as no fields.
         """
         try:
-            body = await _read_body(request, self.deps.max_body_bytes)
+            body = await read_capped(request, self.deps.max_body_bytes)
             return await _parse(request, body)
+        except BodyTooLarge:
+            return self.message("Sorry", "The request is too large.", 413, wants_json=wants_json)
         except _Refused as exc:
             if lenient and exc.code == 400:
                 return {}
@@ -243,8 +179,8 @@ class _Pages:
         ctype = request.headers.get("content-type", "")
         wants_json = ctype.startswith("application/json") or \
             "application/json" in request.headers.get("accept", "")
-        ip = _client_ip(request)
-        retry = self.limiter.hit(_rate_key(ip))
+        ip = self.deps.client_ip(request)
+        retry = self.limiter.hit(rate_key(ip))
         if retry:
             log.event("subscribe_rate_limited", ip=ip)
             return self.message("Too many requests", "Too many requests from your address; "
