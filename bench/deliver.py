@@ -46,10 +46,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter import log, pipeline  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
-from newsletter.models import Issue  # noqa: E402
+from newsletter.models import Claimed, Issue, Settle  # noqa: E402
 from newsletter.pipeline import sending  # noqa: E402
 from newsletter.store.database import Store  # noqa: E402
-from newsletter.store.ledger import Claimed, Settle  # noqa: E402
 
 
 def proc_memory(pid: int) -> tuple[int, int]:

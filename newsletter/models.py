@@ -84,7 +84,17 @@ def article_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
 
 
+# Status names as the store keeps them (strings in the database, so plain str constants).
 ISSUE_STATUSES = ("draft", "scheduled", "sending", "paused", "sent", "cancelled")
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+# Statuses a person left on purpose or that the mail system said never to use again: nothing
+# but their own confirmed opt-in (or an admin's explicit --resubscribe, with a reason) brings
+# them back.
+SUPPRESSED = ("unsubscribed", "bounced", "complained")
+DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
+SETTLE_STATUSES = ("sent", "deferred", "failed", "skipped")  # how one attempt can end
+# Every grant of consent, kept beside the subscriber's latest one (see schema.consent_events).
+CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +131,106 @@ class Issue:
     @property
     def articles(self) -> tuple[Article, ...]:
         return tuple(a for s in self.sections for a in s.articles)
+
+
+# -- audience -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One person on the list, as stored: address, status and their latest consent."""
+
+    id: int
+    email: str
+    email_key: str
+    name: str
+    status: str  # one of SUBSCRIBER_STATUSES
+    sections: tuple[str, ...]  # empty means every section
+    consent_at: datetime | None
+    consent_method: str | None
+    consent_ip: str | None
+    consent_user_agent: str | None
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    confirmation_sent_at: datetime | None
+    hard_bounces: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """One grant of consent to record: what (CONSENT_ACTIONS), who, why, from where."""
+
+    action: str
+    actor: str = ""  # empty: the person themself
+    reason: str = ""
+    previous_status: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    """One recorded grant of consent, as the history shows it."""
+
+    id: int
+    subscriber_id: int
+    at: datetime
+    action: str
+    actor: str
+    reason: str
+    previous_status: str | None
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One valid, normalised CSV record; `line` is where it starts in the file."""
+
+    line: int
+    email: str
+    email_key: str
+    name: str
+    sections: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class BatchCounts:
+    """What merging one batch of imported rows did."""
+
+    added: int = 0
+    merged: int = 0  # already in the store, or earlier in the file: name refreshed
+    # Left exactly as stored, (line, status): unsubscribed, bounced, complained, or pending
+    # (a form sign-up the person has not confirmed; the operator cannot confirm it for them).
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A leased ledger row with what is needed to address the message."""
+
+    delivery_id: int
+    subscriber_id: int
+    email: str  # empty when the subscriber is no longer active: the row is skipped
+    name: str
+    sections: tuple[str, ...]
+    attempts: int
+    first_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """How one claimed row ends this attempt."""
+
+    delivery_id: int
+    subscriber_id: int
+    status: str  # one of SETTLE_STATUSES
+    code: int | None
+    reply: str
+    next_attempt_at: datetime | None = None
+    hard_bounce: bool = False

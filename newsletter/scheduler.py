@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -22,6 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter import log
 from newsletter.config import Settings
+from newsletter.store import locks
 from newsletter.store.database import Store
 
 JOBS_TABLE = "apscheduler_jobs"
@@ -184,62 +182,20 @@ class SingleScheduler:
     on PostgreSQL (one per schema). Processes that lose the race stand by and take over if
     the holder dies; a holder whose lock session dies stands down and stands by."""
 
-    ADVISORY_KEY = 0x6E6C7472  # "nltr"
-    # The two-key form: the schema is the second key, so staging and prod (or parallel
-    # tests) in one database each get their scheduler.
-    _PG_TRY_LOCK = f"SELECT pg_try_advisory_lock({ADVISORY_KEY}, hashtext(current_schema()))"
+    ADVISORY_KEY = locks.ADVISORY_KEY
 
     def __init__(self, settings: Settings, store: Store, retry_seconds: float = 10.0) -> None:
         self.settings, self.store, self.retry = settings, store, retry_seconds
         self.scheduler: BackgroundScheduler | None = None
-        self._held: Any = None
+        self._lock = locks.SchedulerLock(store.engine)
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
-
-    def _try_lock(self) -> bool:
-        if self.store.engine.dialect.name == "postgresql":
-            conn = self.store.engine.connect()
-            try:
-                got = conn.exec_driver_sql(self._PG_TRY_LOCK).scalar()
-                conn.commit()
-            except BaseException:
-                conn.close()
-                raise
-            if got:
-                self._held = conn  # the lock lives as long as this session
-                return True
-            conn.close()
-            return False
-        db = self.store.engine.url.database or ""
-        path = Path(db).with_suffix(".scheduler.lock") if db and db != ":memory:" \
-            else Path("var/scheduler.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self._held = handle
-        return True
-
-    def _lock_alive(self) -> bool:
-        """Whether the session holding the advisory lock still exists (a restart of
-        PostgreSQL or pg_terminate_backend ends it and frees the lock for anyone)."""
-        if not isinstance(self._held, sa.Connection):
-            return True  # a lock file is held for as long as this process keeps it open
-        try:
-            self._held.exec_driver_sql("SELECT 1")
-            self._held.rollback()
-        except sa.exc.DBAPIError:
-            return False
-        return True
 
     def start(self) -> bool:
         """Start now if the lock is free (True); otherwise keep trying in the background."""
         global _RUNTIME
         _RUNTIME = Runtime(self.settings, self.store)
-        active = self._try_lock()
+        active = self._lock.acquire()
         if active:
             self._run()
         else:
@@ -254,9 +210,9 @@ class SingleScheduler:
         while not self._stop.wait(self.retry):
             try:
                 if self.scheduler is None:
-                    if self._try_lock():
+                    if self._lock.acquire():
                         self._run()
-                elif not self._lock_alive():
+                elif not self._lock.alive():
                     log.event("schedule.lock_lost", level=40,
                               action="scheduler stopped; standing by to take over again")
                     self._stand_down()
@@ -269,11 +225,7 @@ class SingleScheduler:
         if scheduler is not None:
             scheduler.shutdown(wait=True)  # jobs already running finish; the ledger's
             # leases keep their deliveries apart from the new scheduler's
-        held, self._held = self._held, None
-        if isinstance(held, sa.Connection):
-            held.invalidate()  # ends the session and its lock; the pool would keep both
-        if held is not None:
-            held.close()
+        self._lock.release()
 
     def _run(self) -> None:
         scheduler = make_scheduler(self.settings, self.store)

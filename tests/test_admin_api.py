@@ -27,9 +27,9 @@ from newsletter.audience.tokens import load_or_create_secret
 from newsletter.compose.render import personalize
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
+from newsletter.models import Subscriber
 from newsletter.pipeline import control, sending
 from newsletter.store.database import Store
-from newsletter.store.subscribers import Subscriber
 from newsletter.web import create_app
 from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions, admin_routes
 from newsletter.web.admin_api import AdminDeps, admin_api_routes

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from newsletter.cli.subscribers import subscribers
 from newsletter.config import Settings
-from newsletter.store.subscribers import SubscriberStore
+from newsletter.store.database import Store as SubscriberStore
 
 
 @click.group()

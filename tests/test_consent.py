@@ -23,12 +23,12 @@ from newsletter import pipeline
 from newsletter.audience import subscriptions
 from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
+from newsletter.models import ConsentEvent
 from newsletter.pipeline.webapp import web_app
 from newsletter.store import migrations
 from newsletter.store.database import Store
 from newsletter.store.migrations import BACKFILLED
 from newsletter.store.schema import consent_events, deliveries, issues, subscribers
-from newsletter.store.subscribers import ConsentEvent, SubscriberStore
 
 TOKEN = "consent-test-token-0123456789abcdef"
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -49,7 +49,7 @@ def cli(settings: Settings, *args: str,
         timeout=120, check=False)
 
 
-def opted_out(store: SubscriberStore, email: str, status: str) -> int:
+def opted_out(store: Store, email: str, status: str) -> int:
     """An address that was active and then left, bounced or complained."""
     sub = subscriptions.subscribe(store, email, "Was Here", method="form", ip="192.0.2.7",
                                   user_agent="UA", now=NOW - timedelta(days=30)).subscriber
@@ -61,7 +61,7 @@ def opted_out(store: SubscriberStore, email: str, status: str) -> int:
     return sub.id
 
 
-def history(store: SubscriberStore, subscriber_id: int) -> list[ConsentEvent]:
+def history(store: Store, subscriber_id: int) -> list[ConsentEvent]:
     return store.consent_history(subscriber_id)
 
 
@@ -173,7 +173,7 @@ timeout = 5
         again = cli(settings, "add", "nell@example.org")  # within the resend window
         assert again.returncode == 0 and "no new confirmation mail" in again.stdout
         assert len(srv.messages) == 1
-    store = SubscriberStore(settings.storage.database_url)
+    store = Store(settings.storage.database_url)
     try:
         token = link.partition("token=")[2]
         secret = load_or_create_secret(settings)
@@ -203,7 +203,7 @@ timeout = 2
     [error] = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert "stored as pending, but the confirmation mail was not sent" in error
     assert "Connection refused" in error and r.stderr.endswith(error + "\n")
-    store = SubscriberStore(settings.storage.database_url)
+    store = Store(settings.storage.database_url)
     try:
         sub = store.get_subscriber_by_key("olga@example.org")
         # Still pending, and the resend window is free: the person's own request mails at once.
@@ -417,7 +417,7 @@ def test_migration_from_version_3_backfills_the_history(db_url: str) -> None:
 
 
 def test_history_is_erased_with_a_deleted_subscriber(db_url: str) -> None:
-    store = SubscriberStore(db_url)
+    store = Store(db_url)
     try:
         sub = subscriptions.subscribe(store, "vic@example.org", "", method="form",
                                       ip="192.0.2.8", user_agent=None, now=NOW).subscriber

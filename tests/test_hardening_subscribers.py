@@ -32,7 +32,7 @@ from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.store.database import Store
-from newsletter.store.subscribers import SubscriberStore
+from newsletter.store.database import Store as SubscriberStore
 
 BAD_ADDRESSES = [
     ("a@@b", "invalid characters"),

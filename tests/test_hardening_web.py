@@ -25,9 +25,9 @@ from webserver import running
 from newsletter import pipeline
 from newsletter.audience import subscriptions, tokens
 from newsletter.config import Settings
+from newsletter.models import Subscriber
 from newsletter.pipeline import sending
 from newsletter.store.database import Store
-from newsletter.store.subscribers import Subscriber
 
 ADMIN_TOKEN = "hardening-admin-token-0123456789"
 

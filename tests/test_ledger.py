@@ -1,4 +1,4 @@
-"""Ledger queries on SQLite and PostgreSQL: set-based enqueue, leases, settling, bounces."""
+"""Ledger queries on SQLite and PostgreSQL: set-based enqueue, leases, settling, bounces, locks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from newsletter.deliver.engine import Policy, SendResult, settle_for
-from newsletter.models import Issue
+from newsletter.models import ISSUE_STATUSES, Issue, Settle
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from newsletter.store.ledger import Settle
+from newsletter.store.locks import SchedulerLock
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -161,3 +161,40 @@ def test_workers_poll_only_issues_being_sent_with_a_row_due(db_url: str) -> None
     assert store.issues_with_due_rows(T0 + timedelta(minutes=6)) == [first]
     assert sorted(store.issues_with_due_rows(T0 + timedelta(hours=2))) == sorted([first, later])
     store.close()
+
+
+def test_totals_for_metrics_name_every_status_and_count_sends_in_a_window(db_url: str) -> None:
+    store, issue_id = seeded(db_url, active=3, other=0)
+    assert store.delivery_totals() == dict.fromkeys(s.DELIVERY_STATUSES, 0)
+    assert store.count_issues() == {**dict.fromkeys(ISSUE_STATUSES, 0), "draft": 1}
+    store.enqueue(issue_id, T0)
+    rows = store.claim(issue_id, "a", 3, timedelta(minutes=5), T0)
+    sent_at = T0 + timedelta(seconds=30)
+    store.settle([Settle(r.delivery_id, r.subscriber_id, "sent", 250, "ok") for r in rows[:2]],
+                 sent_at, 1)
+    assert store.delivery_totals() == {**dict.fromkeys(s.DELIVERY_STATUSES, 0),
+                                       "sent": 2, "sending": 1}
+    # After the start, up to and including the end: what /metrics calls the last minute.
+    assert store.sent_between(sent_at - timedelta(seconds=60), sent_at) == 2
+    assert store.sent_between(sent_at, sent_at + timedelta(seconds=60)) == 0
+    # The query groups are the Store's own methods, over its one engine.
+    assert store.ledger.sent_between(T0, sent_at) == 2
+    assert store.ledger.engine is store.subscribers.engine is store.engine
+    store.close()
+
+
+def test_the_scheduler_lock_has_one_holder_until_released(db_url: str) -> None:
+    first, second = Store(db_url), Store(db_url, migrate=False)
+    a, b = SchedulerLock(first.engine), SchedulerLock(second.engine)
+    try:
+        assert a.acquire() and a.held and a.alive()
+        assert not b.acquire() and not b.held
+        a.release()
+        assert not a.held
+        assert b.acquire()
+        assert not a.acquire()
+    finally:
+        a.release()
+        b.release()
+        first.close()
+        second.close()

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from newsletter import pipeline
 from newsletter.config import Settings
+from newsletter.models import Claimed
 from newsletter.pipeline import sending
-from newsletter.store.ledger import Claimed
 
 SPAMASSASSIN = shutil.which("spamassassin")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "articles"

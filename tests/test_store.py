@@ -14,7 +14,8 @@ from alembic.operations import Operations
 
 from newsletter.models import Article
 from newsletter.store import migrations
-from newsletter.store.database import Store, _article_row, make_engine
+from newsletter.store.database import Store, make_engine
+from newsletter.store.rows import article_row
 from newsletter.store.schema import articles, metadata, schema_version
 
 
@@ -45,7 +46,7 @@ def test_upgrade_from_the_previous_version_keeps_data(db_url: str) -> None:
     with engine.connect() as conn:
         assert migrations.migrate(conn, target=latest - 1)[-1] == latest - 1
         now = datetime.now(UTC)
-        row = {k: v for k, v in _article_row(make_article(7), now).items()}
+        row = {k: v for k, v in article_row(make_article(7), now).items()}
         conn.execute(articles.insert().values(row))
         conn.commit()
         assert migrations.migrate(conn) == [latest]

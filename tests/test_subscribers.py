@@ -18,10 +18,11 @@ from newsletter.audience.subscriptions import (
     clean_name,
     normalise_address,
 )
+from newsletter.audience.subscriptions import Subscribers as SubscriberQueries
 from newsletter.audience.tokens import TokenError
 from newsletter.config import Settings
 from newsletter.store import schema as s
-from newsletter.store.subscribers import SubscriberQueries, SubscriberStore
+from newsletter.store.database import Store as SubscriberStore
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SECRET = b"k" * 32

@@ -15,7 +15,7 @@ import pytest
 from newsletter.audience import subscriptions as subs
 from newsletter.audience.subscribers_csv import CsvError, export_csv, import_csv, neutralise
 from newsletter.config import Settings
-from newsletter.store.subscribers import SubscriberStore
+from newsletter.store.database import Store as SubscriberStore
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

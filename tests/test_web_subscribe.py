@@ -22,7 +22,7 @@ from newsletter.audience import subscriptions as subs
 from newsletter.audience import tokens
 from newsletter.config import Settings
 from newsletter.models import Article
-from newsletter.store.subscribers import SubscriberStore
+from newsletter.store.database import Store as SubscriberStore
 from newsletter.web import create_app
 from newsletter.web.limits import SlidingWindow
 from newsletter.web.limits import rate_key as _rate_key

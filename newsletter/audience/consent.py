@@ -7,9 +7,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from newsletter import log
-from newsletter.audience.subscriptions import SubscribeOutcome, clean_name, subscribe
+from newsletter.audience.subscriptions import (
+    SubscribeOutcome,
+    Subscribers,
+    clean_name,
+    subscribe,
+)
 from newsletter.errors import NewsletterError
-from newsletter.store.subscribers import SUPPRESSED, Subscriber, SubscriberQueries
+from newsletter.models import SUPPRESSED, Subscriber
 
 MAX_REASON_CHARS = 500
 _WHY = {
@@ -45,7 +50,7 @@ def clean_reason(raw: object) -> str:
     return clean_name(raw, MAX_REASON_CHARS)
 
 
-def admin_add(store: SubscriberQueries, email: Any, name: str = "", *, actor: str,
+def admin_add(store: Subscribers, email: Any, name: str = "", *, actor: str,
               now: datetime, hint: str, confirmed: bool = False, resubscribe: bool = False,
               reason: str = "", smtputf8: bool = False,
               resend_window: timedelta = timedelta(hours=1)) -> SubscribeOutcome:
@@ -67,7 +72,7 @@ def admin_add(store: SubscriberQueries, email: Any, name: str = "", *, actor: st
     return outcome
 
 
-def mail_confirmation(store: SubscriberQueries, sub: Subscriber,
+def mail_confirmation(store: Subscribers, sub: Subscriber,
                       send: Callable[[Subscriber], None] | None, now: datetime) -> str | None:
     """Send the double opt-in mail; None when it went out, else why not.
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from newsletter import log
 from newsletter.audience.subscriptions import (
@@ -19,8 +19,18 @@ from newsletter.audience.subscriptions import (
     normalise_address,
 )
 from newsletter.errors import NewsletterError
-from newsletter.store.subscribers import ImportRow, Subscriber, SubscriberQueries
+from newsletter.models import BatchCounts, ImportRow, Subscriber
 from newsletter.words import plural
+
+
+class SubscriberFile(Protocol):
+    """The subscriber queries an import and an export need."""
+
+    def merge_import_batch(self, rows: Sequence[ImportRow], now: datetime, *,
+                           actor: str = ...) -> BatchCounts: ...
+    def iter_subscribers(self, *, batch: int = ...,
+                         statuses: Sequence[str] = ...) -> Iterator[Subscriber]: ...
+
 
 MAX_REPORTED_ERRORS = 1000  # the count goes on; the list stays bounded for huge bad files
 EMAIL_COLUMNS = ("email", "e-mail", "email address")
@@ -132,7 +142,7 @@ def _records(f: TextIO) -> Iterator[tuple[int, list[str] | csv.Error]]:
             yield start, row
 
 
-def import_csv(store: SubscriberQueries, path: str | Path, *, now: datetime,
+def import_csv(store: SubscriberFile, path: str | Path, *, now: datetime,
                batch_size: int = 1000, smtputf8: bool = False,
                actor: str = "") -> ImportReport:
     """Import columns email (required), name and sections ("a|b"); one transaction per batch.
@@ -208,7 +218,7 @@ def _export_row(sub: Subscriber) -> list[str]:
         when(sub.confirmed_at), when(sub.unsubscribed_at), when(sub.created_at))]
 
 
-def export_csv(store: SubscriberQueries, out: TextIO, *, batch: int = 1000) -> int:
+def export_csv(store: SubscriberFile, out: TextIO, *, batch: int = 1000) -> int:
     """Write every subscriber (header first) as CSV to `out`; return the number of rows.
 
     Open `out` with newline="" so quoted newlines survive.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from newsletter import templating
 from newsletter.audience import tokens
 from newsletter.audience.tokens import TokenError
-from newsletter.store.subscribers import SUPPRESSED, Consent, Subscriber, SubscriberQueries
+from newsletter.models import SUPPRESSED, Consent, Subscriber
 
 MAX_ADDRESS_CHARS = 254  # RFC 5321's limit on a forward path, less the angle brackets
 MAX_NAME_CHARS = 100
@@ -33,6 +33,28 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly
 # Hardening: JSON can carry a lone surrogate ("\ud800"), which no database can store: a name
 # holding one made /subscribe and the admin API answer 500.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Subscribers(Protocol):
+    """The subscriber queries these rules need (store.subscribers.SubscriberQueries has them)."""
+
+    def get_subscriber(self, subscriber_id: int) -> Subscriber | None: ...
+    def get_subscriber_by_key(self, email_key: str) -> Subscriber | None: ...
+    def add_subscriber(self, *, email: str, email_key: str, name: str, status: str,
+                       now: datetime, consent_method: str, consent_ip: str | None = ...,
+                       consent_user_agent: str | None = ..., sections: Sequence[str] = ...,
+                       confirmed: bool = ..., consent: Consent | None = ...
+                       ) -> Subscriber | None: ...
+    def update_subscriber(self, subscriber_id: int, now: datetime, *, expect: Sequence[str] = ...,
+                          consent: Consent | None = ..., **values: Any) -> bool: ...
+    def activate_subscriber(self, subscriber_id: int, now: datetime, *,
+                            expect: Sequence[str] = ..., consent: Consent | None = ...) -> bool: ...
+    def claim_confirmation(self, subscriber_id: int, now: datetime, window: timedelta, *,
+                           expect: Sequence[str] = ...) -> bool: ...
+    def record_consent(self, subscriber_id: int, now: datetime, consent: Consent) -> None: ...
+    def unsubscribe_subscriber(self, subscriber_id: int, now: datetime) -> bool: ...
+    def set_subscriber_sections(self, subscriber_id: int, sections: Sequence[str],
+                                now: datetime) -> bool: ...
 
 
 class AddressError(ValueError):
@@ -187,7 +209,7 @@ def issue_links(base_url: str, secret: bytes,
     return links
 
 
-def resolve_token(store: SubscriberQueries, secret: bytes, token: str, purpose: str, *,
+def resolve_token(store: Subscribers, secret: bytes, token: str, purpose: str, *,
                   now: datetime, max_age: timedelta) -> Subscriber:
     """The subscriber a valid token belongs to, or TokenError."""
     found: dict[str, Subscriber] = {}
@@ -230,7 +252,7 @@ def _clip(value: str | None, limit: int) -> str | None:
     return cleaned or None
 
 
-def subscribe(store: SubscriberQueries, email: str, name: str = "", *, method: str,
+def subscribe(store: Subscribers, email: str, name: str = "", *, method: str,
               ip: str | None, user_agent: str | None, now: datetime, confirmed: bool = False,
               sections: Sequence[str] = (), smtputf8: bool = False,
               resend_window: timedelta = timedelta(hours=1), resubscribe: bool = False,
@@ -310,7 +332,7 @@ def subscribe(store: SubscriberQueries, email: str, name: str = "", *, method: s
     return SubscribeOutcome(sub, "suppressed", False)
 
 
-def _fresh(store: SubscriberQueries, sub: Subscriber) -> Subscriber:
+def _fresh(store: Subscribers, sub: Subscriber) -> Subscriber:
     return store.get_subscriber(sub.id) or sub
 
 
@@ -320,7 +342,7 @@ class TokenOutcome:
     changed: bool  # False: it was already so (a replayed link is harmless)
 
 
-def confirm(store: SubscriberQueries, secret: bytes, token: str, *, now: datetime,
+def confirm(store: Subscribers, secret: bytes, token: str, *, now: datetime,
             max_age: timedelta) -> TokenOutcome:
     """Activate the subscriber a confirmation link belongs to; replaying it changes nothing."""
     sub = resolve_token(store, secret, token, "confirm", now=now, max_age=max_age)
@@ -333,7 +355,7 @@ def confirm(store: SubscriberQueries, secret: bytes, token: str, *, now: datetim
     return TokenOutcome(_fresh(store, sub), changed)
 
 
-def unsubscribe(store: SubscriberQueries, secret: bytes, token: str, *, now: datetime,
+def unsubscribe(store: Subscribers, secret: bytes, token: str, *, now: datetime,
                 max_age: timedelta) -> TokenOutcome:
     """Unsubscribe at once (RFC 8058 one-click); doing it twice is fine."""
     sub = resolve_token(store, secret, token, "unsubscribe", now=now, max_age=max_age)
@@ -341,7 +363,7 @@ def unsubscribe(store: SubscriberQueries, secret: bytes, token: str, *, now: dat
     return TokenOutcome(_fresh(store, sub), changed)
 
 
-def update_preferences(store: SubscriberQueries, secret: bytes, token: str,
+def update_preferences(store: Subscribers, secret: bytes, token: str,
                        sections: Sequence[str], *, now: datetime, max_age: timedelta,
                        available: Sequence[str]) -> TokenOutcome:
     """Keep only the chosen sections (none chosen means every section)."""

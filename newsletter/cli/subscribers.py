@@ -21,7 +21,7 @@ from newsletter.words import plural
 if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
     from newsletter.config import Settings
-    from newsletter.store.subscribers import SubscriberStore
+    from newsletter.store.database import Store as SubscriberStore
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,7 +38,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _open(ctx: click.Context) -> tuple[Settings, SubscriberStore]:
     # Imported here: newsletter.cli.main imports this module to add the group.
     from newsletter.cli.main import settings_of
-    from newsletter.store.subscribers import SubscriberStore
+    from newsletter.store.database import Store as SubscriberStore
 
     settings = settings_of(ctx)
     store = SubscriberStore(settings.storage.database_url)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from newsletter.collect.sanitize import (
@@ -21,7 +22,14 @@ from newsletter.collect.sanitize import (
 )
 from newsletter.errors import SourceError
 from newsletter.models import Article, ArticleDraft
-from newsletter.store.database import Store
+
+
+class ArticleStore(Protocol):
+    """What saving needs from a store: the stored fingerprints, and one write of the result."""
+
+    def article_hashes(self, keys: Iterable[str]) -> dict[str, tuple[str, datetime]]: ...
+    def save_articles(self, new: Sequence[Article], changed: Sequence[Article],
+                      now: datetime) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +72,15 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
         if url and urlsplit(url).scheme not in ("http", "https"):
             raise SourceError(draft.origin, f"field '{name}' must be an http(s) URL or a path "
                                             f"on the site, got {url[:100]!r}")
-    fields = {
-        "title": one_line(draft.title), "link": link, "summary": summary, "content": body,
-        "authors": [one_line(a) for a in draft.authors if a.strip()],
-        "section": one_line(draft.section or default_section),
-        "tags": [one_line(t) for t in draft.tags if t.strip()],
-        "image": image, "image_credit": one_line(draft.image_credit),
+    title, section = one_line(draft.title), one_line(draft.section or default_section)
+    authors = [one_line(a) for a in draft.authors if a.strip()]
+    tags = [one_line(t) for t in draft.tags if t.strip()]
+    image_credit = one_line(draft.image_credit)
+    digest = content_hash({
+        "title": title, "link": link, "summary": summary, "content": body, "authors": authors,
+        "section": section, "tags": tags, "image": image, "image_credit": image_credit,
         "published": draft.published.isoformat(),
-    }
-    digest = content_hash(fields)
+    })
     if draft.guid:
         key = "guid:" + draft.guid.strip()
     elif link:
@@ -81,11 +89,11 @@ def build_article(draft: ArticleDraft, *, source: str, rules: LinkRules | None,
     else:
         key = "hash:" + digest
     return Article(
-        key=key, title=fields["title"] or "(untitled)", link=link or draft.origin,
+        key=key, title=title or "(untitled)", link=link or draft.origin,
         published=draft.published, updated=draft.updated or draft.published,
         content_html=body, content_hash=digest, source=source, summary=summary,
-        authors=tuple(fields["authors"]), section=fields["section"], tags=tuple(fields["tags"]),
-        image=image, image_credit=fields["image_credit"], slug=slug,
+        authors=tuple(authors), section=section, tags=tuple(tags),
+        image=image, image_credit=image_credit, slug=slug,
         guid=draft.guid.strip() or link,
     )
 
@@ -107,7 +115,7 @@ class SaveResult:
     unchanged: int = 0
 
 
-def save(store: Store, articles: Sequence[Article], now: datetime) -> SaveResult:
+def save(store: ArticleStore, articles: Sequence[Article], now: datetime) -> SaveResult:
     """Store what is new, update in place what changed (its `updated` time moves), skip the rest."""
     result = SaveResult()
     known = store.article_hashes(a.key for a in articles)

@@ -12,8 +12,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from newsletter import log
 from newsletter.deliver.recorder import Recorder
-from newsletter.models import now_utc
-from newsletter.store.ledger import Claimed, Settle
+from newsletter.models import Claimed, Settle, now_utc
 
 T = TypeVar("T")
 

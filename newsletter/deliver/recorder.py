@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from newsletter.deliver.engine import Ledger, Policy
-    from newsletter.store.ledger import Settle
+    from newsletter.models import Settle
 
 
 class Recorder:

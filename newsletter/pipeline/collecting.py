@@ -17,7 +17,8 @@ from newsletter.config import Settings, Source
 from newsletter.errors import SourceError
 from newsletter.models import Article, now_utc
 from newsletter.publish.feeds import FeedMeta, write_feeds
-from newsletter.store.database import FileRecord, Store
+from newsletter.store.articles import FileRecord
+from newsletter.store.database import Store
 
 
 @dataclass(slots=True)
@@ -159,7 +160,7 @@ def collect(settings: Settings, store: Store, *, now: datetime | None = None) ->
                                        f"has the identity of an article in the folder")
             else:
                 found.append(a)
-    result = arts.save(store, found, started)
+    result = arts.save(store.articles, found, started)
     report.new, report.updated = len(result.new), len(result.updated)
     report.unchanged = result.unchanged
     store.record_collect(started, now_utc(), report.new, report.updated, len(report.errors))

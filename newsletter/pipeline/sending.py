@@ -28,10 +28,8 @@ from newsletter.deliver.mail import (
 )
 from newsletter.deliver.smtp import pool_from_settings
 from newsletter.errors import NewsletterError
-from newsletter.models import Issue, IssueSection, now_utc
+from newsletter.models import Claimed, Issue, IssueSection, Subscriber, now_utc
 from newsletter.store.database import Store
-from newsletter.store.ledger import Claimed
-from newsletter.store.subscribers import Subscriber
 
 T = TypeVar("T")
 SENDABLE = ("draft", "scheduled", "sending", "paused")

@@ -8,8 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter.models import Issue, IssueSection
+from newsletter.models import ISSUE_STATUSES, Article, Issue, IssueSection
 from newsletter.store import schema as s
+from newsletter.store.rows import row_to_article
 
 
 def _issue_row(issue: Issue, now: datetime) -> dict[str, Any]:
@@ -20,16 +21,17 @@ def _issue_row(issue: Issue, now: datetime) -> dict[str, Any]:
 
 
 class IssueQueries:
-    engine: Engine
+    """Issues with the articles they hold, and their status."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def _load_sections(self, conn: Connection, issue_id: int) -> tuple[IssueSection, ...]:
-        from newsletter.store.database import row_to_article
-
         q = (sa.select(s.articles, s.issue_articles.c.section.label("issue_section"))
              .join(s.issue_articles, s.issue_articles.c.article_id == s.articles.c.id)
              .where(s.issue_articles.c.issue_id == issue_id)
              .order_by(s.issue_articles.c.position))
-        sections: dict[str, list[Any]] = {}
+        sections: dict[str, list[Article]] = {}
         for row in conn.execute(q):
             sections.setdefault(row.issue_section, []).append(row_to_article(row))
         return tuple(IssueSection(name, tuple(arts)) for name, arts in sections.items())
@@ -47,7 +49,8 @@ class IssueQueries:
         with self.engine.begin() as conn:
             row = _issue_row(issue, now)
             if issue.id is None:
-                issue.id = conn.execute(s.issues.insert().values(row)).inserted_primary_key[0]
+                issue.id = conn.execute(s.issues.insert().values(row)
+                                        .returning(s.issues.c.id)).scalar_one()
             else:
                 conn.execute(s.issues.update().where(s.issues.c.id == issue.id).values(row))
                 conn.execute(s.issue_articles.delete()
@@ -97,11 +100,10 @@ class IssueQueries:
         with self.engine.begin() as conn:
             return conn.execute(q).rowcount == 1
 
-    def articles_between(self, start: datetime, end: datetime) -> list[Any]:
-        from newsletter.store.database import row_to_article
-
-        q = (sa.select(s.articles).where(s.articles.c.published > start)
-             .where(s.articles.c.published <= end)
-             .order_by(s.articles.c.published.desc(), s.articles.c.id))
+    def count_issues(self) -> dict[str, int]:
+        """Issues per status, every status present (0 when none)."""
+        counts = dict.fromkeys(ISSUE_STATUSES, 0)
+        q = sa.select(s.issues.c.status, sa.func.count()).group_by(s.issues.c.status)
         with self.engine.connect() as conn:
-            return [row_to_article(r) for r in conn.execute(q)]
+            counts.update({status: n for status, n in conn.execute(q)})
+        return counts

@@ -5,40 +5,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
+from newsletter.models import DELIVERY_STATUSES, Claimed, Settle
 from newsletter.store import schema as s
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A leased ledger row with what is needed to address the message."""
-
-    delivery_id: int
-    subscriber_id: int
-    email: str
-    name: str
-    sections: tuple[str, ...]
-    attempts: int
-    first_attempt_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """How one claimed row ends this attempt."""
-
-    delivery_id: int
-    subscriber_id: int
-    status: str  # sent, deferred, failed, skipped
-    code: int | None
-    reply: str
-    next_attempt_at: datetime | None = None
-    hard_bounce: bool = False
 
 
 def _due_kinds(issue_id: int, now: datetime) -> list[tuple[Any, Any]]:
@@ -83,7 +57,10 @@ def _settle_for(dialect: Dialect) -> tuple[str, Callable[[datetime], Any]]:
 
 
 class LedgerQueries:
-    engine: Engine
+    """The delivery ledger's rows: enqueued, claimed, renewed, settled, released, counted."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def enqueue(self, issue_id: int, now: datetime) -> int:
         """One set-based INSERT … SELECT of every active subscriber; existing rows stay."""
@@ -94,12 +71,17 @@ class LedgerQueries:
         ).where(sub.status == "active")
         cols = ["issue_id", "subscriber_id", "status", "attempts", "next_attempt_at",
                 "updated_at"]
+        # ON CONFLICT DO NOTHING is spelt the same by both dialects, but each has its own Insert.
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: sa.Insert
+        key = ["issue_id", "subscriber_id"]
         if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            stmt = postgresql.insert(s.deliveries).from_select(cols, select) \
+                .on_conflict_do_nothing(index_elements=key)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(s.deliveries).from_select(cols, select).on_conflict_do_nothing(
-            index_elements=["issue_id", "subscriber_id"])
+            stmt = sqlite.insert(s.deliveries).from_select(cols, select) \
+                .on_conflict_do_nothing(index_elements=key)
         with self.engine.begin() as conn:
             # Without preserve_rowcount psycopg reports -1 for INSERT … SELECT.
             return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount
@@ -204,9 +186,26 @@ class LedgerQueries:
         q = (sa.select(d.status, sa.func.count()).where(d.issue_id == issue_id)
              .group_by(d.status))
         with self.engine.connect() as conn:
-            counts = {status: 0 for status in s.DELIVERY_STATUSES}
+            counts = {status: 0 for status in DELIVERY_STATUSES}
             counts.update({status: n for status, n in conn.execute(q)})
         return counts
+
+    def delivery_totals(self) -> dict[str, int]:
+        """Rows per status summed over every issue, every status present (0 when none)."""
+        d = s.deliveries.c
+        counts = dict.fromkeys(DELIVERY_STATUSES, 0)
+        with self.engine.connect() as conn:
+            counts.update({status: n for status, n in conn.execute(
+                sa.select(d.status, sa.func.count()).group_by(d.status))})
+        return counts
+
+    def sent_between(self, start: datetime, end: datetime) -> int:
+        """Messages recorded as sent after `start` and up to `end`."""
+        d = s.deliveries.c
+        q = sa.select(sa.func.count()).select_from(s.deliveries).where(
+            d.status == "sent", d.sent_at > start, d.sent_at <= end)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
 
     def next_due(self, issue_id: int) -> datetime | None:
         """When the next unsettled row of this issue becomes due (None: nothing left)."""

@@ -21,6 +21,11 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
+# Re-exported for callers that read the status names beside the tables.
+from newsletter.models import CONSENT_ACTIONS as CONSENT_ACTIONS
+from newsletter.models import DELIVERY_STATUSES as DELIVERY_STATUSES
+from newsletter.models import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out, on SQLite (no zone support) and PostgreSQL."""
@@ -133,8 +138,6 @@ issue_articles = Table(
     Column("position", Integer, nullable=False),
 )
 
-SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
-
 subscribers = Table(
     "subscribers", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -155,8 +158,6 @@ subscribers = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_subscribers_status", "status"),
 )
-
-DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
 
 deliveries = Table(
     "deliveries", metadata,
@@ -180,8 +181,7 @@ deliveries = Table(
 
 # Every grant of consent, kept beside the subscriber's latest one: who (actor: "cli <user>",
 # "api <ip>", "dashboard <ip>"; empty for the person themself), when, why, and from which
-# status an operator brought someone back.
-CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
+# status an operator brought someone back (models.CONSENT_ACTIONS).
 
 consent_events = Table(
     "consent_events", metadata,

@@ -4,87 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from newsletter.models import (
+    CONSENT_ACTIONS,
+    SUBSCRIBER_STATUSES,
+    BatchCounts,
+    Consent,
+    ConsentEvent,
+    ImportRow,
+    Subscriber,
+)
 from newsletter.store import schema as s
 
 _C = s.subscribers.c
 _E = s.consent_events.c
-# Statuses a person left on purpose or that the mail system said never to use again: nothing
-# but their own confirmed opt-in (or an admin's explicit --resubscribe, with a reason) brings
-# them back.
-SUPPRESSED = ("unsubscribed", "bounced", "complained")
 _CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    id: int
-    email: str
-    email_key: str
-    name: str
-    status: str
-    sections: tuple[str, ...]  # empty means every section
-    consent_at: datetime | None
-    consent_method: str | None
-    consent_ip: str | None
-    consent_user_agent: str | None
-    confirmed_at: datetime | None
-    unsubscribed_at: datetime | None
-    confirmation_sent_at: datetime | None
-    hard_bounces: int
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Consent:
-    """One grant of consent to record: what (schema.CONSENT_ACTIONS), who, why, from where."""
-
-    action: str
-    actor: str = ""  # empty: the person themself
-    reason: str = ""
-    previous_status: str | None = None
-    ip: str | None = None
-    user_agent: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentEvent:
-    id: int
-    subscriber_id: int
-    at: datetime
-    action: str
-    actor: str
-    reason: str
-    previous_status: str | None
-    ip: str | None
-    user_agent: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ImportRow:
-    """One valid, normalised CSV record; `line` is where it starts in the file."""
-
-    line: int
-    email: str
-    email_key: str
-    name: str
-    sections: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class BatchCounts:
-    added: int = 0
-    merged: int = 0  # already in the store, or earlier in the file: name refreshed
-    # Left exactly as stored, (line, status): unsubscribed, bounced, complained, or pending
-    # (a form sign-up the person has not confirmed; the operator cannot confirm it for them).
-    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _to_subscriber(row: Any) -> Subscriber:
@@ -98,14 +38,17 @@ def _sections_json(sections: Sequence[str]) -> str:
 
 
 def _record(conn: sa.Connection, subscriber_id: int, now: datetime, consent: Consent) -> None:
-    if consent.action not in s.CONSENT_ACTIONS:
+    if consent.action not in CONSENT_ACTIONS:
         raise ValueError(f"unknown consent action {consent.action!r}")
     conn.execute(s.consent_events.insert().values(subscriber_id=subscriber_id, at=now,
                                                   **asdict(consent)))
 
 
 class SubscriberQueries:
-    engine: Engine
+    """Subscribers and their consent history."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     # -- single subscribers ---------------------------------------------------------------
 
@@ -124,7 +67,8 @@ class SubscriberQueries:
                "created_at": now, "updated_at": now}
         try:
             with self.engine.begin() as conn:
-                new_id = conn.execute(s.subscribers.insert().values(row)).inserted_primary_key[0]
+                new_id = conn.execute(s.subscribers.insert().values(row)
+                                      .returning(_C.id)).scalar_one()
                 if consent is not None:
                     _record(conn, new_id, now, consent)
         except sa.exc.IntegrityError:
@@ -152,7 +96,7 @@ class SubscriberQueries:
 
     def count_subscribers(self) -> dict[str, int]:
         """Subscribers per status, every status present (0 when none)."""
-        counts = dict.fromkeys(s.SUBSCRIBER_STATUSES, 0)
+        counts = dict.fromkeys(SUBSCRIBER_STATUSES, 0)
         q = sa.select(_C.status, sa.func.count()).group_by(_C.status)
         with self.engine.connect() as conn:
             counts.update({status: n for status, n in conn.execute(q)})
@@ -204,7 +148,7 @@ class SubscriberQueries:
     def set_subscriber_status(self, subscriber_id: int, status: str, now: datetime, *,
                               expect: Sequence[str] = ()) -> bool:
         """Admin or feedback-loop status change; unsubscribing records when."""
-        if status not in s.SUBSCRIBER_STATUSES:
+        if status not in SUBSCRIBER_STATUSES:
             raise ValueError(f"unknown subscriber status {status!r}")
         extra: dict[str, Any] = {}
         if status == "unsubscribed":
@@ -362,25 +306,3 @@ class SubscriberQueries:
                 conn.execute(s.subscribers.update().where(_C.id == sa.bindparam("b_id"))
                              .values(name=sa.bindparam("b_name"), updated_at=now), renames)
         return counts
-
-if TYPE_CHECKING:
-    from newsletter.store.database import Store
-
-    class SubscriberStore(Store, SubscriberQueries):
-        """A Store with subscriber queries."""
-
-
-def __getattr__(name: str) -> Any:
-    """`SubscriberStore`: Store with these queries (Store itself once it has them as a base).
-
-    Built lazily so that store.py can import this module to add the mixin without a cycle.
-    """
-    if name != "SubscriberStore":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from newsletter.store.database import Store
-
-    cls = Store if issubclass(Store, SubscriberQueries) else type(
-        "SubscriberStore", (Store, SubscriberQueries),
-        {"__doc__": "A Store with subscriber queries.", "__module__": __name__})
-    globals()["SubscriberStore"] = cls
-    return cls

@@ -29,11 +29,10 @@ from newsletter.web.requests import BodyTooLarge, ClientAddress, capped_stream, 
 
 if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
-    from newsletter.models import Issue
+    from newsletter.models import Issue, Subscriber
     from newsletter.pipeline.control import Overview
     from newsletter.pipeline.issues import BuildResult
     from newsletter.store.database import Store
-    from newsletter.store.subscribers import Subscriber
 
 Jobs = list[tuple[str, datetime | None]]
 MIN_TOKEN_CHARS = MIN_ADMIN_TOKEN_CHARS  # config refuses shorter; stay disabled anyway

@@ -27,7 +27,7 @@ from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.store.subscribers import SubscriberStore
+    from newsletter.store.database import Store as SubscriberStore
 
 Fields = dict[str, list[str]]
 CSRF_COOKIE = "newsletter_csrf"

@@ -377,7 +377,8 @@ def _struct_dt(value: Any) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime(*value[:6], tzinfo=UTC)
+        year, month, day, hour, minute, second = value[:6]
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except (TypeError, ValueError):
         return None
 
