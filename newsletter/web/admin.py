@@ -209,8 +209,9 @@ class _Dashboard:
         stored = next((at for name, at in jobs or () if name == "issue" and at), None)
         if stored is not None:
             next_issue = f"Next issue: {friendly_time(stored, datetime.now(stored.tzinfo))}"
-        issues = [{"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
-                  for i, c in view.issues]
+        issues: list[dict[str, Any]] = [
+            {"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
+            for i, c in view.issues]
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
         response = self.page(
