@@ -32,7 +32,8 @@ from newsletter.pipeline import control, sending
 from newsletter.store.database import Store
 from newsletter.web import create_app
 from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions, admin_routes
-from newsletter.web.admin_api import AdminDeps, admin_api_routes
+from newsletter.web.admin_api import admin_api_routes
+from newsletter.web.admin_http import AdminDeps
 from newsletter.web.metrics import metrics_routes
 
 TOKEN = "admin-test-token-0123456789abcdef"

@@ -49,7 +49,8 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.pipeline.issues import build_issue
     from newsletter.scheduler import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
-    from newsletter.web.admin_api import AdminDeps, admin_api_routes
+    from newsletter.web.admin_api import admin_api_routes
+    from newsletter.web.admin_http import AdminDeps
     from newsletter.web.metrics import metrics_routes
     from newsletter.web.requests import ClientAddress
 

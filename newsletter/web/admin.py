@@ -23,7 +23,7 @@ from newsletter.audience import consent, tokens
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
 from newsletter.web.admin_add import add_subscriber
-from newsletter.web.admin_api import (
+from newsletter.web.admin_http import (
     DISABLED,
     AdminDeps,
     HttpError,

@@ -9,14 +9,14 @@ from newsletter.audience import consent, subscriptions
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
-    from newsletter.web.admin_api import AdminDeps
+    from newsletter.web.admin_http import AdminDeps
 
 
 def add_subscriber(deps: AdminDeps, data: dict[str, Any], actor: str,
                    hint: str) -> tuple[int, dict[str, Any]]:
     """An admin add from the API or dashboard: (HTTP status, answer), HttpError for bad
     fields, consent.ConsentRefused for an opted-out address without an explicit resubscribe."""
-    from newsletter.web.admin_api import HttpError, subscriber_json  # it imports this module
+    from newsletter.web.admin_http import HttpError, subscriber_json
 
     email, name = data.get("email"), data.get("name", "")
     confirmed, resubscribe = data.get("confirmed", False), data.get("resubscribe", False)

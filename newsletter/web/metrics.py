@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter.web.admin_api import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
+from newsletter.web.admin_http import NO_STORE, AdminDeps, HttpError, check_bearer, json_response
 
 if TYPE_CHECKING:
     from newsletter.store.database import Store

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +19,7 @@ from starlette.routing import Route
 from newsletter import log, templating
 from newsletter.audience import subscriptions, tokens
 from newsletter.audience.subscriptions import AddressError, TokenError
+from newsletter.web.forms import Fields, Refused, first, parse_fields
 from newsletter.web.limits import SlidingWindow, rate_key
 from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
 
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.store.database import Store as SubscriberStore
 
-Fields = dict[str, list[str]]
 CSRF_COOKIE = "newsletter_csrf"
 HONEYPOT = "website"  # hidden from people by CSS; bots fill in every field they find
 CHECK_INBOX = ("Thank you. If this address can be subscribed, a confirmation email is on its "
@@ -84,47 +81,6 @@ class SubscribeDeps:
                    client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips))
 
 
-class _Refused(Exception):
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code, self.text = code, text
-
-
-async def _parse(request: Request, body: bytes) -> Fields:
-    """Form fields from urlencoded, multipart (RFC 8058 prefers it) or a JSON object."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    fields: Fields = {}
-    try:
-        if ctype == "application/json":
-            data = json.loads(body or b"{}")
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            for key, value in data.items():
-                values = value if isinstance(value, list) else [value]
-                fields[key] = [v for v in values if isinstance(v, str)]
-        elif ctype == "multipart/form-data":
-            async def once() -> AsyncGenerator[bytes, None]:
-                yield body
-
-            form = await MultiPartParser(request.headers, once(), max_files=0,
-                                         max_fields=100).parse()
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    fields.setdefault(key, []).append(value)
-        elif body:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
-            for key, value in pairs:
-                fields.setdefault(key, []).append(value)
-    except (ValueError, MultiPartException):  # bad JSON or UTF-8, too many fields, files
-        raise _Refused(400, "The form could not be read.") from None
-    return fields
-
-
-def _first(fields: Fields, name: str) -> str:
-    values = fields.get(name) or [""]
-    return values[0]
-
-
 class _Pages:
     def __init__(self, deps: SubscribeDeps) -> None:
         self.deps = deps
@@ -163,10 +119,10 @@ class _Pages:
         """
         try:
             body = await read_capped(request, self.deps.max_body_bytes)
-            return await _parse(request, body)
+            return await parse_fields(request, body)
         except BodyTooLarge:
             return self.message("Sorry", "The request is too large.", 413, wants_json=wants_json)
-        except _Refused as exc:
+        except Refused as exc:
             if lenient and exc.code == 400:
                 return {}
             return self.message("Sorry", exc.text, exc.code, wants_json=wants_json)
@@ -190,10 +146,10 @@ class _Pages:
         if isinstance(fields, Response):
             return fields
         done = self.message("Check your inbox", CHECK_INBOX, 202, wants_json=wants_json)
-        if _first(fields, HONEYPOT):
+        if first(fields, HONEYPOT):
             log.event("subscribe_honeypot", ip=ip)
             return done  # look like success, so the bot learns nothing
-        email, name = _first(fields, "email"), _first(fields, "name")
+        email, name = first(fields, "email"), first(fields, "name")
         deps, now = self.deps, self.deps.now()
         try:
             outcome = await run_in_threadpool(
@@ -267,7 +223,7 @@ class _Pages:
         fields = await self.read_fields(request, lenient=True)
         if isinstance(fields, Response):
             return fields
-        token = token or _first(fields, "token")
+        token = token or first(fields, "token")
         try:
             outcome = await run_in_threadpool(subscriptions.unsubscribe, deps.store,
                                               deps.secret, token, now=deps.now(),
@@ -276,7 +232,7 @@ class _Pages:
             return self.bad_link("unsubscribe", exc, request)
         if outcome.changed:
             log.event("subscriber_unsubscribed", subscriber=outcome.subscriber.id,
-                      one_click=_first(fields, "List-Unsubscribe") == "One-Click")
+                      one_click=first(fields, "List-Unsubscribe") == "One-Click")
         return self.html("unsubscribe.html", token=token, email=outcome.subscriber.email,
                          done=True)
 
@@ -291,7 +247,7 @@ class _Pages:
         if len(nonce) < 32:
             return False
         try:
-            subject = tokens.verify(self.deps.secret, _first(fields, "csrf"), "preferences-form",
+            subject = tokens.verify(self.deps.secret, first(fields, "csrf"), "preferences-form",
                                     timedelta(days=1), self.deps.now(), extra=nonce)
         except TokenError:
             return False
