@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,15 +20,15 @@ from newsletter.web.admin import FLASH_COOKIE, SESSION_COOKIE, Sessions
 from newsletter.web.admin_api import admin_api_routes
 from tests.helpers.admin import (
     TOKEN,
+    WRONG,
     Admin,
     admin_app,
     admin_settings,
     csrf_of,
+    login,
     serve,
 )
 from tests.helpers.sending import seed
-
-WRONG = "admin-test-token-0123456789abcdeX"
 
 # -- wiring: what pipeline.webapp does in production, with sending in a thread ----------
 
@@ -353,14 +352,6 @@ def test_openapi_describes_every_route(admin: Admin) -> None:
 # -- the dashboard over plain HTTP (the browser test drives it for real) --------------------
 
 
-@contextmanager
-def login(admin: Admin) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=admin.base, timeout=30) as client:
-        r = client.post("/admin/login", data={"token": TOKEN})
-        assert r.status_code == 303 and r.headers["location"] == "/admin/"
-        yield client
-
-
 def test_dashboard_login_session_and_csrf(admin: Admin) -> None:
     seed(admin.store, 3)
     assert admin.anon.get("/admin/").headers["location"] == "/admin/login"
@@ -438,7 +429,8 @@ def test_session_cookie_is_secure_over_https(admin: Admin) -> None:
 
 def admin_csrf(admin: Admin, client: httpx.Client, purpose: str) -> str:
     """The token a form for `purpose` would carry (for actions the page does not offer)."""
-    nonce = client.cookies[SESSION_COOKIE].split(".")[1]
+    nonce = Sessions(admin.deps).nonce_of(client.cookies[SESSION_COOKIE])
+    assert nonce is not None
     return Sessions(admin.deps).csrf(nonce, purpose)
 
 

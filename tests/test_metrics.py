@@ -1,54 +1,40 @@
-"""/metrics in the Prometheus text format: parsed line by line, values checked against the store."""
+"""/metrics scraped over HTTP, read by prometheus_client's parser, checked against the store."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.pipeline import sending
-from newsletter.web.metrics import family, render_metrics
+from newsletter.web.metrics import MetricsSnapshot, exposition, render_metrics
 from tests.helpers.admin import TOKEN, admin_settings, serve
 from tests.helpers.sending import seed
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-SAMPLE = re.compile(rf"^(?P<name>{NAME})(?:\{{(?P<labels>{LABEL}(?:,{LABEL})*)\}})? "
-                    rf"(?P<value>[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|Inf|NaN))$")
-HELP = re.compile(rf"^# HELP (?P<name>{NAME}) (?P<text>.+)$")
-TYPE = re.compile(rf"^# TYPE (?P<name>{NAME}) (?P<kind>counter|gauge|histogram|summary|untyped)$")
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def parse(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """(family → type, (name, labels) → value); asserts every line is well formed."""
+def parse(text: str) -> tuple[dict[str, str], Samples]:
+    """(family → type, (sample name, labels) → value), read by prometheus_client's parser."""
     assert text.endswith("\n")
     types: dict[str, str] = {}
-    helped: set[str] = set()
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        if m := HELP.match(line):
-            assert m["name"] not in helped, f"second HELP for {m['name']}"
-            helped.add(m["name"])
-        elif m := TYPE.match(line):
-            # TYPE comes once per family, after its HELP and before its samples.
-            assert m["name"] in helped and m["name"] not in types, line
-            types[m["name"]] = m["kind"]
-        elif m := SAMPLE.match(line):
-            assert m["name"] in types, f"sample before its TYPE: {line}"
-            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m["labels"] or ""))
-            key = (m["name"], labels)
-            assert key not in samples, f"duplicate series: {line}"
-            samples[key] = float(m["value"])
-        else:
-            raise AssertionError(f"not an exposition line: {line!r}")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in types, f"second family {family.name}"
+        assert family.documentation, f"{family.name} has no HELP"
+        types[family.name] = family.type
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series: {key}"
+            samples[key] = sample.value
     return types, samples
 
 
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
@@ -71,18 +57,19 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
         assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert "@" not in r.text  # counts only: no address, no name
         types, samples = parse(r.text)
-        assert types == {"newsletter_articles_total": "counter",
-                         "newsletter_issues_total": "gauge", "newsletter_deliveries": "gauge",
-                         "newsletter_send_rate_per_second": "gauge",
+        # Counters end in _total (the parser names their family without it), gauges never.
+        assert types == {"newsletter_articles": "counter",
+                         "newsletter_issues": "gauge", "newsletter_deliveries": "gauge",
+                         "newsletter_messages_sent_per_second": "gauge",
                          "newsletter_last_collect_timestamp_seconds": "gauge",
                          "newsletter_subscribers": "gauge"}
         assert value(samples, "newsletter_articles_total") == 3  # 2 seeded + 1 Markdown
-        assert value(samples, "newsletter_issues_total", status="sent") == 1
-        assert value(samples, "newsletter_issues_total", status="draft") == 1
-        assert value(samples, "newsletter_issues_total", status="cancelled") == 0
+        assert value(samples, "newsletter_issues", status="sent") == 1
+        assert value(samples, "newsletter_issues", status="draft") == 1
+        assert value(samples, "newsletter_issues", status="cancelled") == 0
         assert value(samples, "newsletter_deliveries", status="sent") == 4
         assert value(samples, "newsletter_deliveries", status="failed") == 0
-        assert value(samples, "newsletter_send_rate_per_second") == 4 / 60
+        assert value(samples, "newsletter_messages_sent_per_second") == 4 / 60
         last = store.last_collect()
         assert last is not None
         assert value(samples, "newsletter_last_collect_timestamp_seconds") == \
@@ -91,7 +78,7 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
         assert value(samples, "newsletter_subscribers", status="unsubscribed") == 1
         # A minute later nothing was sent in the window: the rate falls to zero.
         later = render_metrics(store, now=datetime.now(UTC) + timedelta(seconds=61))
-        assert value(parse(later)[1], "newsletter_send_rate_per_second") == 0
+        assert value(parse(later)[1], "newsletter_messages_sent_per_second") == 0
     finally:
         store.close()
 
@@ -114,7 +101,30 @@ def test_empty_store_and_override(make_settings: Callable[..., Settings],
 
 
 def test_label_values_are_escaped() -> None:
-    lines = family("x", "gauge", "Help.", [({"a": 'q"b\\s\nn'}, 1.5), ({}, 2)])
-    assert lines == ["# HELP x Help.", "# TYPE x gauge", 'x{a="q\\"b\\\\s\\nn"} 1.5', "x 2"]
-    _types, samples = parse("\n".join(lines) + "\n")
-    assert samples[("x", frozenset())] == 2
+    odd = 'q"b\\s\nn'
+    snapshot = MetricsSnapshot(articles=2, issues={odd: 1}, deliveries={}, sent_recently=0,
+                               last_collect_at=0.0, subscribers={})
+    text = exposition(lambda: snapshot)
+    assert 'newsletter_issues{status="q\\"b\\\\s\\nn"} 1.0' in text
+    _types, samples = parse(text)
+    assert value(samples, "newsletter_issues", status=odd) == 1
+    assert value(samples, "newsletter_articles_total") == 2
+
+
+def test_names_follow_prometheus_rules(make_settings: Callable[..., Settings],
+                                       tmp_path: Path) -> None:
+    store = pipeline.open_store(admin_settings(make_settings, tmp_path))
+    try:
+        text = render_metrics(store)
+    finally:
+        store.close()
+    families = list(text_string_to_metric_families(text))
+    assert families and all(f.name.startswith("newsletter_") for f in families)
+    for family in families:
+        # A gauge named *_total would read as a counter to rate(); counters carry it.
+        assert not family.name.endswith("_total"), family.name
+        if family.type == "counter":
+            assert all(s.name == family.name + "_total" for s in family.samples)
+        else:
+            assert family.type == "gauge" and all(s.name == family.name for s in family.samples)
+    assert "newsletter_issues_total" not in text and "send_rate" not in text

@@ -24,7 +24,7 @@ from newsletter.config import Settings
 from newsletter.models import Article
 from newsletter.store.database import Store as SubscriberStore
 from newsletter.web import create_app
-from newsletter.web.forms import SlidingWindow, rate_key
+from newsletter.web.limits import SlidingWindow, rate_key
 from newsletter.web.subscribe import (
     CHECK_INBOX,
     CSRF_COOKIE,

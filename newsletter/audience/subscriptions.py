@@ -13,12 +13,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
+from newsletter import templating
 from newsletter.audience import tokens
 from newsletter.audience.tokens import TokenError
 from newsletter.models import SUPPRESSED, Consent, Subscriber
-from newsletter.resources import DEFAULT_TEMPLATES
 
 MAX_ADDRESS_CHARS = 254  # RFC 5321's limit on a forward path, less the angle brackets
 MAX_NAME_CHARS = 100
@@ -382,11 +381,9 @@ def update_preferences(store: Subscribers, secret: bytes, token: str,
 def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
                        templates_dir: Path | None = None) -> tuple[str, str]:
     """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
-    loaders = [FileSystemLoader(str(templates_dir))] if templates_dir else []
-    loaders.append(FileSystemLoader(str(DEFAULT_TEMPLATES)))
     # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
-    env = Environment(loader=ChoiceLoader(loaders), autoescape=False,  # noqa: S701
-                      undefined=StrictUndefined, keep_trailing_newline=True)
+    env = templating.environment(templates_dir, autoescape=False, strict=True,
+                                 keep_trailing_newline=True)
     body = env.get_template("email/confirm.txt").render(
         publication=publication, name=clean_name(name), confirm_url=confirm_url,
         valid_hours=valid_hours)

@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signed, expiring, purpose-bound tokens for subscriber links, and their key."""
+"""HMAC-SHA256 signed, expiring, purpose-bound tokens: subscriber links, dashboard sessions."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from newsletter import log
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 
-PURPOSES = ("confirm", "unsubscribe", "preferences", "preferences-form")
+# Every kind of signed value the service makes; a token of one is refused as another.
+PURPOSES = ("confirm", "unsubscribe", "preferences", "preferences-form",
+            "admin-session", "admin-csrf", "admin-flash")
 MIN_SECRET_CHARS = 16
 _MAC_BYTES = 32
 _SEP = "\n"  # cannot occur in a purpose or subject (checked), so the payload parses one way

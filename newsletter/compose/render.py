@@ -13,10 +13,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from feedgen.feed import FeedGenerator
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 from premailer import Premailer
 
-from newsletter import __version__
+from newsletter import __version__, templating
 from newsletter.collect.sanitize import first_paragraph, one_line, shorten
 from newsletter.compose.text import (
     ArticleView,
@@ -29,7 +28,7 @@ from newsletter.compose.text import (
 )
 from newsletter.errors import NewsletterError
 from newsletter.models import Article, Issue
-from newsletter.resources import DEFAULT_TEMPLATES
+from newsletter.templating import DEFAULT_TEMPLATES  # noqa: F401  (tests read it here)
 
 __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize",
            "personalize_text", "SIZE_LIMIT"]
@@ -138,22 +137,10 @@ class Renderer:
     """Jinja2 templates, each overridable by a same-named file in the operator's folder."""
 
     def __init__(self, templates_dir: Path | None = None) -> None:
-        loaders = []
-        if templates_dir is not None:
-            if not Path(templates_dir).is_dir():
-                raise NewsletterError(f"newsletter.templates_dir: {templates_dir} is not a folder")
-            loaders.append(FileSystemLoader(str(templates_dir)))
-        loaders.append(FileSystemLoader(str(DEFAULT_TEMPLATES)))
         # Autoescape: titles, names and summaries come from feeds and files. StrictUndefined:
         # a typo in an operator's template fails the build instead of sending a blank.
-        self.env = Environment(
-            loader=ChoiceLoader(loaders),
-            autoescape=True,
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            keep_trailing_newline=True,
-        )
+        self.env = templating.environment(templates_dir, autoescape=True, strict=True,
+                                          trim=True, keep_trailing_newline=True)
 
     def _render(self, name: str, **context: Any) -> str:
         return self.env.get_template(name).render(**context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Settings
@@ -52,6 +53,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.web.admin_api import admin_api_routes
     from newsletter.web.admin_http import AdminDeps
     from newsletter.web.metrics import metrics_routes
+    from newsletter.web.requests import ClientAddress
 
     def collect_now() -> dict[str, Any]:
         report = collect(settings, store)
@@ -94,5 +96,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
             store, p, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
         send_confirmation=sending.subscriber_confirmation(settings, secret),
         publication_name=settings.publication.name,
-        smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone)
+        smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone,
+        templates_dir=Path(folder) if (folder := settings.newsletter.templates_dir) else None,
+        client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips))
     return [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from jinja2 import Environment, FileSystemLoader
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from newsletter import log
-from newsletter.audience import consent
-from newsletter.audience.subscriptions import DEFAULT_TEMPLATES
+from newsletter import log, templating
+from newsletter.audience import consent, tokens
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
 from newsletter.web.admin_add import add_subscriber
@@ -31,17 +27,20 @@ from newsletter.web.admin_http import (
     DISABLED,
     AdminDeps,
     HttpError,
-    client_ip,
     done_of,
     json_response,
     load_issue,
     parse_when,
-    read_capped,
 )
+from newsletter.web.limits import rate_key
+from newsletter.web.requests import BodyTooLarge, read_capped
 from newsletter.words import friendly_time, plural
 
 SESSION_COOKIE = "newsletter_admin"
 FLASH_COOKIE = "newsletter_admin_flash"
+SESSION_PURPOSE, CSRF_PURPOSE, FLASH_PURPOSE = "admin-session", "admin-csrf", "admin-flash"
+_FLASH_MAX_AGE = timedelta(seconds=60)  # the cookie's own lifetime: read on the next page
+_FLASH_BYTES = 650
 ACTIONS = ("send", "schedule", "pause", "resume", "cancel")
 _BASE_HEADERS = {"cache-control": "no-store", "referrer-policy": "same-origin",
                  "x-content-type-options": "nosniff", "x-robots-tag": "noindex"}
@@ -61,38 +60,38 @@ def _page_headers(nonce: str) -> dict[str, str]:
 
 
 class Sessions:
-    """Stateless signed sessions: "expiry.nonce.mac", keyed by the admin token.
+    """Session cookies, CSRF tokens and flash messages, each signed by audience.tokens.
 
-    Changing the token ends every session; logging out revokes the nonce in this process.
+    The key comes from the admin token, so changing the token ends every session; each
+    kind of value has its own purpose, so none is ever accepted as another. Logging out
+    revokes the session's nonce in this process.
     """
 
     def __init__(self, deps: AdminDeps) -> None:
         self.deps = deps
-        self.key = hashlib.sha256(b"newsletter-admin-session-v1\0"
+        self.key = hashlib.sha256(b"newsletter-admin-session-v2\0"
                                   + deps.token.encode("utf-8")).digest()
+        self.max_age = timedelta(hours=deps.session_hours)
         self.revoked: OrderedDict[str, float] = OrderedDict()
         self.lock = threading.Lock()
 
-    def mac(self, *parts: str) -> str:
-        return hmac.new(self.key, "\0".join(parts).encode("utf-8"), hashlib.sha256).hexdigest()
-
     def create(self) -> str:
-        expiry = str(int(time.time() + self.deps.session_hours * 3600))
-        nonce = secrets.token_urlsafe(18)
-        return f"{expiry}.{nonce}.{self.mac('session', expiry, nonce)}"
+        return tokens.sign(self.key, SESSION_PURPOSE, secrets.token_urlsafe(18), now_utc())
 
-    def nonce(self, request: Request) -> str | None:
-        """The session's nonce when the request has a valid, unexpired, unrevoked cookie."""
-        if not self.deps.enabled:
-            return None
-        expiry, _, rest = request.cookies.get(SESSION_COOKIE, "").partition(".")
-        nonce, _, mac = rest.partition(".")
-        if not (expiry.isdigit() and nonce and mac) or int(expiry) < time.time():
-            return None
-        if not hmac.compare_digest(mac, self.mac("session", expiry, nonce)):
+    def nonce_of(self, cookie: str) -> str | None:
+        """The nonce of a valid, unexpired, unrevoked session cookie."""
+        try:
+            nonce = tokens.verify(self.key, cookie, SESSION_PURPOSE, self.max_age, now_utc())
+        except tokens.TokenError:
             return None
         with self.lock:
             return None if nonce in self.revoked else nonce
+
+    def nonce(self, request: Request) -> str | None:
+        """The session's nonce when the request has a valid session cookie."""
+        if not self.deps.enabled:
+            return None
+        return self.nonce_of(request.cookies.get(SESSION_COOKIE, ""))
 
     def revoke(self, nonce: str) -> None:
         with self.lock:
@@ -101,21 +100,31 @@ class Sessions:
                 self.revoked.popitem(last=False)
 
     def csrf(self, nonce: str, purpose: str) -> str:
-        return self.mac("csrf", nonce, purpose)
+        """A token for one form (`purpose`, e.g. "cancel:2") of one session."""
+        return tokens.sign(self.key, CSRF_PURPOSE, nonce, now_utc(), extra=purpose)
+
+    def csrf_ok(self, nonce: str, purpose: str, candidate: str) -> bool:
+        try:
+            return tokens.verify(self.key, candidate, CSRF_PURPOSE, self.max_age, now_utc(),
+                                 extra=purpose) == nonce
+        except tokens.TokenError:
+            return False
 
     def flash(self, ok: bool, text: str) -> str:
-        payload = base64.urlsafe_b64encode(json.dumps(
-            {"ok": ok, "text": text[:500]}).encode()).decode()
-        return f"{payload}.{self.mac('flash', payload)}"
+        text = text[:500]
+        while True:  # the signed token must stay within what tokens.verify reads
+            payload = json.dumps({"ok": ok, "text": text}, ensure_ascii=False)
+            if len(payload.encode("utf-8")) <= _FLASH_BYTES or not text:
+                return tokens.sign(self.key, FLASH_PURPOSE, payload, now_utc())
+            text = text[: len(text) * 3 // 4]
 
     def read_flash(self, request: Request) -> dict[str, Any] | None:
         # Signed, so nobody can make the dashboard show a message of their choosing.
-        payload, _, mac = request.cookies.get(FLASH_COOKIE, "").partition(".")
-        if not payload or not hmac.compare_digest(mac, self.mac("flash", payload)):
-            return None
         try:
-            data = json.loads(base64.urlsafe_b64decode(payload))
-        except ValueError:
+            payload = tokens.verify(self.key, request.cookies.get(FLASH_COOKIE, ""),
+                                    FLASH_PURPOSE, _FLASH_MAX_AGE, now_utc())
+            data = json.loads(payload)
+        except ValueError:  # TokenError is one
             return None
         return data if isinstance(data, dict) else None
 
@@ -129,8 +138,7 @@ class _Dashboard:
         self.deps = deps
         self.sessions = Sessions(deps)
         # Autoescape: subjects, names and errors come from articles, feeds and people.
-        self.env = Environment(loader=FileSystemLoader(str(DEFAULT_TEMPLATES)),
-                               autoescape=True)
+        self.env = templating.environment(deps.templates_dir, autoescape=True)
         self.env.filters["when"] = _when
 
     def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -156,8 +164,8 @@ class _Dashboard:
             if self.sessions.nonce(request):  # already logged in
                 return RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
             return self.page("login.html")
-        ip = client_ip(request)
-        wait = self.deps.failures.blocked(ip)
+        ip = self.deps.client_ip(request)
+        wait = self.deps.failures.blocked(rate_key(ip))
         if wait:
             return self.page("login.html", 429, error="Too many wrong tokens from your "
                              f"address; try again in {plural(int(wait + 0.999), 'second')}.")
@@ -166,7 +174,7 @@ class _Dashboard:
         except HttpError as exc:
             return self.page("login.html", exc.code, error=exc.text)
         if not self.deps.token_ok(fields.get("token", "").strip()):
-            self.deps.failures.record(ip)
+            self.deps.failures.record(rate_key(ip))
             log.event("admin.login_refused", ip=ip)
             return self.page("login.html", 401, error="That is not the admin token.")
         log.event("admin.login", ip=ip)
@@ -176,7 +184,10 @@ class _Dashboard:
         return response
 
     async def form(self, request: Request) -> dict[str, str]:
-        body = await read_capped(request, self.deps.max_body_bytes)
+        try:
+            body = await read_capped(request, self.deps.max_body_bytes)
+        except BodyTooLarge as exc:
+            raise HttpError(413, str(exc)) from None
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
         except ValueError:
@@ -198,8 +209,9 @@ class _Dashboard:
         stored = next((at for name, at in jobs or () if name == "issue" and at), None)
         if stored is not None:
             next_issue = f"Next issue: {friendly_time(stored, datetime.now(stored.tzinfo))}"
-        issues = [{"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
-                  for i, c in view.issues]
+        issues: list[dict[str, Any]] = [
+            {"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
+            for i, c in view.issues]
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
         response = self.page(
@@ -244,10 +256,9 @@ class _Dashboard:
             fields = await self.form(request) if nonce else {}
         except HttpError as exc:
             return self.page("message.html", exc.code, title="Refused", text=exc.text)
-        expected = self.sessions.csrf(nonce, purpose) if nonce else ""
-        if not nonce or not hmac.compare_digest(fields.get("csrf", ""), expected):
+        if not nonce or not self.sessions.csrf_ok(nonce, purpose, fields.get("csrf", "")):
             # No session, or a form this session did not render: a forged request.
-            log.event("admin.csrf_refused", ip=client_ip(request), action=purpose)
+            log.event("admin.csrf_refused", ip=self.deps.client_ip(request), action=purpose)
             return self.page("message.html", 403, title="Refused",
                              text="This form has expired or was not sent from the "
                                   "dashboard. Reload the dashboard and try again.")
@@ -268,7 +279,7 @@ class _Dashboard:
                 text = await work(request, fields)
             except (HttpError, NewsletterError) as exc:
                 ok, text = False, getattr(exc, "text", str(exc))
-            log.event("admin.action", ip=client_ip(request), action=purpose, ok=ok)
+            log.event("admin.action", ip=self.deps.client_ip(request), action=purpose, ok=ok)
             response = RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
             self.cookie(response, request, FLASH_COOKIE, self.sessions.flash(ok, text), 60)
             return response
@@ -284,7 +295,7 @@ class _Dashboard:
         nonce = self.sessions.nonce(request)
         if nonce:
             self.sessions.revoke(nonce)
-        log.event("admin.logout", ip=client_ip(request))
+        log.event("admin.logout", ip=self.deps.client_ip(request))
         response = RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
         response.delete_cookie(SESSION_COOKIE, path="/admin")
         return response
@@ -309,7 +320,7 @@ class _Dashboard:
                 "reason": fields.get("reason", ""), "confirmed": fields.get("confirmed") == "1",
                 "resubscribe": fields.get("resubscribe") == "1"}
         _code, body = await run_in_threadpool(add_subscriber, self.deps, data,
-                                              f"dashboard {client_ip(request)}",
+                                              f"dashboard {self.deps.client_ip(request)}",
                                               consent.HINT_DASHBOARD)
         email, state = body["subscriber"]["email"], body["state"]
         text = {"new": "added", "pending": "already pending confirmation",

@@ -23,17 +23,15 @@ from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_http import (
     AdminDeps,
     HttpError,
-    capped_stream,
     check_bearer,
-    client_ip,
     counted,
     issue_json,
     json_response,
     load_issue,
     parse_when,
-    read_capped,
     subscriber_json,
 )
+from newsletter.web.requests import BodyTooLarge, capped_stream, read_capped
 
 CSV_TYPES = ("text/csv", "application/csv")
 
@@ -45,6 +43,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 class _Api:
     def __init__(self, deps: AdminDeps) -> None:
         self.deps = deps
+        self.ip = deps.client_ip
 
     def guarded(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
@@ -53,6 +52,8 @@ class _Api:
                 return await handler(request)
             except HttpError as exc:
                 return json_response({"error": exc.text}, exc.code, exc.headers)
+            except BodyTooLarge as exc:
+                return json_response({"error": str(exc)}, 413)
             except BadValue as exc:  # e.g. a send time already past
                 return json_response({"error": str(exc)}, 400)
             except NewsletterError as exc:  # an invalid transition, an unsendable issue
@@ -75,7 +76,7 @@ class _Api:
 
     async def collect(self, request: Request) -> Response:
         summary = await run_in_threadpool(self.deps.collect_now)
-        log.event("admin.collect", ip=client_ip(request), new=summary.get("new"))
+        log.event("admin.collect", ip=self.ip(request), new=summary.get("new"))
         return json_response(summary)
 
     async def build(self, request: Request) -> Response:
@@ -86,7 +87,7 @@ class _Api:
         issue = None
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
-        log.event("admin.build", ip=client_ip(request), force=force, created=result.created)
+        log.event("admin.build", ip=self.ip(request), force=force, created=result.created)
         hint = ' (send {"force": true} to build one anyway)' if result.nothing_new else ""
         return json_response({"message": result.message + hint, "created": result.created,
                               "issue": issue}, 201 if result.created else 200)
@@ -120,7 +121,7 @@ class _Api:
             await run_in_threadpool(load_issue, self.deps, number)
             # send_issue returns at once, the delivery goes on: 202, poll the issue.
             await run_in_threadpool(getattr(self.deps, f"{verb}_issue"), *args)
-            log.event(f"admin.{verb}", ip=client_ip(request), number=number)
+            log.event(f"admin.{verb}", ip=self.ip(request), number=number)
             issue = await run_in_threadpool(load_issue, self.deps, number)
             return json_response(await run_in_threadpool(counted, self.deps, issue),
                                  202 if verb == "send" else 200)
@@ -155,17 +156,17 @@ class _Api:
 
     async def add_subscriber(self, request: Request) -> Response:
         data = await self.body(request)
-        actor = f"api {client_ip(request)}"
+        actor = f"api {self.ip(request)}"
         try:
             code, body = await run_in_threadpool(add_subscriber, self.deps, data, actor,
                                                  consent.HINT_API)
         except consent.ConsentRefused as exc:
-            log.event("admin.subscriber_add_refused", ip=client_ip(request),
+            log.event("admin.subscriber_add_refused", ip=self.ip(request),
                       subscriber=exc.subscriber.id, status=exc.subscriber.status)
             return json_response({"error": str(exc), "status": exc.subscriber.status,
                                   "how": 'send "resubscribe": true and a "reason" (who '
                                          'asked, when, how)'}, 409)
-        log.event("admin.subscriber_add", ip=client_ip(request), state=body["state"])
+        log.event("admin.subscriber_add", ip=self.ip(request), state=body["state"])
         return json_response(body, code)
 
     async def remove_subscriber(self, request: Request) -> Response:
@@ -183,7 +184,7 @@ class _Api:
             return {"email": sub.email, "result": result}
 
         body = await run_in_threadpool(run)
-        log.event("admin.subscriber_remove", ip=client_ip(request), result=body["result"])
+        log.event("admin.subscriber_remove", ip=self.ip(request), result=body["result"])
         return json_response(body)
 
     async def import_subscribers(self, request: Request) -> Response:
@@ -198,12 +199,12 @@ class _Api:
                     await run_in_threadpool(out.write, chunk)  # disk must not stall the loop
             try:
                 report = await run_in_threadpool(self.deps.import_subscribers, path,
-                                                 actor=f"api {client_ip(request)}")
+                                                 actor=f"api {self.ip(request)}")
             except NewsletterError as exc:  # the file as a whole is unusable
                 raise HttpError(400, str(exc).replace(str(path), "the CSV body")) from None
         finally:
             path.unlink(missing_ok=True)
-        log.event("admin.subscriber_import", ip=client_ip(request), rows=report.rows,
+        log.event("admin.subscriber_import", ip=self.ip(request), rows=report.rows,
                   added=report.added, invalid=report.invalid)
         return json_response({"rows": report.rows, "added": report.added,
                               "merged": report.merged, "suppressed": report.suppressed,

@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +16,8 @@ from starlette.responses import Response
 
 from newsletter import log
 from newsletter.config import MIN_ADMIN_TOKEN_CHARS
+from newsletter.web.limits import SlidingWindow, rate_key
+from newsletter.web.requests import ClientAddress
 
 if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
@@ -38,34 +37,6 @@ _MAX_ISSUE_NUMBER = 2**31 - 1  # larger path numbers would overflow the database
 
 def _no_jobs() -> Jobs:
     return []
-
-
-class FailureLimiter:
-    """Wrong tokens per client address in a sliding window; memory bounded by `max_keys`."""
-
-    def __init__(self, limit: int, window: float, max_keys: int = 10_000) -> None:
-        self.limit, self.window, self.max_keys = limit, window, max_keys
-        self._hits: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        hits = [t for t in self._hits.pop(key, []) if t > now - self.window]
-        self._hits[key] = hits
-        if len(self._hits) > self.max_keys:
-            self._hits.popitem(last=False)
-        return hits
-
-    def blocked(self, key: str) -> float:
-        """Seconds until `key` may try again; 0 when it may now (a right token too)."""
-        now = time.monotonic()
-        with self._lock:
-            hits = self._recent(key, now)
-            return max(hits[0] + self.window - now, 1.0) if len(hits) >= self.limit else 0.0
-
-    def record(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._recent(key, now).append(now)
 
 
 @dataclass(frozen=True)
@@ -98,10 +69,15 @@ class AdminDeps:
     max_import_bytes: int = 50 * 1024 * 1024
     session_hours: float = 12.0
     auth_failures_per_minute: int = 20
-    failures: FailureLimiter = field(init=False, repr=False, compare=False)
+    templates_dir: Path | None = None  # [newsletter] templates_dir: overrides admin/*.html
+    # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
+    client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
+    failures: SlidingWindow = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "failures", FailureLimiter(self.auth_failures_per_minute, 60))
+        # Wrong tokens per client address (an IPv6 /64 as one) in a sliding minute.
+        object.__setattr__(self, "failures", SlidingWindow(self.auth_failures_per_minute, 60,
+                                                           max_keys=10_000))
 
     @property
     def enabled(self) -> bool:
@@ -138,16 +114,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                     media_type="application/json")
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def check_bearer(deps: AdminDeps, request: Request) -> None:
     """Raise HttpError unless the request carries the admin token as a bearer token."""
     if not deps.enabled:
         raise HttpError(403, DISABLED)
-    ip = client_ip(request)
-    wait = deps.failures.blocked(ip)
+    ip = deps.client_ip(request)
+    wait = deps.failures.blocked(rate_key(ip))
     if wait:
         raise HttpError(429, "too many wrong tokens from your address; try again later",
                         {"retry-after": str(int(wait + 0.999))})
@@ -158,28 +130,10 @@ def check_bearer(deps: AdminDeps, request: Request) -> None:
                         "'Authorization: Bearer <NEWSLETTER_SECRETS_ADMIN_TOKEN>'",
                         {"www-authenticate": challenge})
     if not deps.token_ok(value.strip()):
-        deps.failures.record(ip)
+        deps.failures.record(rate_key(ip))
         log.event("admin.auth_refused", ip=ip, path=request.url.path)
         raise HttpError(401, "wrong bearer token",
                         {"www-authenticate": challenge + ', error="invalid_token"'})
-
-
-async def capped_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks, refused (413) past `limit` bytes, declared or counted."""
-    declared = request.headers.get("content-length")
-    too_large = HttpError(413, f"the request body is larger than {limit} bytes")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large  # before reading a byte of it
-    size = 0
-    async for chunk in request.stream():  # chunked bodies declare no length: count them
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        yield chunk
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in capped_stream(request, limit)])
 
 
 def done_of(counts: dict[str, int]) -> int:

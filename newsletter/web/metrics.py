@@ -1,16 +1,16 @@
-"""Prometheus text exposition at /metrics: counts from the store, no personal data, bearer token.
-
-The service listens on one port that also faces readers, so /metrics is not left open as it
-would be on an internal port: scrape it with the admin token (Prometheus scrape config
-`authorization: {type: Bearer, credentials_file: ...}`).
-"""
+"""Prometheus metrics at /metrics: prometheus_client over the store's counts, bearer token."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,69 +21,100 @@ from newsletter.web.admin_http import NO_STORE, AdminDeps, HttpError, check_bear
 if TYPE_CHECKING:
     from newsletter.store.database import Store
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The service listens on one port that also faces readers, so /metrics is not left open as it
+# would be on an internal port: scrape it with the admin token (docs/metrics.md).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format generate_latest writes
 RATE_WINDOW = timedelta(seconds=60)
 
-Sample = tuple[dict[str, str], float]
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The counts /metrics shows, read in one go; every known status present, 0 or more."""
+
+    articles: int
+    issues: dict[str, int]
+    deliveries: dict[str, int]
+    sent_recently: int  # deliveries sent within RATE_WINDOW before the snapshot
+    last_collect_at: float  # Unix time the last collect finished; 0: never
+    subscribers: dict[str, int]
 
 
-def _escape(value: str) -> str:
-    # The exposition format's label value escapes: backslash, double quote, line feed.
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def metrics_snapshot(store: Store, now: datetime | None = None) -> MetricsSnapshot:
+    """The counts, through the store's own queries: the one place here that reads it."""
+    now = now or datetime.now(UTC)
+    last = store.last_collect()
+    return MetricsSnapshot(
+        articles=store.count_articles(),
+        issues=store.count_issues(),  # every status present, so a series never vanishes
+        deliveries=store.delivery_totals(),
+        sent_recently=store.sent_between(now - RATE_WINDOW, now),
+        last_collect_at=last["finished_at"].timestamp() if last else 0.0,
+        subscribers=store.count_subscribers())
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _by_label(family: GaugeMetricFamily, counts: dict[str, int]) -> GaugeMetricFamily:
+    for status, n in counts.items():
+        family.add_metric([status], n)
+    return family
 
 
-def family(name: str, kind: str, help_text: str, samples: Iterable[Sample]) -> list[str]:
-    """HELP and TYPE lines, then one line per sample: name{label="value",...} number."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{inner}}} {_number(value)}" if inner else
-                     f"{name} {_number(value)}")
-    return lines
+class StoreCollector(Collector):
+    """A custom collector: each scrape takes a fresh snapshot, nothing is kept in between.
+
+    Counts of rows in a status go up and down (an issue moves from draft to sent), so they
+    are gauges without _total; articles are never removed, so that one is a counter.
+    """
+
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        yield CounterMetricFamily("newsletter_articles", "Articles collected into the store.",
+                                  value=snap.articles)
+        yield _by_label(GaugeMetricFamily("newsletter_issues", "Issues by status.",
+                                          labels=["status"]), snap.issues)
+        yield _by_label(GaugeMetricFamily(
+            "newsletter_deliveries", "Delivery ledger rows by status, summed over every issue.",
+            labels=["status"]), snap.deliveries)
+        yield GaugeMetricFamily(
+            "newsletter_messages_sent_per_second",
+            f"Messages sent in the last {int(RATE_WINDOW.total_seconds())} seconds, per second.",
+            value=snap.sent_recently / RATE_WINDOW.total_seconds())
+        yield GaugeMetricFamily("newsletter_last_collect_timestamp_seconds",
+                                "Unix time the last collect run finished (0: never).",
+                                value=snap.last_collect_at)
+        yield _by_label(GaugeMetricFamily("newsletter_subscribers", "Subscribers by status.",
+                                          labels=["status"]), snap.subscribers)
+
+
+def exposition(snapshot: Callable[[], MetricsSnapshot]) -> str:
+    """The text format for one snapshot, from a registry of its own (not the global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(snapshot))
+    return generate_latest(registry).decode("utf-8")
 
 
 def render_metrics(store: Store, now: datetime | None = None) -> str:
-    now = now or datetime.now(UTC)
-    recent = store.sent_between(now - RATE_WINDOW, now)
-    last = store.last_collect()
-    last_at = last["finished_at"].timestamp() if last else 0.0
-    # Every status present, so a series never vanishes.
-    issues = store.count_issues()
-    deliveries = store.delivery_totals()
-    subscribers = store.count_subscribers()
-    lines = [
-        *family("newsletter_articles_total", "counter", "Articles in the store.",
-                [({}, store.count_articles())]),
-        # A gauge despite the _total name: issues move from one status to another.
-        *family("newsletter_issues_total", "gauge", "Issues by status.",
-                [({"status": k}, v) for k, v in issues.items()]),
-        *family("newsletter_deliveries", "gauge",
-                "Delivery ledger rows by status, summed over every issue.",
-                [({"status": k}, v) for k, v in deliveries.items()]),
-        *family("newsletter_send_rate_per_second", "gauge",
-                "Messages sent in the last 60 seconds, divided by 60.",
-                [({}, recent / RATE_WINDOW.total_seconds())]),
-        *family("newsletter_last_collect_timestamp_seconds", "gauge",
-                "Unix time the last collect run finished (0: never).", [({}, last_at)]),
-        *family("newsletter_subscribers", "gauge", "Subscribers by status.",
-                [({"status": k}, v) for k, v in subscribers.items()]),
-    ]
-    return "\n".join(lines) + "\n"
+    return exposition(lambda: metrics_snapshot(store, now))
 
 
 def metrics_routes(deps: AdminDeps) -> list[BaseRoute]:
     """GET /metrics, behind the admin bearer token like the admin API."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(lambda: metrics_snapshot(deps.store)))
+
+    def text() -> str:
+        if deps.metrics is not None:  # an embedding application's own exposition
+            return deps.metrics()
+        return generate_latest(registry).decode("utf-8")
 
     async def endpoint(request: Request) -> Response:
         try:
             check_bearer(deps, request)
         except HttpError as exc:
             return json_response({"error": exc.text}, exc.code, exc.headers)
-        text = await run_in_threadpool(deps.metrics or (lambda: render_metrics(deps.store)))
-        return Response(text, headers=NO_STORE, media_type=CONTENT_TYPE)
+        return Response(await run_in_threadpool(text), headers=NO_STORE,
+                        media_type=CONTENT_TYPE)
 
     return [Route("/metrics", endpoint, methods=["GET"], name="metrics")]

@@ -10,26 +10,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from newsletter import log
+from newsletter import log, templating
 from newsletter.audience import subscriptions, tokens
 from newsletter.audience.subscriptions import AddressError, TokenError
-from newsletter.web.forms import (
-    Fields,
-    Refused,
-    SlidingWindow,
-    client_ip,
-    first,
-    parse_fields,
-    rate_key,
-    read_body,
-)
+from newsletter.web.forms import Fields, Refused, first, parse_fields
+from newsletter.web.limits import SlidingWindow, rate_key
+from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -70,6 +62,8 @@ class SubscribeDeps:
     smtputf8: bool = False
     max_body_bytes: int = 16 * 1024
     templates_dir: Path | None = None
+    # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
+    client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
     now: Callable[[], datetime] = field(default=_utcnow)
 
     @classmethod
@@ -83,7 +77,8 @@ class SubscribeDeps:
                    token_max_age=timedelta(days=sub.unsubscribe_days),
                    resend_window=timedelta(minutes=sub.confirm_resend_minutes),
                    rate_per_ip=sub.rate_per_ip, smtputf8=settings.mail.smtputf8,
-                   templates_dir=Path(folder) if folder else None)
+                   templates_dir=Path(folder) if folder else None,
+                   client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips))
 
 
 class _Pages:
@@ -91,10 +86,8 @@ class _Pages:
         self.deps = deps
         self.home_url = deps.base_url.rstrip("/") + "/"
         self.limiter = SlidingWindow(deps.rate_per_ip, deps.rate_window.total_seconds())
-        loaders = [FileSystemLoader(str(deps.templates_dir))] if deps.templates_dir else []
-        loaders.append(FileSystemLoader(str(subscriptions.DEFAULT_TEMPLATES)))
         # Autoescape: names, addresses and section titles are visitor- or feed-supplied.
-        self.env = Environment(loader=ChoiceLoader(loaders), autoescape=True)
+        self.env = templating.environment(deps.templates_dir, autoescape=True)
 
     # -- responses ------------------------------------------------------------------------
 
@@ -125,8 +118,10 @@ class _Pages:
         `lenient`: an unreadable (but not oversized) body counts as no fields.
         """
         try:
-            body = await read_body(request, self.deps.max_body_bytes)
+            body = await read_capped(request, self.deps.max_body_bytes)
             return await parse_fields(request, body)
+        except BodyTooLarge:
+            return self.message("Sorry", "The request is too large.", 413, wants_json=wants_json)
         except Refused as exc:
             if lenient and exc.code == 400:
                 return {}
@@ -140,7 +135,7 @@ class _Pages:
         ctype = request.headers.get("content-type", "")
         wants_json = ctype.startswith("application/json") or \
             "application/json" in request.headers.get("accept", "")
-        ip = client_ip(request)
+        ip = self.deps.client_ip(request)
         retry = self.limiter.hit(rate_key(ip))
         if retry:
             log.event("subscribe_rate_limited", ip=ip)

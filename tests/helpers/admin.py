@@ -32,6 +32,7 @@ from newsletter.web.admin_http import AdminDeps
 from newsletter.web.metrics import metrics_routes
 
 TOKEN = "admin-test-token-0123456789abcdef"
+WRONG = "admin-test-token-0123456789abcdeX"
 
 
 def thread_sender(settings: Settings, store: Store) -> Callable[[int], None]:
@@ -152,6 +153,14 @@ def serve(settings: Settings, store: Store, tmp_path: Path, **overrides: Any) ->
 
 def csrf_of(page: str, action: str) -> str:
     m = re.search(rf'action="{re.escape(action)}"[^>]*>\s*<input type="hidden" name="csrf" '
-                  rf'value="([0-9a-f]+)"', page)
+                  rf'value="([A-Za-z0-9_-]+)"', page)
     assert m, action
     return m[1]
+
+
+@contextmanager
+def login(admin: Admin) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=admin.base, timeout=30) as client:
+        r = client.post("/admin/login", data={"token": TOKEN})
+        assert r.status_code == 303 and r.headers["location"] == "/admin/"
+        yield client
