@@ -10,8 +10,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 MAX_LINES = 400
-# TEMPORARY while issue 13 lands in parts: removed when the last part is merged.
-pytestmark = pytest.mark.xfail(reason="issue 13 in progress", strict=False)
 
 # Which modules may import a library that ties the code to one kind of IO or one framework.
 LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
