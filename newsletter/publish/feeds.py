@@ -220,14 +220,14 @@ def _self_url(meta: FeedMeta, path: str, filename: str) -> str:
     return meta.feeds_url + path + filename
 
 
-class _NamespaceExtension(BaseExtension):
+class _NamespaceExtension(BaseExtension):  # type: ignore[misc]  # feedgen is untyped
     """Feed-level half of the item extension: only declares the namespaces."""
 
     def extend_ns(self) -> dict[str, str]:
         return {"dc": _DC_NS, "media": _MEDIA_NS}
 
 
-class _ItemExtension(BaseEntryExtension):
+class _ItemExtension(BaseEntryExtension):  # type: ignore[misc]  # feedgen is untyped
     """Adds what feedgen's core entry lacks: dc:creator, atom:updated, media:content."""
 
     article: Article | None = None

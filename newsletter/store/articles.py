@@ -110,7 +110,7 @@ class ArticleQueries:
         with self.engine.connect() as conn:
             return {r.url: dict(r._mapping) for r in conn.execute(sa.select(s.feed_sources))}
 
-    def save_feed_state(self, url: str, **values: Any) -> None:
+    def save_feed_state(self, /, url: str, **values: Any) -> None:
         with self.engine.begin() as conn:
             done = conn.execute(s.feed_sources.update().where(s.feed_sources.c.url == url)
                                 .values(**values)).rowcount

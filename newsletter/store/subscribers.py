@@ -102,9 +102,9 @@ class SubscriberQueries:
             counts.update({status: n for status, n in conn.execute(q)})
         return counts
 
-    def update_subscriber(self, subscriber_id: int, now: datetime, *,
-                          expect: Sequence[str] = (), consent: Consent | None = None,
-                          **values: Any) -> bool:
+    def update_subscriber(self, /, subscriber_id: int, now: datetime, *,
+                             expect: Sequence[str] = (), consent: Consent | None = None,
+                             **values: Any) -> bool:
         """Set columns of one subscriber only while its status is in `expect` (any if empty);
         `consent` is recorded in the same transaction when the row changed.
 

@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from newsletter import log, templating
 from newsletter.audience import subscriptions, tokens
-from newsletter.audience.subscriptions import AddressError, TokenError
+from newsletter.audience.subscriptions import AddressError
+from newsletter.audience.tokens import TokenError
 from newsletter.web.forms import Fields, Refused, first, parse_fields
 from newsletter.web.limits import SlidingWindow, rate_key
 from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
