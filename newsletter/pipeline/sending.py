@@ -138,7 +138,11 @@ def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
     """Mark the issue as sending and fill its ledger (one row per active subscriber)."""
     now = now_utc()
     assert issue.id is not None
-    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE)
+    # The first start records when the issue went out (the archive feed dates entries by it);
+    # resuming a paused send keeps that time.
+    first = not any(store.delivery_counts(issue.id).values())
+    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE,
+                           send_at=now if first else False)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
     return added

@@ -29,7 +29,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
                                               with_articles=True),
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
-        archive_base_url=archive_url(settings))
+        archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age)
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail))
     routes += _admin_routes(settings, store, scheduler, secret)
