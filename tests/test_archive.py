@@ -74,7 +74,7 @@ def test_issue_page(client: httpx.Client, number: int) -> None:
     assert "Harbour authority approves the new container terminal" in r.text
     assert f'<link rel="canonical" href="{ARCHIVE}{number}">' in r.text
     hrefs = {a["href"] for a in Tags(r.text).attrs("a")}
-    assert "https://ledger.example.org/preferences" in hrefs
+    assert "https://ledger.example.org/manage" in hrefs
     assert all(h.startswith("https://") for h in hrefs)
 
 

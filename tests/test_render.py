@@ -400,7 +400,7 @@ def test_archive_page_has_no_personal_data() -> None:
     assert "%%" not in page
     assert "Hello" not in page
     hrefs = {a["href"] for a in Tags(page).attrs("a")}
-    assert {"https://ledger.example.org/subscribe", "https://ledger.example.org/preferences",
+    assert {"https://ledger.example.org/subscribe", "https://ledger.example.org/manage",
             "https://ledger.example.org/issues/"} <= hrefs
     assert f'<link rel="canonical" href="{ARCHIVE_URL}">' in page
     assert "Harbour authority approves the new container terminal" in page

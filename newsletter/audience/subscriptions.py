@@ -357,15 +357,27 @@ def update_preferences(store: SubscriberQueries, secret: bytes, token: str,
 # -- the confirmation email ---------------------------------------------------------------
 
 
-def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
-                       templates_dir: Path | None = None) -> tuple[str, str]:
-    """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
+def _text_templates(templates_dir: Path | None) -> Environment:
     loaders = [FileSystemLoader(str(templates_dir))] if templates_dir else []
     loaders.append(FileSystemLoader(str(DEFAULT_TEMPLATES)))
     # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
-    env = Environment(loader=ChoiceLoader(loaders), autoescape=False,  # noqa: S701
-                      undefined=StrictUndefined, keep_trailing_newline=True)
+    return Environment(loader=ChoiceLoader(loaders), autoescape=False,  # noqa: S701
+                       undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
+                       templates_dir: Path | None = None) -> tuple[str, str]:
+    """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
+    env = _text_templates(templates_dir)
     body = env.get_template("email/confirm.txt").render(
         publication=publication, name=clean_name(name), confirm_url=confirm_url,
         valid_hours=valid_hours)
     return f"Confirm your subscription to {clean_name(publication)}", body
+
+
+def preferences_link_email(*, publication: str, name: str, preferences_url: str,
+                           templates_dir: Path | None = None) -> tuple[str, str]:
+    """(subject, plain-text body) of the mail /manage sends a subscriber, from email/manage.txt."""
+    body = _text_templates(templates_dir).get_template("email/manage.txt").render(
+        publication=publication, name=clean_name(name), preferences_url=preferences_url)
+    return f"Your link to manage {clean_name(publication)}", body

@@ -220,9 +220,10 @@ class Renderer:
 
 
 def _site_links(masthead: Masthead, archive_base_url: str) -> dict[str, str]:
-    # Generic pages stand in for the per-recipient links: an archive page is public.
+    # Generic pages stand in for the per-recipient links: an archive page is public, so
+    # "Manage preferences" is the form that mails a subscriber their own link.
     return {"subscribe_url": f"{masthead.base_url}subscribe",
-            "preferences_url": f"{masthead.base_url}preferences",
+            "preferences_url": f"{masthead.base_url}manage",
             "list_url": archive_base_url, "feed_url": f"{archive_base_url}feed.xml"}
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
-    from newsletter.pipeline.sending import confirmation_sender
+    from newsletter.pipeline.sending import confirmation_sender, preferences_link_sender
     from newsletter.scheduler import next_issue_line
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
@@ -31,7 +31,8 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
         archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age)
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
-        settings, store=store, secret=secret, send_confirmation=confirm_mail))
+        settings, store=store, secret=secret, send_confirmation=confirm_mail,
+        send_preferences_link=preferences_link_sender(settings)))
     routes += _admin_routes(settings, store, scheduler, secret)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,

@@ -60,6 +60,7 @@ class SubscribeDeps:
     publication_name: str
     base_url: str
     send_confirmation: Callable[[str, str, str], None]  # (email, name, confirm_url)
+    send_preferences_link: Callable[[str, str, str], None] | None = None  # for /manage
     confirm_max_age: timedelta = timedelta(hours=72)
     token_max_age: timedelta = timedelta(days=400)  # unsubscribe and preferences links
     resend_window: timedelta = timedelta(minutes=60)
@@ -72,11 +73,14 @@ class SubscribeDeps:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: SubscriberStore, secret: bytes,
-                      send_confirmation: Callable[[str, str, str], None]) -> SubscribeDeps:
+                      send_confirmation: Callable[[str, str, str], None],
+                      send_preferences_link: Callable[[str, str, str], None] | None = None,
+                      ) -> SubscribeDeps:
         sub = settings.subscriptions
         folder = settings.newsletter.templates_dir
         return cls(store=store, secret=secret, publication_name=settings.publication.name,
                    base_url=settings.site_url, send_confirmation=send_confirmation,
+                   send_preferences_link=send_preferences_link,
                    confirm_max_age=timedelta(hours=sub.confirm_hours),
                    token_max_age=timedelta(days=sub.unsubscribe_days),
                    resend_window=timedelta(minutes=sub.confirm_resend_minutes),
@@ -413,8 +417,11 @@ class _Pages:
 
 def subscribe_routes(*, deps: SubscribeDeps) -> list[Route]:
     """The routes to pass to create_app(extra_routes=...)."""
+    from newsletter.web.manage import manage_routes
+
     pages = _Pages(deps)
     return [
+        *manage_routes(pages),
         Route("/subscribe", pages.subscribe, methods=["GET", "POST"], name="subscribe"),
         Route("/confirm", pages.confirm, methods=["GET"], name="confirm"),
         Route("/unsubscribe", pages.unsubscribe, methods=["GET", "POST"], name="unsubscribe"),
