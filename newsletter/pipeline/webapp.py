@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Settings
@@ -24,6 +25,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
     secret = load_or_create_secret(settings)
+    folder = settings.newsletter.templates_dir
     confirm_mail = confirmation_sender(settings)
     routes = archive_routes(
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
@@ -36,7 +38,8 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     routes += _admin_routes(settings, store, scheduler, secret)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                      extra_routes=routes, next_issue=lambda: next_issue_line(settings))
+                      extra_routes=routes, next_issue=lambda: next_issue_line(settings),
+                      templates_dir=Path(folder) if folder else None)
 
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,

@@ -43,7 +43,7 @@ _AGAIN = "You can subscribe again, or use the link in a newer email."
 SECURITY_HEADERS = {
     "cache-control": "no-store", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
     "x-content-type-options": "nosniff", "x-robots-tag": "noindex",
-    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "content-security-policy": "default-src 'none'; style-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
 
 
