@@ -214,7 +214,7 @@ class Renderer:
         """Every issue given, in the order given, linking to its archive page."""
         base = _folder(archive_base_url)
         items = [{"number": i.number, "subject": i.subject, "preheader": i.preheader,
-                  "date": long_date(i.created), "url": f"{base}{i.number}"} for i in issues]
+                  "date": long_date(sent_time(i)), "url": f"{base}{i.number}"} for i in issues]
         return self._render("archive/list.html", masthead=masthead, issues=items,
                             **_site_links(masthead, base))
 
