@@ -22,6 +22,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     from newsletter.scheduler import next_issue_line
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
+    from newsletter.web.manage import manage_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
     secret = load_or_create_secret(settings)
@@ -34,7 +35,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age)
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail,
-        send_preferences_link=preferences_link_sender(settings)))
+        send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,

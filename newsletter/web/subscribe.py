@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -415,13 +415,13 @@ class _Pages:
         return response
 
 
-def subscribe_routes(*, deps: SubscribeDeps) -> list[Route]:
-    """The routes to pass to create_app(extra_routes=...)."""
-    from newsletter.web.manage import manage_routes
-
+def subscribe_routes(*, deps: SubscribeDeps,
+                     more: Sequence[Callable[[_Pages], list[Route]]] = ()) -> list[Route]:
+    """The routes to pass to create_app(extra_routes=...); `more` adds pages sharing these
+    pages' templates and per-client limit (web.manage.manage_routes)."""
     pages = _Pages(deps)
     return [
-        *manage_routes(pages),
+        *(route for add in more for route in add(pages)),
         Route("/subscribe", pages.subscribe, methods=["GET", "POST"], name="subscribe"),
         Route("/confirm", pages.confirm, methods=["GET"], name="confirm"),
         Route("/unsubscribe", pages.unsubscribe, methods=["GET", "POST"], name="unsubscribe"),
