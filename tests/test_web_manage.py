@@ -159,3 +159,13 @@ def test_archive_footer_links_to_the_form(make_settings: Callable[..., Settings]
         links = re.findall(r'<a href="([^"]+)">Manage preferences</a>', page.text)
         assert links == [f"{SITE}manage"]
         assert s.client.get(urlsplit(links[0]).path).status_code == 200
+
+
+def test_a_dead_preferences_link_offers_the_form(make_settings: Callable[..., Settings],
+                                                 tmp_path: Path) -> None:
+    with site(make_settings, tmp_path) as s:
+        r = s.client.get("/preferences?token=expired-or-forged")
+        assert r.status_code == 400 and "This link does not work" in r.text
+        assert f'<a href="{SITE}manage">Email me a new link</a>' in r.text
+        other = s.client.get("/confirm?token=expired-or-forged")
+        assert other.status_code == 400 and "Email me a new link" not in other.text

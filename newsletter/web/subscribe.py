@@ -222,8 +222,12 @@ class _Pages:
 
     def bad_link(self, what: str, exc: TokenError, request: Request) -> Response:
         log.event("subscriber_link_refused", page=request.url.path, reason=exc.reason)
+        # A preferences link can be asked for again: /manage mails a fresh one.
+        again = {"link_url": self.home_url + "manage", "link_text": "Email me a new link"} \
+            if what == "preferences" else {}
         return self.message("This link does not work",
-                            f"This {what} link is not valid, or it has expired. {_AGAIN}", 400)
+                            f"This {what} link is not valid, or it has expired. {_AGAIN}", 400,
+                            **again)
 
     async def read_fields(self, request: Request, wants_json: bool = False, *,
                           lenient: bool = False) -> Fields | Response:
