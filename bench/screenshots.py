@@ -109,8 +109,11 @@ def find_pages(base: str, settings: Settings) -> dict[str, str]:
     local = [p for p in paths if p.startswith("/") and not p.endswith((".xml", ".json"))]
     prefix = "/" + settings.publication.article_path.split("{slug}")[0].lstrip("/")
     article = next((p for p in local if p.startswith(prefix) and p != prefix), None)
-    section = next((p for p in local if "/sections/" in p and not p.startswith("/feeds/")),
-                   None)
+    # A section page: whatever else the home page links to on this site (its URL is the
+    # site publisher's choice), not an article, feed, archive or subscriber page.
+    known = (prefix, "/feeds/", "/issues/", "/subscribe", "/manage", "/static/", "/admin/")
+    section = next((p for p in local if "section" in p and not p.startswith(known)),
+                   next((p for p in local if p != "/" and not p.startswith(known)), None))
     for family, path in (("article", article), ("section", section)):
         if path:
             pages[family] = path
