@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
+from jinja2 import Environment
 
 from newsletter import templating
 from newsletter.audience import tokens
@@ -378,13 +379,25 @@ def update_preferences(store: Subscribers, secret: bytes, token: str,
 # -- the confirmation email ---------------------------------------------------------------
 
 
+def _text_templates(templates_dir: Path | None) -> Environment:
+    # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
+    return templating.environment(templates_dir, autoescape=False, strict=True,
+                                  keep_trailing_newline=True)
+
+
 def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
                        templates_dir: Path | None = None) -> tuple[str, str]:
     """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
-    # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
-    env = templating.environment(templates_dir, autoescape=False, strict=True,
-                                 keep_trailing_newline=True)
+    env = _text_templates(templates_dir)
     body = env.get_template("email/confirm.txt").render(
         publication=publication, name=clean_name(name), confirm_url=confirm_url,
         valid_hours=valid_hours)
     return f"Confirm your subscription to {clean_name(publication)}", body
+
+
+def preferences_link_email(*, publication: str, name: str, preferences_url: str,
+                           templates_dir: Path | None = None) -> tuple[str, str]:
+    """(subject, plain-text body) of the mail /manage sends a subscriber, from email/manage.txt."""
+    body = _text_templates(templates_dir).get_template("email/manage.txt").render(
+        publication=publication, name=clean_name(name), preferences_url=preferences_url)
+    return f"Your link to manage {clean_name(publication)}", body

@@ -31,7 +31,7 @@ from newsletter.models import Article, Issue
 from newsletter.templating import DEFAULT_TEMPLATES  # noqa: F401  (tests read it here)
 
 __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize",
-           "personalize_text", "SIZE_LIMIT"]
+           "personalize_text", "sent_time", "SIZE_LIMIT"]
 
 # Gmail clips messages whose HTML exceeds about 102 KB, hiding the footer (and with it the
 # unsubscribe link); the margin leaves room for the personal URLs filled in later.
@@ -202,15 +202,16 @@ class Renderer:
         """Every issue given, in the order given, linking to its archive page."""
         base = _folder(archive_base_url)
         items = [{"number": i.number, "subject": i.subject, "preheader": i.preheader,
-                  "date": long_date(i.created), "url": f"{base}{i.number}"} for i in issues]
+                  "date": long_date(sent_time(i)), "url": f"{base}{i.number}"} for i in issues]
         return self._render("archive/list.html", masthead=masthead, issues=items,
                             **_site_links(masthead, base))
 
 
 def _site_links(masthead: Masthead, archive_base_url: str) -> dict[str, str]:
-    # Generic pages stand in for the per-recipient links: an archive page is public.
+    # Generic pages stand in for the per-recipient links: an archive page is public, so
+    # "Manage preferences" is the form that mails a subscriber their own link.
     return {"subscribe_url": f"{masthead.base_url}subscribe",
-            "preferences_url": f"{masthead.base_url}preferences",
+            "preferences_url": f"{masthead.base_url}manage",
             "list_url": archive_base_url, "feed_url": f"{archive_base_url}feed.xml"}
 
 
@@ -291,8 +292,22 @@ def personalize_text(text: str, *, unsubscribe_url: str, preferences_url: str, n
 
 # -- the archive feed -----------------------------------------------------------------------
 
+def sent_time(issue: Issue) -> datetime:
+    """When the issue went out: sending records it in send_at; older rows fall back to the build."""
+    when = issue.send_at if issue.status in ("sending", "sent") and issue.send_at else None
+    return (when or issue.created).replace(microsecond=0)
+
+
+def archive_updated(issues: Sequence[Issue]) -> datetime:
+    """The archive feed's last change: the newest issue's send time."""
+    return max((sent_time(i) for i in issues), default=EPOCH)
+
+
 def archive_feed(issues: Sequence[Issue], masthead: Masthead, archive_base_url: str) -> bytes:
-    """Atom feed of the issues given, each entry linking to its archive page; deterministic."""
+    """Atom feed of the issues given, each entry linking to its archive page; deterministic.
+
+    Entries are by the publication and dated when the issue was sent, not when it was built.
+    """
     base = _folder(archive_base_url)
     self_url = f"{base}feed.xml"
     fg = FeedGenerator()
@@ -302,7 +317,7 @@ def archive_feed(issues: Sequence[Issue], masthead: Masthead, archive_base_url: 
     fg.language(masthead.language)
     fg.generator("newsletter", version=__version__)
     # Never "now": the feed only changes when an issue does.
-    fg.updated(max((i.created for i in issues), default=EPOCH).replace(microsecond=0))
+    fg.updated(archive_updated(issues))
     fg.link(href=self_url, rel="self", type="application/atom+xml")
     fg.link(href=base, rel="alternate", type="text/html")
     for issue in sorted(issues, key=lambda i: i.number, reverse=True):
@@ -311,9 +326,10 @@ def archive_feed(issues: Sequence[Issue], masthead: Masthead, archive_base_url: 
         fe.id(url)
         fe.title(one_line(issue.subject) or f"Issue {issue.number}")
         fe.link(href=url, rel="alternate", type="text/html")
-        created = issue.created.replace(microsecond=0)
-        fe.published(created)
-        fe.updated(created)
+        fe.author({"name": masthead.name, "uri": masthead.base_url})
+        sent = sent_time(issue)
+        fe.published(sent)
+        fe.updated(sent)
         if issue.preheader:
             fe.summary(one_line(issue.preheader))
         titles = "".join(f"<li>{html.escape(one_line(a.title))}</li>" for a in issue.articles)

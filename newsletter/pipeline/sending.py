@@ -136,7 +136,11 @@ def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
     """Mark the issue as sending and fill its ledger (one row per active subscriber)."""
     now = now_utc()
     assert issue.id is not None
-    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE)
+    # The first start records when the issue went out (the archive feed dates entries by it);
+    # resuming a paused send keeps that time.
+    first = not any(store.delivery_counts(issue.id).values())
+    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE,
+                           send_at=now if first else False)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
     return added
@@ -336,22 +340,46 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
 def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
     """The double opt-in mail, sent through the configured transport (SMTP or outbox)."""
     from newsletter.audience.subscriptions import confirmation_email
-    from newsletter.deliver.mail import notice_message
 
-    identity = identity_from_settings(settings)
     folder = settings.newsletter.templates_dir
 
-    def send(address: str, name: str, confirm_url: str) -> None:
-        subject, text = confirmation_email(
+    def compose(name: str, confirm_url: str) -> tuple[str, str]:
+        return confirmation_email(
             publication=settings.publication.name, name=name, confirm_url=confirm_url,
             valid_hours=settings.subscriptions.confirm_hours,
             templates_dir=Path(folder) if folder else None)
+
+    return _notice_sender(settings, compose, "confirm", "confirmation mail")
+
+
+def preferences_link_sender(settings: Settings) -> Callable[[str, str, str], None]:
+    """The mail /manage sends a subscriber: (address, name, preferences URL), same transport."""
+    from newsletter.audience.subscriptions import preferences_link_email
+
+    folder = settings.newsletter.templates_dir
+
+    def compose(name: str, url: str) -> tuple[str, str]:
+        return preferences_link_email(publication=settings.publication.name, name=name,
+                                      preferences_url=url,
+                                      templates_dir=Path(folder) if folder else None)
+
+    return _notice_sender(settings, compose, "manage", "preferences link mail")
+
+
+def _notice_sender(settings: Settings, compose: Callable[[str, str], tuple[str, str]],
+                   kind: str, what: str) -> Callable[[str, str, str], None]:
+    from newsletter.deliver.mail import notice_message
+
+    identity = identity_from_settings(settings)
+
+    def send(address: str, name: str, url: str) -> None:
+        subject, text = compose(name, url)
         now = now_utc()
         token = hashlib.sha256(f"{address}:{now.isoformat()}".encode()).hexdigest()[:16]
         message = notice_message(identity=identity, to_address=address, to_name=name,
                                  subject=subject, text=text, date=now,
-                                 message_id=f"<confirm.{token}@{identity.message_id_domain}>")
-        send_one(settings, address, message, what="confirmation mail")
+                                 message_id=f"<{kind}.{token}@{identity.message_id_domain}>")
+        send_one(settings, address, message, what=what)
 
     return send
 

@@ -19,24 +19,28 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.schedule import next_issue_line
-    from newsletter.pipeline.sending import confirmation_sender
+    from newsletter.pipeline.sending import confirmation_sender, preferences_link_sender
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
+    from newsletter.web.manage import manage_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
     secret = load_or_create_secret(settings)
+    folder = settings.newsletter.templates_dir
     confirm_mail = confirmation_sender(settings)
     routes: list[BaseRoute] = [*archive_routes(
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
                                               with_articles=True),
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
-        archive_base_url=archive_url(settings))]
+        archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age)]
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
-        settings, store=store, secret=secret, send_confirmation=confirm_mail))
+        settings, store=store, secret=secret, send_confirmation=confirm_mail,
+        send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
     return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                      extra_routes=routes, next_issue=lambda: next_issue_line(settings))
+                      extra_routes=routes, next_issue=lambda: next_issue_line(settings),
+                      templates_dir=Path(folder) if folder else None)
 
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,

@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter.web.files import FeedFiles
 from newsletter.web.home import home_endpoint
+from newsletter.web.static import StaticFiles, static_dirs
 
 __all__ = ["FeedFiles", "create_app"]
 
@@ -29,6 +30,7 @@ def create_app(
     cache_max_age: int = 300,
     extra_routes: Sequence[BaseRoute] = (),
     next_issue: Callable[[], str] | None = None,
+    templates_dir: Path | None = None,
 ) -> Starlette:
     """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under."""
     feeds_dir = Path(feeds_dir)
@@ -38,6 +40,8 @@ def create_app(
               name="home"),
         Route("/healthz", _healthz, name="healthz"),
         Route("/feeds/{path:path}", files, name="feeds"),
+        Route("/static/{path:path}", StaticFiles(static_dirs(templates_dir),
+                                                 max_age=cache_max_age), name="static"),
         *extra_routes,
     ]
     app = Starlette(routes=routes)

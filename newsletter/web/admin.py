@@ -54,7 +54,8 @@ PREVIEW_HEADERS = {**_BASE_HEADERS, "x-frame-options": "SAMEORIGIN",
 def _page_headers(nonce: str) -> dict[str, str]:
     return {**_BASE_HEADERS, "x-frame-options": "DENY",
             "content-security-policy": (
-                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                f"style-src 'self' 'nonce-{nonce}'; "
                 "connect-src 'self'; frame-src 'self'; img-src 'self' data:; "
                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")}
 

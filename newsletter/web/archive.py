@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -10,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from newsletter.compose.render import Masthead, Renderer, archive_feed
+from newsletter.compose.render import Masthead, Renderer, archive_feed, archive_updated
 from newsletter.models import Issue
+from newsletter.web.files import Generated
 
 # Drafts, scheduled and cancelled issues are not public: only what went (or is going) out.
 PUBLIC_STATUSES = ("sending", "sent")
@@ -32,6 +34,7 @@ def archive_routes(
     renderer: Renderer,
     masthead: Masthead,
     archive_base_url: str,
+    cache_max_age: int = 300,
 ) -> list[Route]:
     """Routes for /issues/, /issues/{number} and /issues/feed.xml.
 
@@ -54,8 +57,9 @@ def archive_routes(
         assert issue is not None
         return renderer.render_archive_page(issue, masthead, f"{base}{number}")
 
-    def feed() -> bytes:
-        return archive_feed(public_issues(), masthead, base)
+    def feed() -> tuple[bytes, datetime]:
+        issues = public_issues()
+        return archive_feed(issues, masthead, base), archive_updated(issues)
 
     async def list_endpoint(request: Request) -> Response:
         return HTMLResponse(await run_in_threadpool(list_page), headers=_CACHE)
@@ -67,12 +71,10 @@ def archive_routes(
             raise HTTPException(status_code=404)
         return HTMLResponse(page, headers=_CACHE)
 
-    async def feed_endpoint(request: Request) -> Response:
-        body = await run_in_threadpool(feed)
-        return Response(body, media_type="application/atom+xml; charset=utf-8", headers=_CACHE)
-
     return [
         Route("/issues/", list_endpoint, name="archive_list"),
-        Route("/issues/feed.xml", feed_endpoint, name="archive_feed"),
+        # Served like the other feeds (ETag, Last-Modified, 304, gzip): readers poll it.
+        Route("/issues/feed.xml", Generated("atom.xml", feed, max_age=cache_max_age),
+              name="archive_feed"),
         Route("/issues/{number:int}", issue_endpoint, name="archive_issue"),
     ]

@@ -10,6 +10,7 @@ import os
 import re
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -106,29 +107,7 @@ class FeedFiles:
         if entry is None:
             await _plain(send, 404, b"Not Found")
             return
-
-        accept_encoding = if_none_match = if_modified_since = None
-        for name, value in scope["headers"]:
-            if name == b"accept-encoding":
-                accept_encoding = value.decode("latin-1")
-            elif name == b"if-none-match":
-                # Repeated header lines form one list (RFC 9110 §5.3).
-                text = value.decode("latin-1")
-                if_none_match = text if if_none_match is None else f"{if_none_match},{text}"
-            elif name == b"if-modified-since":
-                if_modified_since = value.decode("latin-1")
-
-        gz = entry.gz_body is not None and accepts_gzip(accept_encoding)
-        etag = entry.gz_etag if gz else entry.etag
-        if _not_modified(etag, entry.mtime, if_none_match, if_modified_since):
-            headers = entry.nm_gz_headers if gz else entry.nm_headers
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        headers = entry.ok_gz_headers if gz else entry.ok_headers
-        body = b"" if method == "HEAD" else (entry.gz_body if gz else entry.body)
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(entry, scope, send)
 
     def locate(self, rel: str) -> tuple[str, os.stat_result] | None:
         """Real path and stat of a regular file inside the root, or None if it may not be served.
@@ -194,49 +173,8 @@ class FeedFiles:
             return None
         if len(body) > self.max_file_size:
             return None
-        return self._build(st, body, os.path.basename(path))
-
-    def _build(self, st: os.stat_result, body: bytes, name: str) -> _Entry:
-        media_type = content_type_for(name)
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        etag, gz_etag = f'"{digest}"', f'"{digest}-gz"'
-        gz_body = None
-        if len(body) > GZIP_MIN_SIZE and _compressible(media_type):
-            # mtime=0 keeps the gzip bytes a pure function of the content.
-            packed = gzip.compress(body, compresslevel=6, mtime=0)
-            if len(packed) < len(body):
-                gz_body = packed
-        mtime = int(st.st_mtime)
-        last_modified = formatdate(mtime, usegmt=True).encode()
-        common: Headers = [
-            (b"cache-control", self.cache_control),
-            (b"last-modified", last_modified),
-            (b"vary", b"Accept-Encoding"),
-        ]
-
-        def ok(tag: str, data: bytes, encoded: bool) -> Headers:
-            extra = [(b"content-encoding", b"gzip")] if encoded else []
-            return [
-                (b"content-type", media_type.encode()),
-                (b"content-length", str(len(data)).encode()),
-                (b"etag", tag.encode()),
-                *common,
-                *extra,
-            ]
-
-        return _Entry(
-            key=(st.st_mtime_ns, st.st_size, st.st_ino),
-            mtime=mtime,
-            body=body,
-            gz_body=gz_body,
-            etag=etag,
-            gz_etag=gz_etag,
-            ok_headers=ok(etag, body, False),
-            ok_gz_headers=ok(gz_etag, gz_body, True) if gz_body is not None else [],
-            # A 304 repeats the validators and caching headers but has no body to describe.
-            nm_headers=[(b"etag", etag.encode()), *common],
-            nm_gz_headers=[(b"etag", gz_etag.encode()), *common],
-        )
+        return build_entry((st.st_mtime_ns, st.st_size, st.st_ino), int(st.st_mtime), body,
+                           os.path.basename(path), self.cache_control)
 
     def _store(self, path: str, entry: _Entry) -> None:
         old = self._cache.pop(path, None)
@@ -249,6 +187,104 @@ class FeedFiles:
         ):
             _, evicted = self._cache.popitem(last=False)
             self._cache_bytes -= evicted.weight
+
+
+class Generated:
+    """Serve bytes made per request (the archive feed) like a file: ETag, Last-Modified, gzip.
+
+    `make` returns the body and when it last changed. The last version is kept, so an
+    unchanged body is compared but not compressed again.
+    """
+
+    def __init__(self, name: str, make: Callable[[], tuple[bytes, datetime]], *,
+                 max_age: int = 300) -> None:
+        self.name, self.make = name, make
+        self.cache_control = f"public, max-age={int(max_age)}".encode()
+        self._last: _Entry | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method", "GET") not in ("GET", "HEAD"):
+            await _plain(send, 405, b"Method Not Allowed", _ALLOW)
+            return
+        body, changed = await anyio.to_thread.run_sync(self.make)
+        mtime = int(changed.timestamp())
+        entry = self._last
+        if entry is None or entry.mtime != mtime or entry.body != body:
+            entry = await anyio.to_thread.run_sync(
+                build_entry, (mtime, len(body), 0), mtime, body, self.name, self.cache_control)
+            self._last = entry
+        await respond(entry, scope, send)
+
+
+def build_entry(key: tuple[int, int, int], mtime: int, body: bytes, name: str,
+                cache_control: bytes) -> _Entry:
+    """One version of `name` with its validators and gzip prepared; `mtime` in Unix seconds."""
+    media_type = content_type_for(name)
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    etag, gz_etag = f'"{digest}"', f'"{digest}-gz"'
+    gz_body = None
+    if len(body) > GZIP_MIN_SIZE and _compressible(media_type):
+        # mtime=0 keeps the gzip bytes a pure function of the content.
+        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        if len(packed) < len(body):
+            gz_body = packed
+    last_modified = formatdate(mtime, usegmt=True).encode()
+    common: Headers = [
+        (b"cache-control", cache_control),
+        (b"last-modified", last_modified),
+        (b"vary", b"Accept-Encoding"),
+    ]
+
+    def ok(tag: str, data: bytes, encoded: bool) -> Headers:
+        extra = [(b"content-encoding", b"gzip")] if encoded else []
+        return [
+            (b"content-type", media_type.encode()),
+            (b"content-length", str(len(data)).encode()),
+            (b"etag", tag.encode()),
+            *common,
+            *extra,
+        ]
+
+    return _Entry(
+        key=key,
+        mtime=mtime,
+        body=body,
+        gz_body=gz_body,
+        etag=etag,
+        gz_etag=gz_etag,
+        ok_headers=ok(etag, body, False),
+        ok_gz_headers=ok(gz_etag, gz_body, True) if gz_body is not None else [],
+        # A 304 repeats the validators and caching headers but has no body to describe.
+        nm_headers=[(b"etag", etag.encode()), *common],
+        nm_gz_headers=[(b"etag", gz_etag.encode()), *common],
+    )
+
+
+async def respond(entry: _Entry, scope: Scope, send: Send) -> None:
+    """Answer a GET or HEAD with one prepared version: 304 when the client has it, gzip if asked."""
+    accept_encoding = if_none_match = if_modified_since = None
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            accept_encoding = value.decode("latin-1")
+        elif name == b"if-none-match":
+            # Repeated header lines form one list (RFC 9110 §5.3).
+            text = value.decode("latin-1")
+            if_none_match = text if if_none_match is None else f"{if_none_match},{text}"
+        elif name == b"if-modified-since":
+            if_modified_since = value.decode("latin-1")
+
+    gz = entry.gz_body is not None and accepts_gzip(accept_encoding)
+    etag = entry.gz_etag if gz else entry.etag
+    if _not_modified(etag, entry.mtime, if_none_match, if_modified_since):
+        headers = entry.nm_gz_headers if gz else entry.nm_headers
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = entry.ok_gz_headers if gz else entry.ok_headers
+    head = scope.get("method", "GET") == "HEAD"
+    body = b"" if head else (entry.gz_body if gz else entry.body)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def accepts_gzip(header: str | None) -> bool:

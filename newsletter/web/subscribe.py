@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +38,7 @@ _AGAIN = "You can subscribe again, or use the link in a newer email."
 SECURITY_HEADERS = {
     "cache-control": "no-store", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
     "x-content-type-options": "nosniff", "x-robots-tag": "noindex",
-    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "content-security-policy": "default-src 'none'; style-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
 
 
@@ -55,6 +55,7 @@ class SubscribeDeps:
     publication_name: str
     base_url: str
     send_confirmation: Callable[[str, str, str], None]  # (email, name, confirm_url)
+    send_preferences_link: Callable[[str, str, str], None] | None = None  # for /manage
     confirm_max_age: timedelta = timedelta(hours=72)
     token_max_age: timedelta = timedelta(days=400)  # unsubscribe and preferences links
     resend_window: timedelta = timedelta(minutes=60)
@@ -69,11 +70,14 @@ class SubscribeDeps:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, store: SubscriberStore, secret: bytes,
-                      send_confirmation: Callable[[str, str, str], None]) -> SubscribeDeps:
+                      send_confirmation: Callable[[str, str, str], None],
+                      send_preferences_link: Callable[[str, str, str], None] | None = None,
+                      ) -> SubscribeDeps:
         sub = settings.subscriptions
         folder = settings.newsletter.templates_dir
         return cls(store=store, secret=secret, publication_name=settings.publication.name,
                    base_url=settings.site_url, send_confirmation=send_confirmation,
+                   send_preferences_link=send_preferences_link,
                    confirm_max_age=timedelta(hours=sub.confirm_hours),
                    token_max_age=timedelta(days=sub.unsubscribe_days),
                    resend_window=timedelta(minutes=sub.confirm_resend_minutes),
@@ -109,8 +113,13 @@ class _Pages:
 
     def bad_link(self, what: str, exc: TokenError, request: Request) -> Response:
         log.event("subscriber_link_refused", page=request.url.path, reason=exc.reason)
+        # A preferences link can be asked for again: /manage mails a fresh one.
+        again: dict[str, Any] = {}
+        if what == "preferences":
+            again = {"link_url": self.home_url + "manage", "link_text": "Email me a new link"}
         return self.message("This link does not work",
-                            f"This {what} link is not valid, or it has expired. {_AGAIN}", 400)
+                            f"This {what} link is not valid, or it has expired. {_AGAIN}", 400,
+                            **again)
 
     async def read_fields(self, request: Request, wants_json: bool = False, *,
                           lenient: bool = False) -> Fields | Response:
@@ -304,10 +313,13 @@ class _Pages:
         return response
 
 
-def subscribe_routes(*, deps: SubscribeDeps) -> list[Route]:
-    """The routes to pass to create_app(extra_routes=...)."""
+def subscribe_routes(*, deps: SubscribeDeps,
+                     more: Sequence[Callable[[_Pages], list[Route]]] = ()) -> list[Route]:
+    """The routes to pass to create_app(extra_routes=...); `more` adds pages sharing these
+    pages' templates and per-client limit (web.manage.manage_routes)."""
     pages = _Pages(deps)
     return [
+        *(route for add in more for route in add(pages)),
         Route("/subscribe", pages.subscribe, methods=["GET", "POST"], name="subscribe"),
         Route("/confirm", pages.confirm, methods=["GET"], name="confirm"),
         Route("/unsubscribe", pages.unsubscribe, methods=["GET", "POST"], name="unsubscribe"),
