@@ -118,7 +118,7 @@ def collect(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     store = pipeline.open_store(settings)
     try:
-        report = pipeline.collect(settings, store)
+        report = pipeline.collect_and_publish(settings, store)
     finally:
         store.close()
     _print_collect(report)
@@ -129,16 +129,18 @@ def collect(ctx: click.Context) -> None:
 @click.pass_context
 @fail_cleanly
 def feeds(ctx: click.Context) -> None:
-    """Write RSS, Atom and JSON feeds (main and per section) from the store."""
+    """Write the feeds (main and per section) and the site's pages from the store."""
     from newsletter import pipeline
 
     settings = settings_of(ctx)
     store = pipeline.open_store(settings)
     try:
-        written = pipeline.publish_feeds(settings, store)
+        done = pipeline.publish(settings, store)
     finally:
         store.close()
-    click.echo(f"feeds: {plural(len(written), 'file')} changed in {settings.feeds_dir}/")
+    click.echo(f"feeds: {plural(len(done.feeds), 'file')} changed in {settings.feeds_dir}/")
+    click.echo(f"site: {plural(len(done.site.written), 'file')} changed in "
+               f"{settings.site_dir}/")
 
 
 @cli.command()
@@ -169,8 +171,7 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)
     try:
-        _print_collect(pipeline.collect(settings, store))
-        pipeline.publish_feeds(settings, store)
+        _print_collect(pipeline.collect_and_publish(settings, store))
         scheduler = SingleScheduler(settings, store)
         active = scheduler.start()
         click.echo("scheduler: " + ("active" if active else

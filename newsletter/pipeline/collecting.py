@@ -24,6 +24,7 @@ from newsletter.store.database import FileRecord, Store
 class CollectReport:
     new: int = 0
     updated: int = 0
+    removed: int = 0  # articles whose file is gone
     unchanged: int = 0
     skipped_files: int = 0  # unchanged on disk since the last run: not parsed again
     errors: list[str] = field(default_factory=list)
@@ -87,8 +88,24 @@ def _collect_folder(settings: Settings, store: Store, source: Source, report: Co
             report.errors.append(record.error)
         changed[key] = record
     store.save_file_records(changed)
+    _forget_deleted(store, records, present, owner, report)
     local_keys.update(owner)
     return found
+
+
+def _forget_deleted(store: Store, records: dict[str, FileRecord], present: set[str],
+                    owner: dict[str, str], report: CollectReport) -> None:
+    """A deleted file takes its article out of the store, hence out of feeds and pages.
+
+    A renamed file keeps its article (the new name owns the same identity). An article an
+    issue holds stays: the mail already sent links to its page, which must keep working.
+    """
+    gone = [p for p in records if p not in present]
+    keys = {records[p].article_key for p in gone} - set(owner) - {None}
+    if keys:
+        report.removed += store.remove_articles(sorted(k for k in keys if k))
+    if gone:
+        store.forget_files(gone)
 
 
 def _collect_feeds(settings: Settings, store: Store, sources: list[Source], now: datetime,
@@ -169,7 +186,7 @@ def collect(settings: Settings, store: Store, *, now: datetime | None = None) ->
         log.event("collect.error", logging.WARNING, detail=err)
     for warning in report.warnings:
         log.event("collect.warning", logging.WARNING, detail=warning)
-    log.event("collect.done", new=report.new, updated=report.updated,
+    log.event("collect.done", new=report.new, updated=report.updated, removed=report.removed,
               unchanged=report.unchanged, skipped_files=report.skipped_files,
               errors=len(report.errors))
     return report

@@ -141,6 +141,12 @@ def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
     store.set_issue_status(issue.number, "sending", now, expect=SENDABLE)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
+    from newsletter.pipeline.publishing import publish_site
+
+    try:  # the home page names the latest issue; a full disk must not stop the sending
+        publish_site(settings, store, now=now)
+    except OSError as exc:
+        log.event("site.error", 30, detail=f"{settings.site_dir}: {exc.strerror or exc}")
     return added
 
 

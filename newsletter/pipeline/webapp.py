@@ -33,7 +33,8 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail))
     routes += _admin_routes(settings, store, scheduler, secret)
-    return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
+    return create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
+                      publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
                       extra_routes=routes, next_issue=lambda: next_issue_line(settings))
 
@@ -44,16 +45,15 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
     from newsletter.pipeline import control, sending
-    from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
+    from newsletter.pipeline.publishing import collect_and_publish
     from newsletter.scheduler import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import AdminDeps, admin_api_routes
     from newsletter.web.metrics import metrics_routes
 
     def collect_now() -> dict[str, Any]:
-        report = collect(settings, store)
-        publish_feeds(settings, store)
+        report = collect_and_publish(settings, store)
         return {"new": report.new, "updated": report.updated, "unchanged": report.unchanged,
                 "errors": report.errors, "warnings": report.warnings}
 
