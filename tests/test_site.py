@@ -139,7 +139,7 @@ def test_only_what_changed_is_rendered_and_rewritten(tmp_path: Path) -> None:
     assert "piece-4" not in read(tmp_path, "sitemap.xml")
 
 
-def test_a_missing_or_broken_manifest_renders_everything_again(tmp_path: Path) -> None:
+def test_a_broken_manifest_renders_everything_again(tmp_path: Path) -> None:
     arts = [local(1), local(2)]
     write_site(arts, META, tmp_path)
     (tmp_path / ".manifest.json").write_text("[not json", encoding="utf-8")
