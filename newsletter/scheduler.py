@@ -50,12 +50,12 @@ def _rt() -> Runtime:
 
 
 def job_collect() -> None:
-    from newsletter.pipeline import publishing
+    from newsletter.pipeline import collecting, publishing
 
     rt = _rt()
     # Feeds and pages are republished every time (unchanged files are left alone): an
     # article falling due, edited or deleted changes them as much as a new one.
-    publishing.collect_and_publish(rt.settings, rt.store)
+    publishing.collect_and_publish(rt.settings, rt.store, now=collecting.now_utc())
 
 
 def job_issue() -> None:

@@ -108,11 +108,12 @@ def test_a_deleted_file_whose_article_went_out_in_an_issue_keeps_its_page(
         built = pipeline.build_issue(settings, store)
         assert built.issue is not None and len(built.issue.articles) == 1
         write_article(folder, "b.md", "Never Mailed")
+        write_article(folder, "c.md", "Still Here")
         pipeline.collect_and_publish(settings, store)
         for name in ("a.md", "b.md"):
             (folder / name).unlink()
         report = pipeline.collect_and_publish(settings, store)
-        assert report.removed == 1 and store.count_articles() == 1
+        assert report.removed == 1 and store.count_articles() == 2
         site = settings.site_dir
         # Issue 1's mail links to it: the page stays rather than become a dead link.
         assert (site / "articles/kept-because-mailed/index.html").is_file()
@@ -133,5 +134,24 @@ def test_renaming_a_file_keeps_its_article(
         report = pipeline.collect_and_publish(settings, store)
         assert report.removed == 0 and store.count_articles() == 1
         assert (settings.site_dir / "articles/same-piece/index.html").is_file()
+    finally:
+        store.close()
+
+
+def test_a_folder_emptied_at_once_keeps_its_articles(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = make_settings('[schedule]\nissue_cron = ""\n')
+    folder = tmp_path / "articles"
+    write_article(folder, "a.md", "First")
+    write_article(folder, "b.md", "Second")
+    store = pipeline.open_store(settings)
+    try:
+        pipeline.collect_and_publish(settings, store)
+        for path in folder.iterdir():
+            path.unlink()  # as an unmounted share looks: the folder is there, empty
+        report = pipeline.collect_and_publish(settings, store)
+        assert report.removed == 0 and store.count_articles() == 2
+        assert any("no article files left" in w for w in report.warnings)
+        assert (settings.site_dir / "articles/first/index.html").is_file()
     finally:
         store.close()

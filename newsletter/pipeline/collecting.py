@@ -101,6 +101,11 @@ def _forget_deleted(store: Store, records: dict[str, FileRecord], present: set[s
     issue holds stays: the mail already sent links to its page, which must keep working.
     """
     gone = [p for p in records if p not in present]
+    if gone and not present:
+        # Every file gone at once looks like an unmounted or emptied disk, not an editor.
+        report.warnings.append(f"{next(iter(records)).rsplit(os.sep, 1)[0]}: no article files "
+                               f"left; their {len(gone)} articles are kept")
+        return
     keys = {records[p].article_key for p in gone} - set(owner) - {None}
     if keys:
         report.removed += store.remove_articles(sorted(k for k in keys if k))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader
@@ -95,9 +95,9 @@ def page_url_path(article: Article, site_url: str) -> str | None:
     """
     if not article.slug or not article.link.startswith(site_url):
         return None
-    rest = urlsplit(article.link[len(site_url):])
-    path = rest.path
-    if rest.query or rest.fragment or not path or path.startswith("/"):
+    path = article.link[len(site_url):]
+    # Plain string tests, not urlsplit: this runs for every article on every publish.
+    if not path or path[0] == "/" or "?" in path or "#" in path:
         return None
     parts = path.rstrip("/").split("/")
     if any(not p or p.startswith(".") for p in parts) or parts[0] in RESERVED:
@@ -234,8 +234,10 @@ class SiteBuilder:
                  nxt: Article | None) -> _Page:
         url = self.meta.site_url + path
         name = self.names.get(self.slug(a.section), a.section)
-        near = [f"{x.id}\x1e{x.title}\x1e{self.link(x)}" if x else "" for x in (prev, nxt)]
-        inputs = _quick(self.base_inputs, a.id, a.content_hash, a.updated.isoformat(), *near,
+        url_of = self.url_of
+        near = [f"{x.id}\x1e{x.title}\x1e{url_of.get(x.id, x.link)}" if x else ""
+                for x in (prev, nxt)]
+        inputs = _quick(self.base_inputs, a.id, a.content_hash, str(a.updated), *near,
                         self.section_url(a.section), name)
 
         def render() -> bytes:
@@ -248,8 +250,8 @@ class SiteBuilder:
         members = self.sections[slug][(n - 1) * per:n * per]
         name = self.names[slug]
         url = self.meta.site_url + section_path(slug, n)
-        inputs = _digest(self.base_inputs, name, n, count,
-                         [(a.id, a.content_hash, self.link(a)) for a in members])
+        inputs = _quick(self.base_inputs, name, str(n), str(count),
+                        *(f"{a.id}\x1e{a.content_hash}\x1e{self.link(a)}" for a in members))
 
         def render() -> bytes:
             older = self.meta.site_url + section_path(slug, n + 1) if n < count else ""
@@ -265,7 +267,7 @@ class SiteBuilder:
     def _urls(self) -> list[tuple[str, str]]:
         site = self.meta.site_url
         urls = [(site, "")]
-        urls += [(self.url_of[a.id], a.updated.date().isoformat()) for a, _ in self.local]
+        urls += [(site + path, str(a.updated.date())) for a, path in self.local]
         for slug in sorted(self.sections):
             count = max(1, math.ceil(len(self.sections[slug]) / self.meta.per_page))
             urls += [(site + section_path(slug, n), "") for n in range(1, count + 1)]
@@ -281,7 +283,7 @@ class SiteBuilder:
                 mod = f"<lastmod>{lastmod}</lastmod>" if lastmod else ""
                 lines.append(f"  <url><loc>{escape(loc)}</loc>{mod}</url>")
             return ("\n".join([*lines, "</urlset>"]) + "\n").encode("utf-8")
-        return _Page("sitemap.xml", _digest(urls), render)
+        return _Page("sitemap.xml", _quick(*(f"{loc} {mod}" for loc, mod in urls)), render)
 
     def _robots(self) -> bytes:
         # Token-bearing pages and the dashboard are nobody's search result.
