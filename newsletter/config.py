@@ -28,6 +28,7 @@ from newsletter.config_table import (
     Secrets,
     Server,
     Settings,
+    Site,
     Smtp,
     Source,
     Storage,
@@ -41,7 +42,7 @@ from newsletter.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG", "MIN_ADMIN_TOKEN_CHARS", "SOURCE_TYPES", "TRANSPORT_KINDS",
            "Collect", "Delivery", "Feeds", "Mail",
-           "Newsletter", "Publication", "Schedule", "Secrets", "Server", "Settings", "Smtp",
+           "Newsletter", "Publication", "Schedule", "Secrets", "Server", "Settings", "Site", "Smtp",
            "Source", "Storage", "Subscriptions", "effective_settings", "load_settings", "opt",
            "settings_table"]
 

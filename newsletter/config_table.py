@@ -78,6 +78,16 @@ class Feeds:
 
 
 @dataclass(frozen=True)
+class Site:
+    output_dir: str = opt("Folder the public pages (home, articles, sections, sitemap.xml, "
+                          "robots.txt) are written to.", "site")
+    per_page: int = opt("Articles listed on one section page, newest first.", 20, minimum=1,
+                        maximum=1000)
+    home_per_section: int = opt("Latest articles of each section shown on the home page.", 5,
+                                minimum=1, maximum=100)
+
+
+@dataclass(frozen=True)
 class Schedule:
     timezone: str = opt("IANA time zone the cron expression is read in, e.g. Europe/Oslo.",
                         "UTC")
@@ -208,6 +218,7 @@ class Settings:
     sources: list[Source] = field(default_factory=list)
     collect: Collect = field(default_factory=Collect)
     feeds: Feeds = field(default_factory=Feeds)
+    site: Site = field(default_factory=Site)
     newsletter: Newsletter = field(default_factory=Newsletter)
     mail: Mail = field(default_factory=Mail)
     smtp: Smtp = field(default_factory=Smtp)
@@ -221,6 +232,10 @@ class Settings:
     @property
     def feeds_dir(self) -> Path:
         return Path(self.feeds.output_dir)
+
+    @property
+    def site_dir(self) -> Path:
+        return Path(self.site.output_dir)
 
     @property
     def site_url(self) -> str:

@@ -9,17 +9,12 @@ from newsletter.pipeline.scheduling import Runtime, runtime
 
 
 def job_collect() -> None:
-    from newsletter.pipeline import collecting
+    from newsletter.pipeline import collecting, publishing
 
     rt = runtime()
-    previous, now = rt.store.last_collect(), collecting.now_utc()
-    report = collecting.collect(rt.settings, rt.store, now=now)
-    # Hardening: an article dated in the future is left out of the feeds until it is due;
-    # publishing only when something new was collected kept it out until the next change.
-    fell_due = previous is not None and bool(rt.store.articles_between(
-        previous["started_at"], now))
-    if report.new or report.updated or fell_due:
-        collecting.publish_feeds(rt.settings, rt.store, now=now)
+    # Feeds and pages are republished every time (unchanged files are left alone): an
+    # article falling due, edited or deleted changes them as much as a new one.
+    publishing.collect_and_publish(rt.settings, rt.store, now=collecting.now_utc())
 
 
 def job_issue() -> None:
@@ -31,6 +26,14 @@ def job_issue() -> None:
     log.event("schedule.issue", message=result.message)
     if result.issue is not None and result.issue.status == "draft":
         _send(rt, result.issue.number, start=True)
+    _republish(rt)
+
+
+def _republish(rt: Runtime) -> None:
+    """The home page names the latest issue and when the next one is due."""
+    from newsletter.pipeline import publishing
+
+    publishing.publish_site(rt.settings, rt.store)
 
 
 def job_send(number: int) -> None:

@@ -89,6 +89,8 @@ postal_address = "1 Test Street"
 database_url = "{url}"
 [feeds]
 output_dir = "{tmp_path / 'feeds'}"
+[site]
+output_dir = "{tmp_path / 'site'}"
 {secret if database_url else ""}
 {source if folder else ""}
 {extra}

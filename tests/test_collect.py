@@ -83,10 +83,13 @@ def test_broken_file_is_reported_and_the_rest_collected(
     # Still broken on the next run: still reported, without being parsed again.
     again = pipeline.collect(settings, store)
     assert len(again.errors) == 1 and "broken.md" in again.errors[0]
-    # Deleting the file loses nothing already stored.
-    (folder / "good.md").unlink()
+    # Deleting a file takes its article out (no issue holds it); the broken one changes nothing.
+    write(folder, "other.md", "Other piece")
     pipeline.collect(settings, store)
-    assert [a.title for a in store.latest_articles(10)] == ["Good piece"]
+    (folder / "good.md").unlink()
+    gone = pipeline.collect(settings, store)
+    assert gone.removed == 1 and len(gone.errors) == 1
+    assert [a.title for a in store.latest_articles(10)] == ["Other piece"]
     store.close()
 
 

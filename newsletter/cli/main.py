@@ -80,7 +80,7 @@ def collect(ctx: click.Context) -> None:
     settings = settings_of(ctx)
     store = pipeline.open_store(settings)
     try:
-        report = pipeline.collect(settings, store)
+        report = pipeline.collect_and_publish(settings, store)
     finally:
         store.close()
     print_collect(report)
@@ -91,16 +91,18 @@ def collect(ctx: click.Context) -> None:
 @click.pass_context
 @fail_cleanly
 def feeds(ctx: click.Context) -> None:
-    """Write RSS, Atom and JSON feeds (main and per section) from the store."""
+    """Write the feeds (main and per section) and the site's pages from the store."""
     from newsletter import pipeline
 
     settings = settings_of(ctx)
     store = pipeline.open_store(settings)
     try:
-        written = pipeline.publish_feeds(settings, store)
+        done = pipeline.publish(settings, store)
     finally:
         store.close()
-    click.echo(f"feeds: {plural(len(written), 'file')} changed in {settings.feeds_dir}/")
+    click.echo(f"feeds: {plural(len(done.feeds), 'file')} changed in {settings.feeds_dir}/")
+    click.echo(f"site: {plural(len(done.site.written), 'file')} changed in "
+               f"{settings.site_dir}/")
 
 
 for command in ops.ISSUE_COMMANDS:

@@ -88,8 +88,7 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     store = pipeline.open_store(settings)
     scheduler = None
     try:
-        print_collect(pipeline.collect(settings, store))
-        pipeline.publish_feeds(settings, store)
+        print_collect(pipeline.collect_and_publish(settings, store))
         scheduler, active = start_scheduler(settings, store)
         click.echo("scheduler: " + ("active" if active else
                                     "standing by (another process holds the scheduler lock)"))

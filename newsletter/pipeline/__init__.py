@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         renderer,
         write_preview,
     )
+    from newsletter.pipeline.publishing import collect_and_publish, publish, publish_site
     from newsletter.pipeline.webapp import web_app
 
 # Loaded on first use (PEP 562): a delivery worker process needs none of the collectors,
@@ -33,12 +34,14 @@ _WHERE = {
                      "publish_feeds"), "collecting"),
     **dict.fromkeys(("BuildResult", "archive_url", "build_issue", "issue_rules", "masthead",
                      "render_into", "renderer", "write_preview"), "issues"),
+    **dict.fromkeys(("collect_and_publish", "publish", "publish_site"), "publishing"),
     "web_app": "webapp",
 }
 
-__all__ = ["BuildResult", "CollectReport", "archive_url", "build_issue", "collect", "feed_meta",
-           "issue_rules", "masthead", "now_utc", "open_store", "publish_feeds", "render_into",
-           "renderer", "web_app", "write_preview"]
+__all__ = ["BuildResult", "CollectReport", "archive_url", "build_issue", "collect",
+           "collect_and_publish", "feed_meta", "issue_rules", "masthead", "now_utc",
+           "open_store", "publish", "publish_feeds", "publish_site", "render_into", "renderer",
+           "web_app", "write_preview"]
 
 
 def __getattr__(name: str) -> Any:

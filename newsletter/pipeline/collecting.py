@@ -62,7 +62,7 @@ def collect(settings: Settings, store: Store, *, now: datetime | None = None) ->
         log.event("collect.error", logging.WARNING, detail=err)
     for warning in report.warnings:
         log.event("collect.warning", logging.WARNING, detail=warning)
-    log.event("collect.done", new=report.new, updated=report.updated,
+    log.event("collect.done", new=report.new, updated=report.updated, removed=report.removed,
               unchanged=report.unchanged, skipped_files=report.skipped_files,
               errors=len(report.errors))
     return report

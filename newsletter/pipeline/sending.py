@@ -143,6 +143,12 @@ def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
                            send_at=now if first else False)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
+    from newsletter.pipeline.publishing import publish_site
+
+    try:  # the home page names the latest issue; a full disk or a broken template of the
+        publish_site(settings, store, now=now)  # operator's must not stop the sending
+    except Exception as exc:  # noqa: BLE001 - reported, and the next collect tries again
+        log.event("site.error", 30, detail=f"{settings.site_dir}: {exc}")
     return added
 
 

@@ -72,5 +72,27 @@ def _collect_folder(run: Run, source: Source) -> list[Article]:
             report.errors.append(record.error)
         changed[key] = record
     store.save_file_records(changed)
+    _forget_deleted(run, records, present, owner)
     run.owned.update(owner)
     return found
+
+
+def _forget_deleted(run: Run, records: dict[str, FileRecord], present: set[str],
+                    owner: dict[str, str]) -> None:
+    """A deleted file takes its article out of the store, hence out of feeds and pages.
+
+    A renamed file keeps its article (the new name owns the same identity). An article an
+    issue holds stays: the mail already sent links to its page, which must keep working.
+    """
+    store, report = run.store, run.report
+    gone = [p for p in records if p not in present]
+    if gone and not present:
+        # Every file gone at once looks like an unmounted or emptied disk, not an editor.
+        report.warnings.append(f"{next(iter(records)).rsplit(os.sep, 1)[0]}: no article files "
+                               f"left; their {len(gone)} articles are kept")
+        return
+    keys = {records[p].article_key for p in gone} - set(owner) - {None}
+    if keys:
+        report.removed += store.remove_articles(sorted(k for k in keys if k))
+    if gone:
+        store.forget_files(gone)

@@ -15,6 +15,7 @@ from newsletter.store.database import Store
 class CollectReport:
     new: int = 0
     updated: int = 0
+    removed: int = 0  # articles whose file is gone
     unchanged: int = 0
     skipped_files: int = 0  # unchanged on disk since the last run: not parsed again
     errors: list[str] = field(default_factory=list)

@@ -37,7 +37,8 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         settings, store=store, secret=secret, send_confirmation=confirm_mail,
         send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
-    return create_app(feeds_dir=settings.feeds_dir, publication_name=settings.publication.name,
+    return create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
+                      publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
                       extra_routes=routes, next_issue=lambda: next_issue_line(settings),
                       templates_dir=Path(folder) if folder else None)
@@ -50,8 +51,8 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
-    from newsletter.pipeline.collecting import collect, publish_feeds
     from newsletter.pipeline.issues import build_issue
+    from newsletter.pipeline.publishing import collect_and_publish
     from newsletter.pipeline.schedule import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import admin_api_routes
@@ -60,8 +61,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.web.requests import ClientAddress
 
     def collect_now() -> dict[str, Any]:
-        report = collect(settings, store)
-        publish_feeds(settings, store)
+        report = collect_and_publish(settings, store)
         return {"new": report.new, "updated": report.updated, "unchanged": report.unchanged,
                 "errors": report.errors, "warnings": report.warnings}
 

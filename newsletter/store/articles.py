@@ -104,6 +104,25 @@ class ArticleQueries:
                 {"path": p, "mtime_ns": r.mtime_ns, "size": r.size,
                  "article_key": r.article_key, "error": r.error} for p, r in records.items()])
 
+    def remove_articles(self, keys: Iterable[str]) -> int:
+        """Delete these articles unless an issue holds one (its mail links to the page)."""
+        keys = list(keys)
+        held = sa.select(s.issue_articles.c.article_id)
+        removed = 0
+        with self.engine.begin() as conn:
+            for i in range(0, len(keys), 500):
+                removed += conn.execute(s.articles.delete().where(
+                    s.articles.c.key.in_(keys[i:i + 500]),
+                    s.articles.c.id.not_in(held))).rowcount
+        return removed
+
+    def forget_files(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        with self.engine.begin() as conn:
+            for i in range(0, len(paths), 500):
+                conn.execute(s.source_files.delete().where(
+                    s.source_files.c.path.in_(paths[i:i + 500])))
+
     # -- upstream feed state --------------------------------------------------------------
 
     def feed_states(self) -> dict[str, dict[str, Any]]:

@@ -79,6 +79,8 @@ class Store:
     articles_between = _Via("articles", ArticleQueries.articles_between)
     file_records = _Via("articles", ArticleQueries.file_records)
     save_file_records = _Via("articles", ArticleQueries.save_file_records)
+    remove_articles = _Via("articles", ArticleQueries.remove_articles)
+    forget_files = _Via("articles", ArticleQueries.forget_files)
     feed_states = _Via("articles", ArticleQueries.feed_states)
     save_feed_state = _Via("articles", ArticleQueries.save_feed_state)
     record_collect = _Via("articles", ArticleQueries.record_collect)

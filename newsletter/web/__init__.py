@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter.web.files import FeedFiles
 from newsletter.web.home import home_endpoint
+from newsletter.web.sitefiles import SiteFiles
 from newsletter.web.static import StaticFiles, static_dirs
 
 __all__ = ["FeedFiles", "create_app"]
@@ -31,19 +32,26 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     next_issue: Callable[[], str] | None = None,
     templates_dir: Path | None = None,
+    site_dir: Path | None = None,
 ) -> Starlette:
     """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under."""
     feeds_dir = Path(feeds_dir)
     files = FeedFiles(feeds_dir, max_age=cache_max_age)
+    home = Route("/", home_endpoint(feeds_dir, publication_name, feeds_url, next_issue),
+                 name="home")
     routes: list[BaseRoute] = [
-        Route("/", home_endpoint(feeds_dir, publication_name, feeds_url, next_issue),
-              name="home"),
         Route("/healthz", _healthz, name="healthz"),
         Route("/feeds/{path:path}", files, name="feeds"),
         Route("/static/{path:path}", StaticFiles(static_dirs(templates_dir),
                                                  max_age=cache_max_age), name="static"),
         *extra_routes,
     ]
+    if site_dir is None:
+        routes.insert(0, home)
     app = Starlette(routes=routes)
+    if site_dir is not None:
+        # The published pages answer whatever no route does, `/` included; the generated
+        # home above stands in until the first publish.
+        app.router.default = SiteFiles(Path(site_dir), max_age=cache_max_age, home=home)
     app.state.feed_files = files  # lets later routes and tests reach the same cache
     return app
