@@ -42,7 +42,7 @@ from newsletter.deliver.mail import (
 )
 from newsletter.errors import SourceError
 from newsletter.models import Issue, IssueSection
-from newsletter.pipeline import sending
+from newsletter.pipeline import notices
 
 FIXTURE = Path(__file__).parent / "fixtures" / "naughty-strings.txt"
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[nrt0\\])")
@@ -228,7 +228,7 @@ def test_naughty_subscriber_names_are_stored_clean_and_mailed_safely(
             assert to.addr_spec == sub.email
             assert same_phrase(to.display_name, safe_header_value(sub.name))
     # The real confirmation mail, through the configured transport (the outbox).
-    send = sending.confirmation_sender(settings)
+    send = notices.confirmation_sender(settings)
     for i, s in enumerate(STRINGS[:60]):
         send(f"fuzz{i}@example.org", subscriptions.clean_name(s), "https://ledger.example.org/c")
     for path in (tmp_path / "outbox").glob("*.eml"):

@@ -11,6 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from newsletter.audience import emails
 from newsletter.audience import subscriptions as subs
 from newsletter.audience.subscriptions import (
     SMTPUTF8_REFUSED,
@@ -292,7 +293,7 @@ def test_claim_confirmation_is_once_per_window(store: SubscriberStore) -> None:
 
 
 def test_confirmation_email_text() -> None:
-    subject, body = subs.confirmation_email(publication="Ledger", name="Ann <b>",
+    subject, body = emails.confirmation_email(publication="Ledger", name="Ann <b>",
                                             confirm_url="https://x.example/confirm?token=t",
                                             valid_hours=72)
     assert subject == "Confirm your subscription to Ledger"

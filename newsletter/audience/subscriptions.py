@@ -8,14 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import Environment
 
-from newsletter import templating
 from newsletter.audience import tokens
 from newsletter.audience.tokens import TokenError
 from newsletter.models import SUPPRESSED, Consent, Subscriber
@@ -377,27 +374,3 @@ def update_preferences(store: Subscribers, secret: bytes, token: str,
 
 
 # -- the confirmation email ---------------------------------------------------------------
-
-
-def _text_templates(templates_dir: Path | None) -> Environment:
-    # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
-    return templating.environment(templates_dir, autoescape=False, strict=True,
-                                  keep_trailing_newline=True)
-
-
-def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
-                       templates_dir: Path | None = None) -> tuple[str, str]:
-    """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
-    env = _text_templates(templates_dir)
-    body = env.get_template("email/confirm.txt").render(
-        publication=publication, name=clean_name(name), confirm_url=confirm_url,
-        valid_hours=valid_hours)
-    return f"Confirm your subscription to {clean_name(publication)}", body
-
-
-def preferences_link_email(*, publication: str, name: str, preferences_url: str,
-                           templates_dir: Path | None = None) -> tuple[str, str]:
-    """(subject, plain-text body) of the mail /manage sends a subscriber, from email/manage.txt."""
-    body = _text_templates(templates_dir).get_template("email/manage.txt").render(
-        publication=publication, name=clean_name(name), preferences_url=preferences_url)
-    return f"Your link to manage {clean_name(publication)}", body

@@ -67,7 +67,7 @@ def add(ctx: click.Context, email: str, name: str, confirmed: bool, resubscribe:
     """Add EMAIL; without --confirmed a confirmation mail goes out and it waits for the
     person to confirm. An address that opted out is refused unless --resubscribe."""
     from newsletter.audience import consent, subscriptions, tokens
-    from newsletter.pipeline.sending import subscriber_confirmation
+    from newsletter.pipeline.notices import subscriber_confirmation
 
     settings, store = _open(ctx)
     now = _now()

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from newsletter import log
@@ -27,7 +26,7 @@ from newsletter.deliver.mail import (
     identity_from_settings,
 )
 from newsletter.errors import NewsletterError
-from newsletter.models import Claimed, Issue, IssueSection, Subscriber, now_utc
+from newsletter.models import Claimed, Issue, IssueSection, now_utc
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
 
@@ -341,63 +340,3 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
         raise NewsletterError(f"{len(bad)} sending process(es) failed (exit codes {bad}); "
                               f"run the send again to resume — nothing is lost")
     return counts
-
-
-def confirmation_sender(settings: Settings) -> Callable[[str, str, str], None]:
-    """The double opt-in mail, sent through the configured transport (SMTP or outbox)."""
-    from newsletter.audience.subscriptions import confirmation_email
-
-    folder = settings.newsletter.templates_dir
-
-    def compose(name: str, confirm_url: str) -> tuple[str, str]:
-        return confirmation_email(
-            publication=settings.publication.name, name=name, confirm_url=confirm_url,
-            valid_hours=settings.subscriptions.confirm_hours,
-            templates_dir=Path(folder) if folder else None)
-
-    return _notice_sender(settings, compose, "confirm", "confirmation mail")
-
-
-def preferences_link_sender(settings: Settings) -> Callable[[str, str, str], None]:
-    """The mail /manage sends a subscriber: (address, name, preferences URL), same transport."""
-    from newsletter.audience.subscriptions import preferences_link_email
-
-    folder = settings.newsletter.templates_dir
-
-    def compose(name: str, url: str) -> tuple[str, str]:
-        return preferences_link_email(publication=settings.publication.name, name=name,
-                                      preferences_url=url,
-                                      templates_dir=Path(folder) if folder else None)
-
-    return _notice_sender(settings, compose, "manage", "preferences link mail")
-
-
-def _notice_sender(settings: Settings, compose: Callable[[str, str], tuple[str, str]],
-                   kind: str, what: str) -> Callable[[str, str, str], None]:
-    from newsletter.deliver.mail import notice_message
-
-    identity = identity_from_settings(settings)
-
-    def send(address: str, name: str, url: str) -> None:
-        subject, text = compose(name, url)
-        now = now_utc()
-        token = hashlib.sha256(f"{address}:{now.isoformat()}".encode()).hexdigest()[:16]
-        message = notice_message(identity=identity, to_address=address, to_name=name,
-                                 subject=subject, text=text, date=now,
-                                 message_id=f"<{kind}.{token}@{identity.message_id_domain}>")
-        send_one(settings, address, message, what=what)
-
-    return send
-
-
-def subscriber_confirmation(settings: Settings, secret: bytes) -> Callable[[Subscriber], None]:
-    """confirmation_sender for a stored subscriber: the link is signed here, now."""
-    from newsletter.audience.subscriptions import confirm_token, confirm_url
-
-    mail = confirmation_sender(settings)
-
-    def send(sub: Subscriber) -> None:
-        token = confirm_token(secret, sub, now_utc())
-        mail(sub.email, sub.name, confirm_url(settings.site_url, token))
-
-    return send

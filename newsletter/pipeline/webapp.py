@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
+    from newsletter.pipeline.notices import confirmation_sender, preferences_link_sender
     from newsletter.pipeline.schedule import next_issue_line
-    from newsletter.pipeline.sending import confirmation_sender, preferences_link_sender
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
     from newsletter.web.manage import manage_routes
@@ -47,6 +47,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                   secret: bytes) -> list[BaseRoute]:
     import newsletter.pipeline.control as control
+    import newsletter.pipeline.notices as notices
     import newsletter.pipeline.sending as sending
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
@@ -98,7 +99,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         preview_html=preview_html, next_issue=lambda: next_issue_line(settings),
         import_subscribers=lambda p, actor="": import_csv(
             store, p, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
-        send_confirmation=sending.subscriber_confirmation(settings, secret),
+        send_confirmation=notices.subscriber_confirmation(settings, secret),
         publication_name=settings.publication.name,
         smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone,
         templates_dir=Path(folder) if (folder := settings.newsletter.templates_dir) else None,

@@ -23,7 +23,7 @@ from newsletter.compose.render import personalize
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.models import Subscriber
-from newsletter.pipeline import control, sending
+from newsletter.pipeline import control, notices, sending
 from newsletter.store.database import Store
 from newsletter.web import create_app
 from newsletter.web.admin import admin_routes
@@ -73,7 +73,7 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
         return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
                            preferences_url=site + "preferences?preview", name="Reader")
 
-    secret, mail = load_or_create_secret(settings), sending.confirmation_sender(settings)
+    secret, mail = load_or_create_secret(settings), notices.confirmation_sender(settings)
 
     def send_confirmation(sub: Subscriber) -> None:
         token = subscriptions.confirm_token(secret, sub, datetime.now(UTC))

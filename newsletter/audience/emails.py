@@ -1,0 +1,34 @@
+"""The plain-text emails people get about their subscription: confirm, and a link to manage it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment
+
+from newsletter import templating
+from newsletter.audience.subscriptions import clean_name
+
+
+def _text_templates(templates_dir: Path | None) -> Environment:
+    # Plain text: nothing to escape, and StrictUndefined catches a misspelt variable.
+    return templating.environment(templates_dir, autoescape=False, strict=True,
+                                  keep_trailing_newline=True)
+
+
+def confirmation_email(*, publication: str, name: str, confirm_url: str, valid_hours: int,
+                       templates_dir: Path | None = None) -> tuple[str, str]:
+    """(subject, plain-text body) of the double opt-in email, from email/confirm.txt."""
+    env = _text_templates(templates_dir)
+    body = env.get_template("email/confirm.txt").render(
+        publication=publication, name=clean_name(name), confirm_url=confirm_url,
+        valid_hours=valid_hours)
+    return f"Confirm your subscription to {clean_name(publication)}", body
+
+
+def preferences_link_email(*, publication: str, name: str, preferences_url: str,
+                           templates_dir: Path | None = None) -> tuple[str, str]:
+    """(subject, plain-text body) of the mail /manage sends a subscriber, from email/manage.txt."""
+    body = _text_templates(templates_dir).get_template("email/manage.txt").render(
+        publication=publication, name=clean_name(name), preferences_url=preferences_url)
+    return f"Your link to manage {clean_name(publication)}", body
