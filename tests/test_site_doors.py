@@ -16,6 +16,7 @@ from webserver import running
 from newsletter import pipeline
 from newsletter import scheduler as sched
 from newsletter.config import Settings
+from newsletter.pipeline import scheduling
 from newsletter.pipeline.webapp import web_app
 from tests.helpers.admin import TOKEN, csrf_of
 
@@ -41,7 +42,7 @@ def test_cli_scheduler_api_and_dashboard_each_republish(
     settings = replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
     folder = tmp_path / "articles"
     store = pipeline.open_store(settings)
-    monkeypatch.setattr(sched, "_RUNTIME", sched.Runtime(settings, store))
+    monkeypatch.setattr(scheduling, "_RUNTIME", scheduling.Runtime(settings, store))
     page_of = "/articles/{}/".format
     try:
         with running(web_app(settings, store)) as base, \
