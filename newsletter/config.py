@@ -18,6 +18,7 @@ from newsletter.config_table import (
     DEFAULT_CONFIG,
     SOURCE_TYPES,
     TRANSPORT_KINDS,
+    Bounces,
     Collect,
     Delivery,
     Feeds,
@@ -41,7 +42,7 @@ from newsletter.config_table import (
 from newsletter.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG", "MIN_ADMIN_TOKEN_CHARS", "SOURCE_TYPES", "TRANSPORT_KINDS",
-           "Collect", "Delivery", "Feeds", "Mail",
+           "Bounces", "Collect", "Delivery", "Feeds", "Mail",
            "Newsletter", "Publication", "Schedule", "Secrets", "Server", "Settings", "Site", "Smtp",
            "Source", "Storage", "Subscriptions", "effective_settings", "load_settings", "opt",
            "settings_table"]
@@ -148,6 +149,7 @@ def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
     if settings.feeds.public_url:
         urls.append(("feeds.public_url", settings.feeds.public_url))
     _check_schedule(settings.schedule, where)
+    _check_bounces(settings.bounces, where)
     for ip in settings.server.forwarded_allow_ips:
         try:
             if ip != "*":
@@ -166,6 +168,48 @@ def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{where}: {name}: expected an absolute http(s) URL, got {url!r}")
+
+
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~.-]{1,40}")
+_DOMAIN_RE = re.compile(r"(?=.{1,200}$)([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
+                        r"[A-Za-z]{2,63}\.?")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _check_bounces(bounces: Bounces, where: str) -> None:
+    if bounces.return_path:
+        local, at, domain = bounces.return_path.rpartition("@")
+        # The token goes after a '+': the local part needs room for it and no '+' of its own.
+        if not at or "+" in local or not _LOCAL_RE.fullmatch(local) \
+                or not _DOMAIN_RE.fullmatch(domain):
+            raise ConfigError(f"{where}: bounces.return_path: expected an address like "
+                              f"bounces@news.example.org (no '+', local part at most 40 "
+                              f"characters), got {bounces.return_path!r}")
+    if bounces.imap_url:
+        parts = urlsplit(bounces.imap_url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("imaps", "imap") or not host or not parts.username:
+            shown = _URL_PASSWORD_RE.sub(r"\1********@", bounces.imap_url)
+            raise ConfigError(f"{where}: bounces.imap_url: expected imaps://user@host[:port]"
+                              f"[/folder], got {shown!r}")
+        if parts.password is not None:
+            raise ConfigError(f"{where}: bounces.imap_url: put the password in "
+                              f"NEWSLETTER_BOUNCES_IMAP_PASSWORD, not in the URL")
+        if parts.scheme == "imap" and host not in _LOOPBACK:
+            raise ConfigError(f"{where}: bounces.imap_url: imap:// sends the password in the "
+                              f"clear; use imaps:// (imap:// is allowed for localhost only)")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise ConfigError(f"{where}: bounces.imap_url: bad port in "
+                              f"{bounces.imap_url!r}") from None
+    for arn in bounces.ses_topic_arns:
+        if not re.fullmatch(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}", arn):
+            raise ConfigError(f"{where}: bounces.ses_topic_arns: expected SNS topic ARNs like "
+                              f"arn:aws:sns:eu-west-1:123456789012:ses-bounces, got {arn!r}")
+    if bool(bounces.postmark_username) != bool(bounces.postmark_password):
+        raise ConfigError(f"{where}: bounces.postmark_username and postmark_password: set both "
+                          f"(the webhook URL's basic auth) or neither")
 
 
 def _check_schedule(schedule: Schedule, where: str) -> None:

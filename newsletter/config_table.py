@@ -171,6 +171,51 @@ class Subscriptions:
 
 
 @dataclass(frozen=True)
+class Bounces:
+    return_path: str = opt("VERP return path, local@domain (e.g. bounces@news.example.org): "
+                           "each message's envelope sender becomes local+TOKEN@domain, the "
+                           "token naming the issue and subscriber, signed. Empty: the envelope "
+                           "sender is [mail] from_address and only unsigned bounces are "
+                           "matched.", "")
+    unsigned_window_days: int = opt("A bounce without a valid VERP token counts only for an "
+                                    "address sent to within this many days.", 7, minimum=1,
+                                    maximum=90)
+    soft_limit: int = opt("Temporary failures (4.x.x, delayed), each for a different issue, "
+                          "after which a subscriber is marked bounced.", 3, minimum=1)
+    soft_window_days: int = opt("Days within which soft_limit temporary failures suppress.",
+                                30, minimum=1)
+    imap_url: str = opt("Bounce mailbox polled by the scheduler: imaps://user@host[:port]"
+                        "[/folder] (imap:// only for loopback tests); empty polls none.", "")
+    imap_password: str = opt("Password for imap_url (or NEWSLETTER_BOUNCES_IMAP_PASSWORD).",
+                             "", secret=True)
+    imap_move_to: str = opt("Folder processed messages are moved to; empty marks them "
+                            "\\Seen and leaves them, so read only unseen mail there.", "")
+    imap_poll_minutes: int = opt("Poll the bounce mailbox every N minutes.", 5, minimum=1)
+    imap_batch: int = opt("Messages read from the mailbox per poll at most.", 500, minimum=1,
+                          maximum=100_000)
+    max_message_bytes: int = opt("Larger bounce messages are logged and left unread.",
+                                 10_000_000, minimum=10_000)
+    ses_topic_arns: list[str] = opt("Amazon SNS topic ARNs whose SES notifications "
+                                    "/webhooks/ses accepts; empty turns that endpoint off.", [])
+    mailgun_signing_key: str = opt("Mailgun webhook signing key; empty turns /webhooks/mailgun "
+                                   "off.", "", secret=True)
+    postmark_username: str = opt("Basic-auth user name Postmark's webhook URL carries; empty "
+                                 "turns /webhooks/postmark off.", "")
+    postmark_password: str = opt("Basic-auth password of the Postmark webhook URL.", "",
+                                 secret=True)
+    sendgrid_public_key: str = opt("SendGrid signed event webhook verification key (base64, as "
+                                   "SendGrid shows it); empty turns /webhooks/sendgrid off.", "")
+    webhook_max_age_seconds: int = opt("Signed webhook requests older than this are refused "
+                                       "as replays.", 600, minimum=30)
+    complaint_rate_warning: float = opt("Warn when an issue's complaint rate reaches this "
+                                        "fraction of messages sent (Gmail and Yahoo hold bulk "
+                                        "senders under 0.003).", 0.001, minimum=0, maximum=1)
+    hard_bounce_rate_warning: float = opt("Warn when an issue's hard-bounce rate reaches this "
+                                          "fraction of messages sent.", 0.02, minimum=0,
+                                          maximum=1)
+
+
+@dataclass(frozen=True)
 class Smtp:
     host: str = opt("SMTP server host.", "localhost")
     port: int = opt("SMTP server port.", 587, minimum=1, maximum=65535)
@@ -223,6 +268,7 @@ class Settings:
     mail: Mail = field(default_factory=Mail)
     smtp: Smtp = field(default_factory=Smtp)
     delivery: Delivery = field(default_factory=Delivery)
+    bounces: Bounces = field(default_factory=Bounces)
     subscriptions: Subscriptions = field(default_factory=Subscriptions)
     schedule: Schedule = field(default_factory=Schedule)
     server: Server = field(default_factory=Server)

@@ -95,6 +95,9 @@ DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped
 SETTLE_STATUSES = ("sent", "deferred", "failed", "skipped")  # how one attempt can end
 # Every grant of consent, kept beside the subscriber's latest one (see schema.consent_events).
 CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
+# What comes back after a send, and where it came from.
+BOUNCE_KINDS = ("hard", "soft", "complaint")
+BOUNCE_SOURCES = ("smtp", "file", "stdin", "imap", "ses", "mailgun", "postmark", "sendgrid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +237,45 @@ class Settle:
     reply: str
     next_attempt_at: datetime | None = None
     hard_bounce: bool = False
+
+
+# -- what comes back ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BounceNotice:
+    """One bounce or complaint to record, already matched to the subscriber it concerns."""
+
+    subscriber_id: int
+    issue_id: int | None
+    kind: str  # one of BOUNCE_KINDS
+    status: str  # enhanced status code, e.g. "5.1.1"; "" when the report gives none
+    diagnostic: str
+    source: str  # one of BOUNCE_SOURCES
+    recipient: str  # the address as the report named it
+    key: str  # the same key is recorded once: a report read twice changes nothing
+
+
+@dataclass(frozen=True, slots=True)
+class BouncePolicy:
+    """When bounces suppress: [delivery] max_hard_bounces and [bounces] soft_*."""
+
+    max_hard_bounces: int = 1
+    soft_limit: int = 3
+    soft_window: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class BounceEvent:
+    """One recorded bounce or complaint, as `bounces list` and the API show it."""
+
+    id: int
+    subscriber_id: int
+    email: str
+    issue_number: int | None
+    kind: str
+    status: str
+    diagnostic: str
+    source: str
+    recipient: str
+    received_at: datetime

@@ -1,4 +1,4 @@
-"""The jobs APScheduler runs, by the names stored with them: collect, issue, send, sweep."""
+"""The jobs APScheduler runs, by the names stored with them: collect, issue, send, sweep…"""
 
 from __future__ import annotations
 
@@ -74,3 +74,16 @@ def job_sweep() -> None:
     for issue in rt.store.list_issues(limit=50, statuses=("sending",)):
         if issue.id in due:
             _send(rt, issue.number, start=False)
+
+
+def job_bounces() -> None:
+    """Read the bounce mailbox; an unreachable one is one warning, tried again next time."""
+    from newsletter.errors import NewsletterError
+    from newsletter.pipeline.bounce_imap import poll_mailbox
+
+    rt = runtime()
+    try:
+        poll_mailbox(rt.settings, rt.store)
+    except NewsletterError as exc:
+        log.event("bounces.poll_failed", level=30, error=str(exc),
+                  action=f"tried again in {rt.settings.bounces.imap_poll_minutes} minutes")

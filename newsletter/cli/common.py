@@ -13,7 +13,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
-    from newsletter.models import Issue
+    from newsletter.models import Issue, Subscriber
     from newsletter.store.database import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +60,20 @@ def get_issue(store: Store, number: int) -> Issue:
     if found is None:
         raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
     return found
+
+
+def find_subscriber(store: Store, email: str) -> Subscriber:
+    """The subscriber with this address (any spelling of it), or a one-line error."""
+    from newsletter.audience.subscriptions import AddressError, normalise_address
+
+    try:  # smtputf8=True: any address that got stored can be found
+        _address, key = normalise_address(email, smtputf8=True)
+    except AddressError as exc:
+        raise NewsletterError(f"{email!r}: {exc.reason}") from None
+    sub = store.get_subscriber_by_key(key)
+    if sub is None:
+        raise NewsletterError(f"{email}: no such subscriber")
+    return sub
 
 
 def print_collect(report: Any) -> None:

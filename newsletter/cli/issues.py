@@ -203,8 +203,18 @@ class _progress:  # noqa: N801 - used as a context manager like a function
 @fail_cleanly
 def issue_status(ctx: click.Context, number: int) -> None:
     """Print the delivery ledger's counts for issue N."""
-    _settings, store = with_store(ctx)
+    from newsletter.audience.rates import percent
+    from newsletter.pipeline.bounces import issue_rates
+
+    settings, store = with_store(ctx)
     it = get_issue(store, number)
     click.echo(f"issue {number}: {it.status} — {it.subject}")
     assert it.id is not None
     _print_counts(number, store.delivery_counts(it.id))
+    rates = issue_rates(store, it.id)
+    click.echo(f"came back: {plural(rates.hard, 'hard bounce')} ({percent(rates.hard_rate)}), "
+               f"{plural(rates.soft, 'soft bounce')}, {plural(rates.complaints, 'complaint')} "
+               f"({percent(rates.complaint_rate)}) of {rates.sent} sent")
+    b = settings.bounces
+    for warning in rates.warnings(b.complaint_rate_warning, b.hard_bounce_rate_warning):
+        click.echo(f"warning: {warning}", err=True)

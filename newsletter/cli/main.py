@@ -10,6 +10,7 @@ import click
 
 from newsletter import log
 from newsletter.cli import ops, serve
+from newsletter.cli.bounces import bounces
 from newsletter.cli.common import fail_cleanly, print_collect, settings_of
 from newsletter.cli.issues import issue
 from newsletter.cli.subscribers import subscribers
@@ -107,7 +108,7 @@ def feeds(ctx: click.Context) -> None:
 
 for command in ops.ISSUE_COMMANDS:
     issue.add_command(command)
-for command in (issue, subscribers, ops.status, ops.worker, serve.serve, serve.run):
+for command in (issue, subscribers, bounces, ops.status, ops.worker, serve.serve, serve.run):
     cli.add_command(command)
 
 

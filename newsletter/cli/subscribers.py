@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 import click
 
-from newsletter.cli.common import fail_cleanly, settings_of
+from newsletter.cli.common import fail_cleanly, find_subscriber, settings_of
 from newsletter.errors import NewsletterError
 from newsletter.words import plural
 
@@ -197,16 +197,8 @@ def list_(ctx: click.Context, status: str | None, limit: int, offset: int) -> No
 @fail_cleanly
 def remove(ctx: click.Context, email: str) -> None:
     """Delete EMAIL; if issues were already sent to it, keep it anonymised and unsubscribed."""
-    from newsletter.audience.subscriptions import AddressError, normalise_address
-
     _settings, store = _open(ctx)
-    try:
-        _address, key = normalise_address(email, smtputf8=True)  # removing must always work
-    except AddressError as exc:
-        raise NewsletterError(f"{email!r}: {exc.reason}") from None
-    sub = store.get_subscriber_by_key(key)
-    if sub is None:
-        raise NewsletterError(f"{email}: no such subscriber")
+    sub = find_subscriber(store, email)  # any stored address: removing must always work
     result = store.remove_subscriber(sub.id, _now())
     if result == "anonymised":
         click.echo(f"{sub.email}: kept as unsubscribed with its name removed, because past "
@@ -220,20 +212,18 @@ def remove(ctx: click.Context, email: str) -> None:
 @click.pass_context
 @fail_cleanly
 def history(ctx: click.Context, email: str) -> None:
-    """Show every consent recorded for EMAIL: when, what, who, why (oldest first)."""
-    from newsletter.audience.subscriptions import AddressError, normalise_address
-
+    """Show every consent recorded for EMAIL (when, what, who, why; oldest first), then
+    the bounces and complaints recorded for it."""
     _settings, store = _open(ctx)
-    try:
-        _address, key = normalise_address(email, smtputf8=True)
-    except AddressError as exc:
-        raise NewsletterError(f"{email!r}: {exc.reason}") from None
-    sub = store.get_subscriber_by_key(key)
-    if sub is None:
-        raise NewsletterError(f"{email}: no such subscriber")
+    sub = find_subscriber(store, email)
     click.echo(f"{sub.email}: {sub.status}")
     for e in store.consent_history(sub.id):
         was = f" (was {e.previous_status})" if e.previous_status else ""
         who = e.actor or "the person"
         why = f": {e.reason}" if e.reason else ""
         click.echo(f"{e.at:%Y-%m-%d %H:%M} UTC  {e.action}{was} by {who}{why}")
+    for b in reversed(store.list_bounces(subscriber_id=sub.id, limit=100)):
+        issue = f" of issue {b.issue_number}" if b.issue_number is not None else ""
+        code = f" {b.status}" if b.status else ""
+        click.echo(f"{b.received_at:%Y-%m-%d %H:%M} UTC  {b.kind}{code}{issue} via {b.source}"
+                   f"{': ' + b.diagnostic if b.diagnostic else ''}")

@@ -77,9 +77,13 @@ class Plan:
     variant_for: Callable[[tuple[str, ...]], Stamp | None]  # None: nothing for these sections
     urls_for: Callable[[Claimed], tuple[str, str]]  # (unsubscribe, preferences)
     message_id_for: Callable[[Claimed], str]
-    # Asked before each claim and every few seconds: a reason to stop (issue paused or
-    # cancelled, worker told to stop), or None.
+    # Asked before each claim and every few seconds: why to stop (paused, cancelled…), or None.
     halt: Callable[[], str | None] = lambda: None
+    # Each message's own envelope sender (VERP); None: every one is from `envelope_from`.
+    sender_for: Callable[[Claimed], str] | None = None
+
+    def sender(self, row: Claimed) -> str:
+        return self.sender_for(row) if self.sender_for else self.envelope_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +278,7 @@ class Delivery:
                 or self.plan.variant_for(row.sections) is None):
             return None
         lane.announced = row.delivery_id
-        return self.plan.envelope_from, row.email
+        return self.plan.sender(row), row.email
 
     async def _one(self, row: Claimed, lane: Lane) -> None:
         """Send one row on the lane's connection (opened if there is none)."""
@@ -306,7 +310,7 @@ class Delivery:
         else:
             await self.limiter.wait()
             lane.announced = None
-            result = await conn.send(plan.envelope_from, row.email, message,
+            result = await conn.send(plan.sender(row), row.email, message,
                                      self._upcoming(lane))
         if result.status == "failed" and result.reply.startswith("MAIL:"):
             # The server refuses our sender, not this reader: stop, fail no one.

@@ -17,7 +17,7 @@ from newsletter.config import Settings
 from newsletter.store.database import Store
 
 JOBS_TABLE = "apscheduler_jobs"
-FIXED_JOBS = ("collect", "issue", "sweep")
+FIXED_JOBS = ("collect", "issue", "sweep", "bounces")
 # The functions the scheduler runs, by the textual reference APScheduler stores with each
 # job: a database written before stays valid, and this module needs no entry point.
 JOB_FUNCTIONS = {job_id: f"newsletter.scheduler:job_{job_id}" for job_id in FIXED_JOBS}
@@ -35,6 +35,9 @@ def job_specs(settings: Settings) -> dict[str, tuple[str, Any, int | None]]:
     if sch.collect_minutes:
         specs["collect"] = (JOB_FUNCTIONS["collect"], IntervalTrigger(
             minutes=sch.collect_minutes, timezone=zone), None)
+    if settings.bounces.imap_url:
+        specs["bounces"] = (JOB_FUNCTIONS["bounces"], IntervalTrigger(
+            minutes=settings.bounces.imap_poll_minutes, timezone=zone), None)
     if sch.issue_cron:
         specs["issue"] = (JOB_FUNCTIONS["issue"], CronTrigger.from_crontab(
             sch.issue_cron, timezone=zone), sch.late_limit_minutes * 60)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from newsletter import log
+from newsletter.audience.bounces import verp_address
 from newsletter.audience.subscriptions import issue_links
 from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
@@ -102,9 +103,15 @@ def make_plan(settings: Settings, store: Store, issue: Issue, *,
         status = current.status if current else "deleted"
         return None if status in ("sending", "sent") else f"issue {issue.number} is {status}"
 
+    return_path = settings.bounces.return_path
+    sender_for = None
+    if return_path:
+        def sender_for(row: Claimed) -> str:
+            return verp_address(return_path, secret, issue.number, row.subscriber_id)
+
     return Plan(issue_id=issue.id, envelope_from=settings.mail.from_address,
                 variant_for=Variants(settings, issue, identity), urls_for=urls_for,
-                message_id_for=message_id_for, halt=halt)
+                message_id_for=message_id_for, halt=halt, sender_for=sender_for)
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:

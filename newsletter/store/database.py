@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from newsletter.store import migrations
 from newsletter.store import urls as dburl
 from newsletter.store.articles import ArticleQueries, FileRecord
+from newsletter.store.bounces import BounceQueries
 from newsletter.store.engine import connect, make_engine, open_engine
 from newsletter.store.issues import IssueQueries
 from newsletter.store.ledger import LedgerQueries
@@ -44,8 +45,8 @@ class _Via(Generic[P, R]):
 class Store:
     """One database: created and migrated on open, shared by every entry point.
 
-    The queries live in four groups over the one engine (`articles`, `issues`, `subscribers`,
-    `ledger`); each group's methods are reachable on the Store too, so a stage's Protocol
+    The queries live in five groups over the one engine (`articles`, `issues`, `subscribers`,
+    `ledger`, `bounces`); each group's methods are reachable on the Store too, so a stage's Protocol
     is satisfied by the Store or by the group alone.
     """
 
@@ -66,6 +67,7 @@ class Store:
         self.issues = IssueQueries(self.engine)
         self.subscribers = SubscriberQueries(self.engine)
         self.ledger = LedgerQueries(self.engine)
+        self.bounces = BounceQueries(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -129,3 +131,12 @@ class Store:
     sent_between = _Via("ledger", LedgerQueries.sent_between)
     next_due = _Via("ledger", LedgerQueries.next_due)
     issues_with_due_rows = _Via("ledger", LedgerQueries.issues_with_due_rows)
+
+    # -- what comes back ------------------------------------------------------------------
+    record_bounces = _Via("bounces", BounceQueries.record_bounces)
+    issue_for_token = _Via("bounces", BounceQueries.issue_for_token)
+    recent_delivery = _Via("bounces", BounceQueries.recent_delivery)
+    bounce_counts = _Via("bounces", BounceQueries.bounce_counts)
+    bounce_counts_by_issue = _Via("bounces", BounceQueries.bounce_counts_by_issue)
+    bounce_totals = _Via("bounces", BounceQueries.bounce_totals)
+    list_bounces = _Via("bounces", BounceQueries.list_bounces)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +41,7 @@ _SETTLE_SQL = ("UPDATE deliveries SET status = {p}, attempts = attempts + {p}, "
                "lease_owner = NULL, lease_until = NULL, last_code = {p}, last_reply = {p}, "
                "sent_at = coalesce({p}, sent_at), updated_at = {p} "
                "WHERE id = {p} AND status <> 'sent'")
+_ENHANCED = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")  # RFC 3463 status in a reply
 _MARKERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # sqlite3; psycopg
 
 
@@ -54,6 +56,15 @@ def _settle_for(dialect: Dialect) -> tuple[str, Callable[[datetime], Any]]:
                                   f"{dialect.driver} ({dialect.paramstyle})")
     stamp = s.UTCDateTime().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
     return _SETTLE_SQL.format(p=_MARKERS[dialect.paramstyle]), stamp
+
+
+def _insert_new(engine: Engine, table: sa.Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING: spelt the same by both dialects, but each has its
+    own Insert."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql.insert(table) if engine.dialect.name == "postgresql"
+            else sqlite.insert(table))
 
 
 class LedgerQueries:
@@ -138,7 +149,7 @@ class LedgerQueries:
         """Record outcomes in one transaction; a row already sent is never downgraded."""
         if not results:
             return
-        sub = s.subscribers.c
+        sub, d = s.subscribers.c, s.deliveries.c
         sql, stamp = _settle_for(self.engine.dialect)
         when = stamp(now)
         rows = [(r.status, 0 if r.status == "skipped" else 1,
@@ -149,6 +160,21 @@ class LedgerQueries:
             conn.exec_driver_sql(sql, rows)
             for r in results:
                 if r.hard_bounce:
+                    # Refused at RCPT time: an event like any bounce that comes back later,
+                    # so `bounces list` and the issue's bounce rate see it too.
+                    found = _ENHANCED.search(r.reply)
+                    conn.execute(_insert_new(self.engine, s.bounce_events).from_select(
+                        ["subscriber_id", "issue_id", "kind", "status", "diagnostic", "source",
+                         "recipient", "key", "received_at"],
+                        sa.select(d.subscriber_id, d.issue_id, sa.literal("hard"),
+                                  sa.literal(found.group(0) if found else ""),
+                                  sa.literal(" ".join(r.reply.split())[:300]),
+                                  sa.literal("smtp"),
+                                  sa.select(sub.email).where(sub.id == d.subscriber_id)
+                                  .scalar_subquery(),
+                                  sa.literal(f"smtp:{r.delivery_id}"),
+                                  sa.literal(now, s.UTCDateTime()))
+                        .where(d.id == r.delivery_id)).on_conflict_do_nothing())
                     conn.execute(s.subscribers.update().where(sub.id == r.subscriber_id)
                                  .values(hard_bounces=sub.hard_bounces + 1, updated_at=now))
                     conn.execute(s.subscribers.update()

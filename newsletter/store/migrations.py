@@ -63,11 +63,20 @@ def _v4(op: Operations) -> None:
     ).where(sub.c.confirmed_at.is_not(None), sub.c.consent_method == "form")))
 
 
+def _v5(op: Operations) -> None:
+    """Bounce and complaint events."""
+    frozen = sa.MetaData()
+    s.subscribers.to_metadata(frozen)
+    s.issues.to_metadata(frozen)
+    s.bounce_events.to_metadata(frozen).create(op.get_bind())
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
     (3, "subscribers and the delivery ledger", _v3),
     (4, "consent history", _v4),
+    (5, "bounce and complaint events", _v5),
 ]
 
 

@@ -199,3 +199,25 @@ consent_events = Table(
     Column("user_agent", Text, nullable=True),
     Index("ix_consent_events_subscriber", "subscriber_id", "at"),
 )
+
+# What came back after a send: bounces (hard, soft) and complaints, each tied to the subscriber
+# it concerns and, where known, the issue. `key` is unique: the same report (a bounce
+# message's Message-ID, a provider's event id) read twice is recorded, and counted, once.
+bounce_events = Table(
+    "bounce_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("subscriber_id", Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("issue_id", Integer, sa.ForeignKey("issues.id", ondelete="SET NULL"), nullable=True),
+    Column("kind", String(20), nullable=False),  # models.BOUNCE_KINDS
+    Column("status", String(20), nullable=False, default=""),  # e.g. 5.1.1
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("source", String(20), nullable=False),  # models.BOUNCE_SOURCES
+    Column("recipient", Text, nullable=False, default=""),  # as the report named it
+    Column("key", String(200), nullable=False, unique=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Index("ix_bounce_events_subscriber", "subscriber_id", "received_at"),
+    Index("ix_bounce_events_issue", "issue_id", "kind"),
+    Index("ix_bounce_events_received", "received_at"),
+)
