@@ -207,6 +207,15 @@ def _check_bounces(bounces: Bounces, where: str) -> None:
         if not re.fullmatch(r"arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}", arn):
             raise ConfigError(f"{where}: bounces.ses_topic_arns: expected SNS topic ARNs like "
                               f"arn:aws:sns:eu-west-1:123456789012:ses-bounces, got {arn!r}")
+    if bounces.sendgrid_public_key:
+        from newsletter.audience.keys import sendgrid_key
+
+        try:  # a bad key would otherwise show only as every webhook request refused
+            sendgrid_key(bounces.sendgrid_public_key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: bounces.sendgrid_public_key: {exc} (paste the "
+                              f"verification key SendGrid shows for the signed event "
+                              f"webhook)") from None
     if bool(bounces.postmark_username) != bool(bounces.postmark_password):
         raise ConfigError(f"{where}: bounces.postmark_username and postmark_password: set both "
                           f"(the webhook URL's basic auth) or neither")

@@ -205,8 +205,11 @@ class Bounces:
                                  secret=True)
     sendgrid_public_key: str = opt("SendGrid signed event webhook verification key (base64, as "
                                    "SendGrid shows it); empty turns /webhooks/sendgrid off.", "")
-    webhook_max_age_seconds: int = opt("Signed webhook requests older than this are refused "
-                                       "as replays.", 600, minimum=30)
+    webhook_max_age_seconds: int = opt("Mailgun and SendGrid requests signed longer ago than "
+                                       "this are refused as replays. Providers retry a failed "
+                                       "delivery with its first signature, so a short window "
+                                       "loses events during an outage; replays inside it are "
+                                       "refused by event id.", 3600, minimum=60)
     complaint_rate_warning: float = opt("Warn when an issue's complaint rate reaches this "
                                         "fraction of messages sent (Gmail and Yahoo hold bulk "
                                         "senders under 0.003).", 0.001, minimum=0, maximum=1)

@@ -19,7 +19,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "starlette": ("web/", "pipeline/"),
     "uvicorn": ("web/", "pipeline/"),
     "apscheduler": ("scheduler.py", "pipeline/", "config.py"),
-    "httpx": ("collect/sources/upstream.py", "collect/netguard.py"),
+    "httpx": ("collect/sources/upstream.py", "collect/netguard.py", "pipeline/sns_fetch.py"),
     "aiosmtplib": ("deliver/smtp.py", "deliver/smtp_replies.py"),
     "click": ("cli/",),
     "rich": ("cli/",),

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from newsletter import pipeline
 from newsletter.config import Settings
+from newsletter.models import BounceNotice, BouncePolicy
 from newsletter.pipeline import sending
 from newsletter.web.metrics import MetricsSnapshot, exposition, render_metrics
 from tests.helpers.admin import TOKEN, admin_settings, serve
@@ -49,6 +50,13 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
         assert issue is not None
         sending.start_sending(settings, store, issue)
         sending.run_worker(settings, store, issue)
+        assert issue.id is not None
+        subs = store.list_subscribers(status="active", limit=2)
+        store.record_bounces([BounceNotice(subs[0].id, issue.id, "complaint", "", "abuse",
+                                           "file", subs[0].email, "k1"),
+                              BounceNotice(subs[1].id, issue.id, "hard", "5.1.1", "gone",
+                                           "file", subs[1].email, "k2")],
+                             datetime.now(UTC), BouncePolicy())
         assert pipeline.build_issue(settings, store, force=True).created  # a second, draft
         with serve(settings, store, tmp_path) as site:
             assert site.anon.get("/metrics").status_code == 401
@@ -62,7 +70,11 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
                          "newsletter_issues": "gauge", "newsletter_deliveries": "gauge",
                          "newsletter_messages_sent_per_second": "gauge",
                          "newsletter_last_collect_timestamp_seconds": "gauge",
-                         "newsletter_subscribers": "gauge"}
+                         "newsletter_subscribers": "gauge",
+                         "newsletter_bounce_events": "gauge",
+                         "newsletter_issue_messages_sent": "gauge",
+                         "newsletter_issue_bounce_events": "gauge",
+                         "newsletter_issue_bounce_ratio": "gauge"}
         assert value(samples, "newsletter_articles_total") == 3  # 2 seeded + 1 Markdown
         assert value(samples, "newsletter_issues", status="sent") == 1
         assert value(samples, "newsletter_issues", status="draft") == 1
@@ -74,8 +86,18 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
         assert last is not None
         assert value(samples, "newsletter_last_collect_timestamp_seconds") == \
             last["finished_at"].timestamp()
-        assert value(samples, "newsletter_subscribers", status="active") == 4
+        assert value(samples, "newsletter_subscribers", status="active") == 2  # 2 came back
         assert value(samples, "newsletter_subscribers", status="unsubscribed") == 1
+        # What came back: totals, and per recent issue the events and their share of sent.
+        assert value(samples, "newsletter_bounce_events", kind="hard") == 1
+        assert value(samples, "newsletter_bounce_events", kind="soft") == 0
+        n = str(issue.number)
+        assert value(samples, "newsletter_issue_messages_sent", issue=n) == 4
+        assert value(samples, "newsletter_issue_bounce_events", issue=n, kind="complaint") == 1
+        assert value(samples, "newsletter_issue_bounce_ratio", issue=n, kind="complaint") == 0.25
+        assert value(samples, "newsletter_issue_bounce_ratio", issue=n, kind="soft") == 0
+        assert value(samples, "newsletter_subscribers", status="complained") == 1
+        assert value(samples, "newsletter_subscribers", status="bounced") == 1
         # A minute later nothing was sent in the window: the rate falls to zero.
         later = render_metrics(store, now=datetime.now(UTC) + timedelta(seconds=61))
         assert value(parse(later)[1], "newsletter_messages_sent_per_second") == 0

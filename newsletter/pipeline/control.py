@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from newsletter import log
+from newsletter.audience.rates import IssueRates
 from newsletter.errors import BadValue, NewsletterError
 from newsletter.models import Issue
 from newsletter.pipeline.collecting import now_utc
@@ -79,6 +80,7 @@ class Overview:
     articles: int
     issues: list[tuple[Issue, dict[str, int]]] = field(default_factory=list)
     jobs: list[tuple[str, datetime | None]] = field(default_factory=list)
+    came_back: dict[int, IssueRates] = field(default_factory=dict)  # by issue number
 
 
 def overview(store: Store, *, limit: int = 5) -> Overview:
@@ -86,5 +88,8 @@ def overview(store: Store, *, limit: int = 5) -> Overview:
     for issue in store.list_issues(limit=limit):
         assert issue.id is not None
         issues.append((issue, store.delivery_counts(issue.id)))
+    bounced = store.bounce_counts_by_issue([i.id for i, _ in issues if i.id is not None])
+    came_back = {i.number: IssueRates.of(i.number, c.get("sent", 0), bounced[i.id])
+                 for i, c in issues if i.id is not None}
     return Overview(last_collect=store.last_collect(), articles=store.count_articles(),
-                    issues=issues)
+                    issues=issues, came_back=came_back)

@@ -37,6 +37,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         settings, store=store, secret=secret, send_confirmation=confirm_mail,
         send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
+    routes += _webhook_routes(settings, store)
     return create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
                       publication_name=settings.publication.name,
                       feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
@@ -102,6 +103,29 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         send_confirmation=notices.subscriber_confirmation(settings, secret),
         publication_name=settings.publication.name,
         smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone,
+        rate_lines=(settings.bounces.complaint_rate_warning,
+                    settings.bounces.hard_bounce_rate_warning),
         templates_dir=Path(folder) if (folder := settings.newsletter.templates_dir) else None,
         client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips))
     return [*admin_api_routes(deps), *admin_routes(deps), *metrics_routes(deps)]
+
+
+def _webhook_routes(settings: Settings, store: Store) -> list[BaseRoute]:
+    """POST /webhooks/<provider>: each on only when its [bounces] keys are set."""
+    import newsletter.pipeline.sns_fetch as sns_fetch
+    from newsletter.pipeline.bounces import Ingestor
+    from newsletter.web.requests import ClientAddress
+    from newsletter.web.webhooks import WebhookDeps, webhook_routes
+
+    b = settings.bounces
+
+    def ingest(source: str, events: list[Any]) -> dict[str, int]:
+        return Ingestor(settings, store).provider_events(source, events)
+
+    return webhook_routes(WebhookDeps(
+        ingest=ingest, confirm_sns_subscription=sns_fetch.confirm_subscription,
+        fetch_cert=sns_fetch.fetch_cert, ses_topic_arns=tuple(b.ses_topic_arns),
+        mailgun_signing_key=b.mailgun_signing_key, postmark_username=b.postmark_username,
+        postmark_password=b.postmark_password, sendgrid_public_key=b.sendgrid_public_key,
+        max_age_seconds=b.webhook_max_age_seconds,
+        client_ip=ClientAddress.from_setting(settings.server.forwarded_allow_ips)))

@@ -32,6 +32,7 @@ from newsletter.web.admin_http import (
     load_issue,
     parse_when,
 )
+from newsletter.web.admin_people import people_routes
 from newsletter.web.limits import rate_key
 from newsletter.web.requests import BodyTooLarge, read_capped
 from newsletter.words import friendly_time, plural
@@ -156,6 +157,14 @@ class _Dashboard:
     def disabled(self) -> Response:
         return self.page("message.html", 403, title="Admin disabled", text=DISABLED)
 
+    def logged_in(self, request: Request) -> Response | None:
+        """None when the request has a session; else the answer to give instead."""
+        if not self.deps.enabled:
+            return self.disabled()
+        if self.sessions.nonce(request) is None:
+            return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
+        return None
+
     # -- login ----------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
@@ -215,8 +224,10 @@ class _Dashboard:
             for i, c in view.issues]
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
+        recent = await run_in_threadpool(self.deps.store.list_bounces, limit=5)
         response = self.page(
             "dashboard.html", view=view, jobs=jobs or view.jobs, issues=issues,
+            recent_bounces=recent, rate_lines=self.deps.rate_lines,
             subscribers=subscribers, next_issue=next_issue,
             example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
@@ -375,4 +386,5 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
               methods=["POST"]),
         Route("/admin/issues/{number:int}/preview", d.preview, methods=["GET"]),
         Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
+        *people_routes(d),
     ]

@@ -18,11 +18,13 @@ from starlette.routing import BaseRoute, Route
 from newsletter import log
 from newsletter.audience import consent, subscriptions
 from newsletter.errors import BadValue, NewsletterError
+from newsletter.models import BOUNCE_KINDS, Subscriber
 from newsletter.store.schema import SUBSCRIBER_STATUSES
 from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_http import (
     AdminDeps,
     HttpError,
+    bounce_json,
     check_bearer,
     counted,
     issue_json,
@@ -132,7 +134,8 @@ class _Api:
         def run() -> dict[str, Any]:
             view = self.deps.overview()
             return {"last_collect": view.last_collect, "articles": view.articles,
-                    "issues": [issue_json(i, c) for i, c in view.issues],
+                    "issues": [issue_json(i, c, view.came_back.get(i.number),
+                                          self.deps.rate_lines) for i, c in view.issues],
                     "jobs": [{"name": n, "next_run": at}
                              for n, at in self.deps.jobs() or view.jobs],
                     "subscribers": self.deps.store.count_subscribers()}
@@ -169,17 +172,52 @@ class _Api:
         log.event("admin.subscriber_add", ip=self.ip(request), state=body["state"])
         return json_response(body, code)
 
+    def find(self, email: str) -> Subscriber:
+        try:  # smtputf8=True: any address that got stored can be found (and removed)
+            _address, key = subscriptions.normalise_address(email, smtputf8=True)
+        except subscriptions.AddressError as exc:
+            raise HttpError(400, f"{email!r}: {exc.reason}") from None
+        sub = self.deps.store.get_subscriber_by_key(key)
+        if sub is None:
+            raise HttpError(404, f"{email}: no such subscriber")
+        return sub
+
+    async def get_subscriber(self, request: Request) -> Response:
+        """The subscriber's record: status, consent history, bounces and complaints."""
+        def run() -> dict[str, Any]:
+            sub = self.find(request.path_params["email"])
+            store = self.deps.store
+            return {**subscriber_json(sub), "hard_bounces": sub.hard_bounces,
+                    "consent": [{"at": e.at, "action": e.action, "actor": e.actor,
+                                 "reason": e.reason, "previous_status": e.previous_status}
+                                for e in store.consent_history(sub.id)],
+                    "bounces": [bounce_json(b) for b in
+                                store.list_bounces(subscriber_id=sub.id, limit=200)]}
+
+        return json_response(await run_in_threadpool(run))
+
+    async def list_bounces(self, request: Request) -> Response:
+        kind = request.query_params.get("kind") or None
+        if kind is not None and kind not in BOUNCE_KINDS:
+            raise HttpError(400, f"kind must be one of {', '.join(BOUNCE_KINDS)}")
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        before = _int_param(request, "before", 0, 0, 2**62) or None
+        issue = _int_param(request, "issue", 0, 0, 2**31 - 1) or None
+
+        def run() -> dict[str, Any]:
+            events = self.deps.store.list_bounces(kind=kind, issue_number=issue, limit=limit,
+                                                  before_id=before)
+            return {"bounces": [bounce_json(b) for b in events],
+                    "next_before": events[-1].id if len(events) == limit else None,
+                    "totals": self.deps.store.bounce_totals()}
+
+        return json_response(await run_in_threadpool(run))
+
     async def remove_subscriber(self, request: Request) -> Response:
         email = request.path_params["email"]
 
         def run() -> dict[str, Any]:
-            try:  # smtputf8=True: removing must work for any address that got stored
-                _address, key = subscriptions.normalise_address(email, smtputf8=True)
-            except subscriptions.AddressError as exc:
-                raise HttpError(400, f"{email!r}: {exc.reason}") from None
-            sub = self.deps.store.get_subscriber_by_key(key)
-            if sub is None:
-                raise HttpError(404, f"{email}: no such subscriber")
+            sub = self.find(email)
             result = self.deps.store.remove_subscriber(sub.id, datetime.now(UTC))
             return {"email": sub.email, "result": result}
 
@@ -243,7 +281,9 @@ def admin_api_routes(deps: AdminDeps) -> list[BaseRoute]:
         ("/admin/api/subscribers", ["GET"], api.list_subscribers),
         ("/admin/api/subscribers", ["POST"], api.add_subscriber),
         ("/admin/api/subscribers/import", ["POST"], api.import_subscribers),
+        ("/admin/api/subscribers/{email}", ["GET"], api.get_subscriber),
         ("/admin/api/subscribers/{email}", ["DELETE"], api.remove_subscriber),
+        ("/admin/api/bounces", ["GET"], api.list_bounces),
         ("/admin/api/openapi.json", ["GET"], api.openapi),
     ]
     return [Route(path, api.guarded(handler), methods=methods) for path, methods, handler in table]

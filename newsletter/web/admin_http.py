@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from newsletter import log
+from newsletter.audience.rates import IssueRates
 from newsletter.config import MIN_ADMIN_TOKEN_CHARS
 from newsletter.web.limits import SlidingWindow, rate_key
 from newsletter.web.requests import ClientAddress
 
 if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
-    from newsletter.models import Issue, Subscriber
+    from newsletter.models import BounceEvent, Issue, Subscriber
     from newsletter.pipeline.control import Overview
     from newsletter.pipeline.issues import BuildResult
     from newsletter.store.database import Store
@@ -70,6 +71,8 @@ class AdminDeps:
     session_hours: float = 12.0
     auth_failures_per_minute: int = 20
     templates_dir: Path | None = None  # [newsletter] templates_dir: overrides admin/*.html
+    # [bounces] complaint_rate_warning and hard_bounce_rate_warning.
+    rate_lines: tuple[float, float] = (0.001, 0.02)
     # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
     client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
     failures: SlidingWindow = field(init=False, repr=False, compare=False)
@@ -141,11 +144,30 @@ def done_of(counts: dict[str, int]) -> int:
     return counts.get("sent", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
 
 
-def issue_json(issue: Issue, counts: dict[str, int]) -> dict[str, Any]:
-    return {"number": issue.number, "status": issue.status, "subject": issue.subject,
+def issue_json(issue: Issue, counts: dict[str, int], rates: IssueRates | None = None,
+               lines: tuple[float, float] = (0.001, 0.02)) -> dict[str, Any]:
+    data = {"number": issue.number, "status": issue.status, "subject": issue.subject,
             "preheader": issue.preheader, "created": issue.created, "send_at": issue.send_at,
             "window_start": issue.window_start, "window_end": issue.window_end,
             "counts": counts, "total": sum(counts.values()), "done": done_of(counts)}
+    if rates is not None:
+        data["came_back"] = came_back_json(rates, lines)
+    return data
+
+
+def came_back_json(rates: IssueRates, lines: tuple[float, float]) -> dict[str, Any]:
+    """An issue's bounces and complaints, their rates of messages sent, and any warning."""
+    return {"hard": rates.hard, "soft": rates.soft, "complaints": rates.complaints,
+            "hard_bounce_rate": round(rates.hard_rate, 6),
+            "complaint_rate": round(rates.complaint_rate, 6),
+            "warnings": rates.warnings(*lines)}
+
+
+def bounce_json(event: BounceEvent) -> dict[str, Any]:
+    return {"id": event.id, "email": event.email, "subscriber_id": event.subscriber_id,
+            "issue": event.issue_number, "kind": event.kind, "status": event.status,
+            "diagnostic": event.diagnostic, "source": event.source,
+            "recipient": event.recipient, "received_at": event.received_at}
 
 
 def subscriber_json(sub: Subscriber) -> dict[str, Any]:
@@ -165,7 +187,9 @@ def load_issue(deps: AdminDeps, number: int, *, with_articles: bool = False) -> 
 
 def counted(deps: AdminDeps, issue: Issue) -> dict[str, Any]:
     assert issue.id is not None
-    return issue_json(issue, deps.store.delivery_counts(issue.id))
+    counts = deps.store.delivery_counts(issue.id)
+    rates = IssueRates.of(issue.number, counts.get("sent", 0), deps.store.bounce_counts(issue.id))
+    return issue_json(issue, counts, rates, deps.rate_lines)
 
 
 def parse_when(value: Any) -> datetime:

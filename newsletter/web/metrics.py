@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 # would be on an internal port: scrape it with the admin token (docs/metrics.md).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format generate_latest writes
 RATE_WINDOW = timedelta(seconds=60)
+# Per-issue series for this many latest issues: bounded label values, and the issues whose
+# complaint rate a sender still has to answer for.
+RECENT_ISSUES = 5
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,22 @@ class MetricsSnapshot:
     sent_recently: int  # deliveries sent within RATE_WINDOW before the snapshot
     last_collect_at: float  # Unix time the last collect finished; 0: never
     subscribers: dict[str, int]
+    bounces: dict[str, int] = field(default_factory=dict)  # events by kind, every issue
+    # The latest sent (or sending) issues: number → (messages sent, {kind: events}).
+    recent_issues: dict[int, tuple[int, dict[str, int]]] = field(default_factory=dict)
 
 
 def metrics_snapshot(store: Store, now: datetime | None = None) -> MetricsSnapshot:
     """The counts, through the store's own queries: the one place here that reads it."""
     now = now or datetime.now(UTC)
     last = store.last_collect()
+    recent = [i for i in store.list_issues(limit=RECENT_ISSUES, statuses=("sending", "sent"),
+                                           with_articles=False) if i.id is not None]
+    bounced = store.bounce_counts_by_issue([i.id for i in recent if i.id is not None])
     return MetricsSnapshot(
+        bounces=store.bounce_totals(),
+        recent_issues={i.number: (store.delivery_counts(i.id)["sent"], bounced[i.id])
+                       for i in recent if i.id is not None},
         articles=store.count_articles(),
         issues=store.count_issues(),  # every status present, so a series never vanishes
         deliveries=store.delivery_totals(),
@@ -86,6 +98,26 @@ class StoreCollector(Collector):
                                 value=snap.last_collect_at)
         yield _by_label(GaugeMetricFamily("newsletter_subscribers", "Subscribers by status.",
                                           labels=["status"]), snap.subscribers)
+        yield _by_label(GaugeMetricFamily(
+            "newsletter_bounce_events", "Bounces and complaints recorded, by kind, every issue.",
+            labels=["kind"]), snap.bounces)
+        sent = GaugeMetricFamily("newsletter_issue_messages_sent",
+                                 "Messages sent of each recent issue.", labels=["issue"])
+        events = GaugeMetricFamily("newsletter_issue_bounce_events",
+                                   "Bounces and complaints of each recent issue, by kind.",
+                                   labels=["issue", "kind"])
+        ratio = GaugeMetricFamily("newsletter_issue_bounce_ratio",
+                                  "Bounces and complaints of each recent issue per message "
+                                  "sent, by kind (alert on complaint >= 0.001).",
+                                  labels=["issue", "kind"])
+        for number, (n_sent, kinds) in sorted(snap.recent_issues.items()):
+            sent.add_metric([str(number)], n_sent)
+            for kind, n in kinds.items():
+                events.add_metric([str(number), kind], n)
+                ratio.add_metric([str(number), kind], n / n_sent if n_sent else 0.0)
+        yield sent
+        yield events
+        yield ratio
 
 
 def exposition(snapshot: Callable[[], MetricsSnapshot]) -> str:

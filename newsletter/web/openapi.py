@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from newsletter import __version__
-from newsletter.models import ISSUE_STATUSES
+from newsletter.models import BOUNCE_KINDS, BOUNCE_SOURCES, ISSUE_STATUSES
 from newsletter.store.schema import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
 
 JSON = "application/json"
@@ -69,7 +69,8 @@ def _schemas() -> dict[str, Any]:
         "subject": {"type": "string"}, "preheader": {"type": "string"}, "created": _TIME,
         "send_at": _TIME, "window_start": _TIME, "window_end": _TIME, "counts": _COUNTS,
         "total": {"type": "integer", "description": "ledger rows"},
-        "done": {"type": "integer", "description": "sent + failed + skipped"}}}
+        "done": {"type": "integer", "description": "sent + failed + skipped"},
+        "came_back": _ref("CameBack")}}
     subscriber = {"type": "object", "properties": {
         "id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
         "status": {"enum": list(SUBSCRIBER_STATUSES)},
@@ -89,6 +90,23 @@ def _schemas() -> dict[str, Any]:
                                                      "link": {"type": "string"},
                                                      "published": _TIME}}}}}}}}]},
         "Subscriber": subscriber,
+        "CameBack": {"type": "object", "description": "Bounces and complaints of the issue; "
+                     "rates are of messages sent", "properties": {
+                         "hard": {"type": "integer"}, "soft": {"type": "integer"},
+                         "complaints": {"type": "integer"},
+                         "hard_bounce_rate": {"type": "number"},
+                         "complaint_rate": {"type": "number"},
+                         "warnings": {"type": "array", "items": {"type": "string"}}}},
+        "Bounce": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "email": {"type": "string"},
+            "subscriber_id": {"type": "integer"}, "issue": {"type": ["integer", "null"]},
+            "kind": {"enum": list(BOUNCE_KINDS)}, "status": {"type": "string"},
+            "diagnostic": {"type": "string"}, "source": {"enum": list(BOUNCE_SOURCES)},
+            "recipient": {"type": "string"}, "received_at": _TIME}},
+        "SubscriberRecord": {"allOf": [_ref("Subscriber"), {"type": "object", "properties": {
+            "hard_bounces": {"type": "integer"},
+            "consent": {"type": "array", "items": {"type": "object"}},
+            "bounces": {"type": "array", "items": _ref("Bounce")}}}]},
         "Collect": {"type": "object", "properties": {
             "new": {"type": "integer"}, "updated": {"type": "integer"},
             "errors": {"type": "array", "items": {"type": "string"}}}},
@@ -123,6 +141,7 @@ def _paths() -> dict[str, Any]:
     at = {"type": "object", "required": ["at"], "properties": {"at": {
         "type": "string", "format": "date-time",
         "description": "ISO 8601 with UTC offset; over a minute in the past is refused (400)"}}}
+    by_kind = {"type": "object", "properties": {k: {"type": "integer"} for k in BOUNCE_KINDS}}
     return {
         "/admin/api/collect": {"post": _op(
             "Collect from every source now and republish the feeds",
@@ -184,7 +203,21 @@ def _paths() -> dict[str, Any]:
             "unconfirmed form sign-ups are skipped, with the reason",
             _ok("Import report", _ref("ImportReport")), "400", "413", "415",
             body=_body({"type": "string"}, "text/csv"))},
-        "/admin/api/subscribers/{email}": {"delete": _op(
+        "/admin/api/bounces": {"get": _op(
+            "Bounces and complaints recorded, newest first",
+            _ok("A page of events", {"type": "object", "properties": {
+                "bounces": {"type": "array", "items": _ref("Bounce")},
+                "next_before": {"type": ["integer", "null"]}, "totals": by_kind}}), "400",
+            params=[_query("kind", {"enum": list(BOUNCE_KINDS)}, "Only this kind"),
+                    _query("issue", {"type": "integer", "minimum": 1}, "Only this issue's"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                     "default": 100}, "Page size"),
+                    _query("before", {"type": "integer", "minimum": 1},
+                           "Events older than this id (next_before of the previous page)")])},
+        "/admin/api/subscribers/{email}": {"get": _op(
+            "A subscriber's record: status, consent history, bounces and complaints",
+            _ok("The record", _ref("SubscriberRecord")), "400", "404", params=[EMAIL]),
+            "delete": _op(
             "Remove a subscriber (kept anonymised and unsubscribed if issues went to it)",
             _ok("Removed", {"type": "object", "properties": {
                 "email": {"type": "string"},
