@@ -56,19 +56,31 @@ def _check(result: tuple[str, list[Any]], doing: str) -> list[Any]:
 
 def connect(settings: Settings) -> tuple[imaplib.IMAP4, Mailbox]:
     box = Mailbox.from_url(settings.bounces.imap_url)
+    where = f"bounce mailbox {box.host}:{box.port}"
+    conn: imaplib.IMAP4
     try:
-        conn: imaplib.IMAP4
         if box.secure:
             conn = imaplib.IMAP4_SSL(box.host, box.port, ssl_context=ssl.create_default_context(),
                                      timeout=TIMEOUT)
         else:
             conn = imaplib.IMAP4(box.host, box.port, timeout=TIMEOUT)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise NewsletterError(f"{where}: cannot connect: {_words(exc)}") from None
+    try:
         conn.login(box.user, settings.bounces.imap_password)
     except (OSError, imaplib.IMAP4.error) as exc:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            conn.shutdown()
         # Never the password: imaplib's LOGIN error repeats only the server's words.
-        raise NewsletterError(f"bounce mailbox {box.host}:{box.port}: cannot log in as "
-                              f"{box.user}: {exc}") from None
+        raise NewsletterError(f"{where}: cannot log in as {box.user}: {_words(exc)}") from None
     return conn, box
+
+
+def _words(exc: BaseException) -> str:
+    """The server's own words, not the repr of the bytes imaplib keeps them in."""
+    first = exc.args[0] if exc.args else exc
+    text = first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 def poll_mailbox(settings: Settings, store: Store) -> IngestSummary:
