@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from smtpserver import SmtpTestServer
 
@@ -268,3 +269,29 @@ def test_ingest_paths_reports_a_folder_that_is_no_maildir(
     assert errors == [f"{tmp_path / 'plain'}: a folder that is not a Maildir (no cur/ and "
                       f"new/ inside)"]
     store.close()
+
+
+def test_the_scheduler_polls_the_mailbox_and_an_outage_is_one_warning(
+        make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    from newsletter import scheduler as jobs
+    from newsletter.pipeline import schedule, scheduling
+    from tests.mailstack import _free_ports
+
+    port = _free_ports(1)[0]  # nothing listens there
+    settings = make_settings(f'[bounces]\nimap_url = "imap://bounces@127.0.0.1:{port}/INBOX"\n'
+                             f"imap_poll_minutes = 7\n")
+    specs = schedule.job_specs(settings)
+    assert specs["bounces"][0] == "newsletter.scheduler:job_bounces"
+    assert specs["bounces"][1].interval == timedelta(minutes=7)
+    assert "bounces" not in schedule.job_specs(make_settings())  # no mailbox, no job
+    store = pipeline.open_store(settings)
+    scheduling._RUNTIME = scheduling.Runtime(settings, store)
+    try:
+        jobs.job_bounces()  # the mailbox is down: logged, nothing raised
+    finally:
+        scheduling._RUNTIME = None
+        store.close()
+    [record] = [r for r in caplog.records if "bounces.poll_failed" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert f"127.0.0.1:{port}: cannot connect" in record.getMessage()
+    assert "tried again in 7 minutes" in record.getMessage()
