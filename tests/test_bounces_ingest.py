@@ -295,3 +295,16 @@ def test_the_scheduler_polls_the_mailbox_and_an_outage_is_one_warning(
     assert record.levelname == "WARNING"
     assert f"127.0.0.1:{port}: cannot connect" in record.getMessage()
     assert "tried again in 7 minutes" in record.getMessage()
+
+
+def test_an_unreachable_database_asks_the_mta_to_try_again(
+        make_settings: Callable[..., Settings]) -> None:
+    from tests.mailstack import _free_ports
+
+    port = _free_ports(1)[0]
+    settings = make_settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/x")
+    code, _out, err = _ingest(settings, "-", stdin=dsn("bounces@news.example.org", r(0)))
+    assert code == 75  # EX_TEMPFAIL: Postfix keeps the bounce queued and retries
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]
+    assert "Traceback" not in err

@@ -28,14 +28,33 @@ class IssueRates:
     def complaint_rate(self) -> float:
         return self.complaints / self.sent if self.sent else 0.0
 
-    def warnings(self, complaint_limit: float, hard_limit: float) -> list[str]:
-        """One sentence per rate at or over its line; none before anything was sent."""
-        out = []
+    def over(self, complaint_limit: float, hard_limit: float) -> set[str]:
+        """Which rates are at or over their line: "complaint", "hard"."""
+        out = set()
         if self.sent and self.complaints and self.complaint_rate >= complaint_limit:
+            out.add("complaint")
+        if self.sent and self.hard and self.hard_rate >= hard_limit:
+            out.add("hard")
+        return out
+
+    def without(self, hard: int, complaints: int) -> IssueRates:
+        """The rates as they were before these events."""
+        return IssueRates(self.number, self.sent, self.hard - hard, self.soft,
+                          self.complaints - complaints)
+
+    def warnings(self, complaint_limit: float, hard_limit: float,
+                 only: set[str] | None = None) -> list[str]:
+        """One sentence per rate at or over its line (of those in `only`, if given); none
+        before anything was sent."""
+        over = self.over(complaint_limit, hard_limit)
+        if only is not None:
+            over &= only
+        out = []
+        if "complaint" in over:
             out.append(f"issue {self.number}: complaint rate {percent(self.complaint_rate)} "
                        f"({self.complaints} of {self.sent} sent) reaches "
                        f"{percent(complaint_limit)}; Gmail and Yahoo junk bulk mail above 0.3%")
-        if self.sent and self.hard and self.hard_rate >= hard_limit:
+        if "hard" in over:
             out.append(f"issue {self.number}: hard-bounce rate {percent(self.hard_rate)} "
                        f"({self.hard} of {self.sent} sent) reaches {percent(hard_limit)}; "
                        f"check where these addresses came from")

@@ -11,6 +11,9 @@ from newsletter.errors import NewsletterError
 from newsletter.models import BOUNCE_KINDS
 
 
+EX_TEMPFAIL = 75  # sysexits.h: Postfix's pipe and local delivery defer the message
+
+
 @click.group()
 def bounces() -> None:
     """Bounces and complaints: ingest them, list them."""
@@ -24,11 +27,19 @@ def bounces_ingest(ctx: click.Context, paths: tuple[str, ...]) -> None:
     """Read bounce messages: a file holding one message, an mbox file, or a Maildir; '-'
     reads one message from standard input (for an MTA alias:
     bounces: "|newsletter bounces ingest -"). Prints one summary line; exits 0 when every
-    message was read, whatever it turned out to be, 1 when a path could not be read."""
+    message was read, whatever it turned out to be, 1 when a path could not be read, 75
+    (EX_TEMPFAIL: an MTA retries later) when the database could not be reached."""
+    from newsletter.errors import DatabaseError
     from newsletter.pipeline.bounce_files import ingest_paths
 
-    settings, store = with_store(ctx)
-    summary, errors = ingest_paths(settings, store, list(paths), stdin=sys.stdin.buffer)
+    try:
+        settings, store = with_store(ctx)
+        summary, errors = ingest_paths(settings, store, list(paths), stdin=sys.stdin.buffer)
+    except DatabaseError as exc:
+        # EX_TEMPFAIL: an MTA piping a bounce in keeps it queued and tries again later,
+        # rather than bouncing the bounce into nowhere.
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EX_TEMPFAIL)
     for line in errors:
         click.echo(f"error: {line}", err=True)
     click.echo(summary.line())

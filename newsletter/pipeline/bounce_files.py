@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 
 from newsletter import log
 from newsletter.config import Settings
+from newsletter.errors import DatabaseError, NewsletterError
 from newsletter.pipeline.bounces import Ingestor, IngestSummary
 from newsletter.store.database import Store
 
@@ -71,6 +72,18 @@ def ingest_paths(settings: Settings, store: Store, paths: list[str], *,
                  environ: dict[str, str] | None = None) -> tuple[IngestSummary, list[str]]:
     """Ingest every message at every path ('-': one message from `stdin`). Returns the
     summary and one line per path that could not be read; the others are read all the same."""
+    try:
+        return _ingest_paths(settings, store, paths, stdin, environ)
+    except NewsletterError:
+        raise
+    except Exception as exc:  # the store went away mid-run: what was recorded stays
+        raise DatabaseError(f"bounces not recorded: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}; nothing is lost, run the "
+                            f"ingestion again") from None
+
+
+def _ingest_paths(settings: Settings, store: Store, paths: list[str], stdin: BinaryIO | None,
+                  environ: dict[str, str] | None) -> tuple[IngestSummary, list[str]]:
     ingestor = Ingestor(settings, store)
     limit = settings.bounces.max_message_bytes
     errors: list[str] = []

@@ -99,7 +99,9 @@ class Ingestor:
         self.policy = policy_of(settings)
         self.window = timedelta(days=settings.bounces.unsigned_window_days)
         self.summary = IngestSummary()
-        self.touched: set[int] = set()  # issue ids whose rates may have moved
+        # Issue id → (hard, complaints) recorded by this ingestor: a warning is given when
+        # these events are what took the issue's rate over its line, not on every event after.
+        self.touched: dict[int, list[int]] = {}
 
     # -- bounce messages --------------------------------------------------------------------
 
@@ -208,7 +210,9 @@ class Ingestor:
             counter = _COUNTER[notice.kind]
             setattr(self.summary, counter, getattr(self.summary, counter) + 1)
             if notice.issue_id is not None:
-                self.touched.add(notice.issue_id)
+                added = self.touched.setdefault(notice.issue_id, [0, 0])
+                added[0] += notice.kind == parse_bounces.HARD
+                added[1] += notice.kind == parse_bounces.COMPLAINT
             if outcome == SUPPRESSED:
                 self.summary.suppressed += 1
             log.event("bounces.recorded", where=where, kind=notice.kind, status=notice.status,
@@ -245,11 +249,14 @@ class Ingestor:
     # -- after a run ---------------------------------------------------------------------
 
     def finish(self) -> IngestSummary:
-        """Warn about every touched issue whose bounce or complaint rate crossed its line."""
-        for issue_id in sorted(self.touched):
+        """Warn about every issue whose bounce or complaint rate these events took over its
+        line (`issue status`, the dashboard and /metrics show it for as long as it is)."""
+        lines = (self.settings.bounces.complaint_rate_warning,
+                 self.settings.bounces.hard_bounce_rate_warning)
+        for issue_id, (hard, complaints) in sorted(self.touched.items()):
             rates = issue_rates(self.store, issue_id)
-            for warning in rates.warnings(self.settings.bounces.complaint_rate_warning,
-                                          self.settings.bounces.hard_bounce_rate_warning):
+            crossed = rates.over(*lines) - rates.without(hard, complaints).over(*lines)
+            for warning in rates.warnings(*lines, only=crossed):
                 log.event("bounces.rate_warning", level=30, issue=rates.number,
                           warning=warning)
                 if warning not in self.summary.warnings:
