@@ -26,8 +26,8 @@ def sendgrid_key(text: str) -> ec.EllipticCurvePublicKey:
         else:
             der = base64.b64decode("".join(text.split()), validate=True)
             key = serialization.load_der_public_key(der)
-    except (ValueError, UnicodeError, UnsupportedAlgorithm, binascii.Error) as exc:
-        raise ValueError(f"not a public key: {type(exc).__name__}") from None
+    except (ValueError, UnicodeError, UnsupportedAlgorithm, binascii.Error):
+        raise ValueError("not a public key in base64 (DER) or PEM form") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ValueError("not an ECDSA P-256 public key")
     return key

@@ -42,9 +42,7 @@ def bounces_ingest(ctx: click.Context, paths: tuple[str, ...]) -> None:
         sys.exit(EX_TEMPFAIL)
     for line in errors:
         click.echo(f"error: {line}", err=True)
-    click.echo(summary.line())
-    for warning in summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    click.echo(summary.line())  # a rate warning is already on stderr, as its log line
     if errors:
         sys.exit(1)
 
@@ -59,10 +57,7 @@ def bounces_poll(ctx: click.Context) -> None:
     settings, store = with_store(ctx)
     if not settings.bounces.imap_url:
         raise NewsletterError("[bounces] imap_url is not set: no mailbox to poll")
-    summary = poll_mailbox(settings, store)
-    click.echo(summary.line())
-    for warning in summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    click.echo(poll_mailbox(settings, store).line())
 
 
 @bounces.command("list")
