@@ -9,6 +9,13 @@ Postfix accepts mail by SMTP for two test domains and nothing else:
   to find the user, so `bounces+TOKEN@news.test` is stored in user `bounces`'s INBOX, and its
   Delivered-To header keeps the full address, TOKEN included.
 
+With `running_mailstack(newsletter_pipe=True)`, `bounces@news.test` and every
+`bounces+TOKEN@news.test` go instead to a pipe(8) service running `newsletter --config
+<pipe_config> bounces ingest -`, set up as docs/bounces.md "## Postfix" says (transport_maps
+entry, recipient_delimiter, master.cf service with flags=DOR); the rest of news.test still goes
+to Dovecot. The command runs as `pipe_user` (pipe(8) refuses root): a test writes its config at
+`pipe_config` and keeps its SQLite database in `pipe_database(name)`, which that user can write.
+
 Anything else fails at once (default_transport is error(8)): no mail leaves the machine and no
 DNS is asked. Both servers run as root from configuration written here at start, with their own
 queue, state, sockets and logs under one temp folder, so a system Postfix or Dovecot on the same
@@ -29,7 +36,9 @@ a server that will not start.
 
 The stack: smtp_host/smtp_port (Postfix), imap_host/imap_port, user/password (Dovecot),
 address("TOKEN") -> "bounces+TOKEN@news.test", wait_for_messages(n, deadline) -> the INBOX's
-raw messages, messages(), clear_inbox(), maildir, log() (both servers' logs), processes().
+raw messages, messages(), clear_inbox(), maildir, log() (both servers' logs), processes(),
+wait_for_log(*texts, deadline), queue() (`postqueue -p`), flush() (`postqueue -f`); with the pipe:
+pipe_user, pipe_argv, pipe_config, pipe_database(name), pipe_note.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Generator, Iterator
@@ -58,12 +69,16 @@ USER = "bounces"
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
+POSTMAP = "/usr/sbin/postmap"
+POSTQUEUE = "/usr/sbin/postqueue"
 POSTFIX_DAEMONS = "/usr/lib/postfix/sbin"
 DOVECOT = "/usr/sbin/dovecot"
 DOVECOT_LIBEXEC = "/usr/lib/dovecot"
 _PACKAGES = "apt-get install postfix dovecot-imapd dovecot-lmtpd"
 _POLL = 0.05  # seconds between two looks inside a deadline loop
 _START_DEADLINE = 20.0
+PIPE_SERVICE = "newsletter-bounces"  # the master.cf service name docs/bounces.md uses
+PIPE_USER = "nobody"  # pipe(8) runs no command as root or as the mail system owner
 
 # main.cf, written at start. {placeholders} come from MailStack.
 _MAIN_CF = """\
@@ -102,7 +117,7 @@ smtpd_reject_unlisted_recipient = no
 
 # The list domain goes to Dovecot; nothing goes anywhere else.
 relay_domains = {list_domain}
-transport_maps = inline:{{ {list_domain}=lmtp:inet:{host}:{lmtp_port} }}
+transport_maps = {transport_maps}
 default_transport = error:5.7.1 this test mail stack delivers to {bounce_domain} or {list_domain}
 relay_transport = $default_transport
 smtp_dns_support_level = disabled
@@ -121,6 +136,23 @@ bounce_queue_lifetime = 2m
 delay_warning_time = 0
 notify_classes =
 biff = no
+{pipe_main_cf}"""
+
+# With newsletter_pipe: docs/bounces.md's lines, this stack's paths and names filled in.
+# The transport table (hash:, through postmap) sends bounces@ to the pipe, and with
+# recipient_delimiter = + that entry matches every bounces+TOKEN@ too; the domain's other
+# addresses still go to Dovecot.
+_PIPE_TRANSPORT = """\
+{user}@{list_domain}    {service}:
+{list_domain}    lmtp:inet:{host}:{lmtp_port}
+"""
+_PIPE_MAIN_CF = """
+# pipe(8) writes Delivered-To / X-Original-To (flags D, O) only one recipient at a time.
+{service}_destination_recipient_limit = 1
+"""
+_PIPE_MASTER_CF = """\
+{service} unix - n n - 10 pipe
+  flags=DOR user={pipe_user} argv={argv}
 """
 
 # master.cf, written at start: the stock services, none chrooted (no copies of /etc needed).
@@ -259,6 +291,67 @@ def _run(log: Path, *argv: str, timeout: float = 30.0) -> None:
             raise RuntimeError(f"{Path(argv[0]).name} {argv[-1]}: {said or exc}") from exc
 
 
+def _cannot_run(user: str, argv: list[str]) -> str | None:
+    """Why `user` cannot run `argv` (one line), or None when it exits 0."""
+    pw = pwd.getpwnam(user)
+    try:
+        done = subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                              cwd="/", stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        said = " ".join((done.stderr or done.stdout).decode(errors="replace").split())
+        return f"exit status {done.returncode}: {said[-300:]}"
+    return None
+
+
+def _shim_venv(folder: Path, python: str, script: Path) -> Path:
+    """A venv at `folder` on interpreter `python` whose site-packages is this venv's (a
+    symlink), with a copy of `script` (a console script) starting it; the copy's path."""
+    site = Path(sysconfig.get_path("purelib"))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "lib" / version).mkdir(parents=True)
+    (folder / "pyvenv.cfg").write_text(f"home = {Path(python).parent}\n"
+                                       f"include-system-site-packages = false\n")
+    (folder / "bin" / "python").symlink_to(python)
+    (folder / "lib" / version / "site-packages").symlink_to(site)
+    body = script.read_text().partition("\n")[2]
+    shim = folder / "bin" / script.name
+    shim.write_text(f"#!{folder / 'bin' / 'python'}\n{body}")
+    shim.chmod(0o755)
+    return shim
+
+
+def _newsletter_for(user: str, root: Path) -> tuple[Path, str]:
+    """The `newsletter` console script `user` can run, and a note when it is not this venv's
+    own: (script, note). RuntimeError when there is none.
+
+    This venv's script is the first choice (sys.executable's sibling). Its interpreter is a
+    symlink (`uv venv`, pyenv) that may lead into a folder only its owner can enter, e.g.
+    /root/.pyenv: then the same scripts and packages are run by an interpreter of the same
+    version that `user` can reach, from a venv made under `root`.
+    """
+    script = Path(sys.executable).with_name("newsletter")
+    if not script.is_file():
+        raise RuntimeError(f"no newsletter script beside {sys.executable} (uv sync)")
+    why = _cannot_run(user, [str(script), "--help"])
+    if why is None:
+        return script, ""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if not os.access(python, os.X_OK):
+            continue
+        shim = _shim_venv(root / "venv", python, script)
+        if _cannot_run(user, [str(shim), "--help"]) is None:
+            return shim, (f"{user} cannot run {script} ({why}): ran the same package with "
+                          f"{python} from {shim}")
+        shutil.rmtree(root / "venv")
+    raise RuntimeError(f"pipe user {user} cannot run {script} ({why}) and there is no "
+                       f"{version} it can run in /usr/bin or /usr/local/bin")
+
+
 def _session_members(sid: int) -> list[int]:
     """Processes in session `sid`: a master and every child it started (both daemons setsid)."""
     found = []
@@ -296,6 +389,10 @@ class MailStack:
     password: str = field(default_factory=lambda: os.urandom(9).hex())
     bounce_domain: str = BOUNCE_DOMAIN
     list_domain: str = LIST_DOMAIN
+    newsletter_pipe: bool = False  # bounces@list_domain through pipe(8), see the docstring
+    pipe_user: str = PIPE_USER
+    pipe_argv: list[str] = field(default_factory=list)  # the command pipe(8) runs (at start)
+    pipe_note: str = ""  # how the command was made runnable by pipe_user, if not as it is
     _masters: list[int] = field(default_factory=list)  # each leads a session: its children
 
     @property
@@ -315,6 +412,30 @@ class MailStack:
     def maildir(self) -> Path:
         """`user`'s Maildir (cur/, new/, tmp/ appear with the first delivery)."""
         return self.root / "mail" / self.user
+
+    @property
+    def pipe_dir(self) -> Path:
+        """The pipe command's folder: pipe_config, and the pipe_database() folders."""
+        return self.root / "pipe"
+
+    @property
+    def pipe_config(self) -> Path:
+        """The `--config` file the pipe command reads, each time it runs: a test writes it
+        (it must be readable by pipe_user)."""
+        return self.pipe_dir / "newsletter.toml"
+
+    def pipe_database(self, name: str) -> str:
+        """An SQLite URL in a new folder `name` under pipe_dir that pipe_user owns, the
+        (empty) database file too: SQLite as root gives the -wal and -shm files it creates the
+        database file's owner, so both the test and the pipe command can write it."""
+        pw = pwd.getpwnam(self.pipe_user)
+        folder = self.pipe_dir / name
+        folder.mkdir()
+        path = folder / "n.db"
+        path.touch(0o600)
+        for each in (folder, path):
+            os.chown(each, pw.pw_uid, pw.pw_gid)
+        return f"sqlite:///{path}"
 
     def address(self, detail: str = "") -> str:
         """`bounces+detail@news.test` (or `bounces@news.test`): mail to it lands in the INBOX."""
@@ -337,6 +458,31 @@ class MailStack:
         path = self.root / log
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         return next((line for line in reversed(lines) if any(m in line for m in marks)), "")
+
+    def wait_for_log(self, *texts: str, deadline: float = 30.0) -> list[str]:
+        """Postfix's log lines holding every one of `texts`, once there is one, polling for up
+        to `deadline` seconds; AssertionError with both servers' logs when none comes."""
+        path = self.root / "postfix.log"
+        end = time.monotonic() + deadline
+        while True:
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            found = [line for line in lines if all(text in line for text in texts)]
+            if found:
+                return found
+            if time.monotonic() >= end:
+                raise AssertionError(f"no Postfix log line with {texts!r} after {deadline:g} s"
+                                     f"\n{self.log()}")
+            time.sleep(_POLL)
+
+    def queue(self) -> str:
+        """`postqueue -p`: the messages Postfix still holds, with why each waits."""
+        done = subprocess.run([POSTQUEUE, "-c", str(self.postfix_dir), "-p"], check=True,
+                              capture_output=True, text=True, timeout=30)
+        return done.stdout
+
+    def flush(self) -> None:
+        """`postqueue -f`: try every deferred message again now."""
+        _run(self._commands, POSTQUEUE, "-c", str(self.postfix_dir), "-f")
 
     # --- IMAP -------------------------------------------------------------------------------
 
@@ -395,16 +541,32 @@ class MailStack:
 
     def _write_config(self) -> None:
         mail = pwd.getpwnam("mail")
-        values = {"root": self.root, "host": HOST, "smtp_port": self.smtp_port,
-                  "imap_port": self.imap_port, "lmtp_port": self.lmtp_port,
-                  "bounce_domain": self.bounce_domain, "list_domain": self.list_domain,
-                  "daemons": POSTFIX_DAEMONS, "uid": mail.pw_uid, "gid": mail.pw_gid}
+        values: dict[str, object] = {
+            "root": self.root, "host": HOST, "smtp_port": self.smtp_port,
+            "imap_port": self.imap_port, "lmtp_port": self.lmtp_port,
+            "bounce_domain": self.bounce_domain, "list_domain": self.list_domain,
+            "daemons": POSTFIX_DAEMONS, "uid": mail.pw_uid, "gid": mail.pw_gid,
+            "user": self.user, "service": PIPE_SERVICE, "pipe_user": self.pipe_user,
+            "transport_maps": f"inline:{{ {self.list_domain}=lmtp:inet:{HOST}:"
+                              f"{self.lmtp_port} }}",
+            "pipe_main_cf": ""}
         self.root.chmod(0o755)  # unprivileged daemons reach their files through it
         for sub in ("postfix/etc", "postfix/queue", "postfix/vmail", "postfix/spool",
                     "dovecot/run", "dovecot/state", "mail", "home"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        master_cf = _MASTER_CF
+        if self.newsletter_pipe:
+            self.pipe_dir.mkdir(mode=0o755)
+            script, self.pipe_note = _newsletter_for(self.pipe_user, self.root)
+            self.pipe_argv = [str(script), "--config", str(self.pipe_config),
+                              "bounces", "ingest", "-"]
+            table = self.postfix_dir / "transport"
+            table.write_text(_PIPE_TRANSPORT.format(**values))
+            values.update(transport_maps=f"hash:{table}", argv=" ".join(self.pipe_argv),
+                          pipe_main_cf=_PIPE_MAIN_CF.format(**values))
+            master_cf += _PIPE_MASTER_CF.format(**values)
         past = time.time() - 60  # Postfix waits (seconds) for a main.cf changed just now
-        for name, text in (("main.cf", _MAIN_CF), ("master.cf", _MASTER_CF)):
+        for name, text in (("main.cf", _MAIN_CF), ("master.cf", master_cf)):
             (self.postfix_dir / name).write_text(text.format(**values))
             os.utime(self.postfix_dir / name, (past, past))
         self.dovecot_conf.write_text(_DOVECOT_CONF.format(**values))
@@ -450,11 +612,22 @@ class MailStack:
     def start(self) -> None:
         """Write the configuration and start Dovecot, then Postfix; RuntimeError when either
         does not come up (stop() still cleans up what did)."""
+        if self.newsletter_pipe:
+            for path in (f"{POSTFIX_DAEMONS}/pipe", POSTMAP, POSTQUEUE):
+                if not os.access(path, os.X_OK):
+                    raise RuntimeError(f"{path} is not installed ({_PACKAGES})")
+            try:
+                pwd.getpwnam(self.pipe_user)
+            except KeyError:
+                raise RuntimeError(f"no user {self.pipe_user!r} to run the pipe command") from None
         self._write_config()
         _run(self._commands, DOVECOT, "-c", str(self.dovecot_conf))
         self._wait_master(self._dovecot_pidfile, "Dovecot")
         self._wait_listening(self.imap_port, "Dovecot IMAP")
         self._wait_listening(self.lmtp_port, "Dovecot LMTP")
+        if self.newsletter_pipe:
+            _run(self._commands, POSTMAP, "-c", str(self.postfix_dir),
+                 f"hash:{self.postfix_dir / 'transport'}")
         # `start` runs post-install create-missing: the queue tree, owned as it must be.
         try:
             _run(self._commands, POSTFIX, "-c", str(self.postfix_dir), "start")
@@ -486,16 +659,18 @@ class MailStack:
             time.sleep(_POLL)
 
 
-def running_mailstack() -> Generator[MailStack, None, None]:
+def running_mailstack(*, newsletter_pipe: bool = False) -> Generator[MailStack, None, None]:
     """Start a stack in a new temp folder, yield it, stop it and remove the folder; skip the
-    test (one line: why) where it cannot run. For a fixture: `yield from running_mailstack()`."""
+    test (one line: why) where it cannot run. For a fixture: `yield from running_mailstack()`.
+    newsletter_pipe: bounces@news.test goes to `newsletter bounces ingest -` (see the module)."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
     # Not pytest's tmp_path: Unix socket paths must stay short (108 bytes).
     smtp_port, imap_port, lmtp_port = _free_ports(3)
     stack = MailStack(Path(tempfile.mkdtemp(prefix="mailstack-", dir="/tmp")),
-                      smtp_port=smtp_port, imap_port=imap_port, lmtp_port=lmtp_port)
+                      smtp_port=smtp_port, imap_port=imap_port, lmtp_port=lmtp_port,
+                      newsletter_pipe=newsletter_pipe)
     try:
         try:
             stack.start()

@@ -308,3 +308,11 @@ def test_an_unreachable_database_asks_the_mta_to_try_again(
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]
     assert "Traceback" not in err
+
+
+def test_a_broken_configuration_also_keeps_the_bounce_queued(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "missing.toml"), "bounces",
+                                      "ingest", "-"], input=b"From: x@example.org\r\n\r\nx\r\n")
+    assert result.exit_code == 75
+    assert result.stderr.strip() == (f"error: {tmp_path / 'missing.toml'}: configuration "
+                                     f"file not found")

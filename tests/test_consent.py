@@ -402,7 +402,7 @@ def test_migration_from_version_3_backfills_the_history(db_url: str) -> None:
                  "status": "pending"},  # no consent recorded: nothing to backfill
             ])
             conn.commit()
-            assert migrations.migrate(conn) == [4]
+            assert migrations.migrate(conn, target=4) == [4]
             rows = conn.execute(sa.select(
                 subscribers.c.email, consent_events.c.action, consent_events.c.at,
                 consent_events.c.ip, consent_events.c.reason)

@@ -10,7 +10,6 @@ from newsletter.cli.common import fail_cleanly, find_subscriber, with_store
 from newsletter.errors import NewsletterError
 from newsletter.models import BOUNCE_KINDS
 
-
 EX_TEMPFAIL = 75  # sysexits.h: Postfix's pipe and local delivery defer the message
 
 
@@ -28,16 +27,21 @@ def bounces_ingest(ctx: click.Context, paths: tuple[str, ...]) -> None:
     reads one message from standard input (for an MTA alias:
     bounces: "|newsletter bounces ingest -"). Prints one summary line; exits 0 when every
     message was read, whatever it turned out to be, 1 when a path could not be read, 75
-    (EX_TEMPFAIL: an MTA retries later) when the database could not be reached."""
-    from newsletter.errors import DatabaseError
+    (EX_TEMPFAIL: an MTA retries later) when the configuration or the database is
+    unusable."""
+    from newsletter.config import load_settings
+    from newsletter.errors import ConfigError, DatabaseError
+    from newsletter.pipeline import open_store
     from newsletter.pipeline.bounce_files import ingest_paths
 
     try:
-        settings, store = with_store(ctx)
+        settings = load_settings(ctx.find_root().obj["config"])
+        store = open_store(settings)
+        ctx.call_on_close(store.close)
         summary, errors = ingest_paths(settings, store, list(paths), stdin=sys.stdin.buffer)
-    except DatabaseError as exc:
-        # EX_TEMPFAIL: an MTA piping a bounce in keeps it queued and tries again later,
-        # rather than bouncing the bounce into nowhere.
+    except (ConfigError, DatabaseError) as exc:
+        # EX_TEMPFAIL: an MTA piping a bounce in keeps it queued and tries again once the
+        # operator has fixed this; any other status would bounce the bounce into nowhere.
         click.echo(f"error: {exc}", err=True)
         sys.exit(EX_TEMPFAIL)
     for line in errors:

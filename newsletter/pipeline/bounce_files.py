@@ -14,8 +14,9 @@ from newsletter.errors import DatabaseError, NewsletterError
 from newsletter.pipeline.bounces import Ingestor, IngestSummary
 from newsletter.store.database import Store
 
-# Postfix's local(8) and pipe(8) put the envelope recipient here for a command delivery
+# Postfix's local(8) puts the envelope recipient here for an alias command
 # (`bounces: "|newsletter bounces ingest -"`): the VERP address even when no header has it.
+# (pipe(8) sets no such variable; its D and O flags write it into the headers instead.)
 ENVELOPE_VARIABLES = ("ORIGINAL_RECIPIENT", "RECIPIENT")
 
 
