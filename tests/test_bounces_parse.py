@@ -224,4 +224,5 @@ def test_forged_verp_token_is_found_but_refused() -> None:
 @given(st.binary(max_size=2000))
 def test_parse_never_raises(raw: bytes) -> None:
     report = parse(raw)
-    assert report.kind in ("dsn", "complaint", "auto-reply", "unrecognised", "malformed")
+    assert report.kind in ("dsn", "bounce", "complaint", "auto-reply", "unrecognised",
+                           "malformed")

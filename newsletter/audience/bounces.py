@@ -1,10 +1,13 @@
-"""Bounces read, purely: VERP return paths, RFC 3464 DSNs, RFC 5965 complaints, auto-replies."""
+"""Bounces read, purely: VERP return paths, DSNs, other MTAs' bounces, complaints, auto-replies."""
 
 # Bytes in, a Report out; nothing here stores, sends or looks anything up.
 # A VERP token names the issue and the subscriber and carries a short HMAC made through the one
 # signer (tokens.sign, purpose "verp"), so a bounce says exactly who failed and nobody can forge
 # one to suppress someone else. The token is lower-case letters, digits and '-', because some
 # MTAs fold the case of local parts and '+', '=', '/' have meanings there.
+# The order of the checks in _classify matters: Postfix and Exim mark their bounces
+# Auto-Submitted like any vacation notice, and flufl.bounce's heuristics match some vacation
+# notices' prose, so who sent a message decides which reading it gets (see _classify).
 
 from __future__ import annotations
 
@@ -19,21 +22,26 @@ from email import errors as email_errors
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
+from newsletter.audience import bounce_formats as formats
+from newsletter.audience.bounce_formats import STATUS as _STATUS
+from newsletter.audience.bounce_formats import header as _header
+from newsletter.audience.bounce_formats import one_line as _one_line
 from newsletter.audience.tokens import sign
 
 VERP_PURPOSE = "verp"
-MAX_RECIPIENTS = 100  # taken from one DSN; the rest are named in Report.notes
-MAX_DIAGNOSTIC = 300
+MAX_RECIPIENTS = 100  # taken from one report; the rest are named in Report.notes
+MAX_DIAGNOSTIC = formats.MAX_DIAGNOSTIC
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 50  # MIME nesting; a real report nests four or five deep
+MAX_PARTS = 1000  # MIME parts; a real report with the message returned has a dozen
 _MAC_LEN = 10  # bytes of HMAC kept: 80 bits, 16 base32 characters
 _FIXED_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # a token never expires, so it is deterministic
 _TOKEN = re.compile(r"^([0-9]{1,12})-([0-9]{1,15})-([a-z2-7]{16})$")
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _VERP_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
 _VACATION = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|auto:|out of (the )?office|vacation|"
-    r"away from|abwesenheit|absence|r[ée]ponse automatique|on leave|urlaub)",
-    re.IGNORECASE)
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|automatische antwort|auto:|"
+    r"out of (the )?office|vacation|away from|abwesenheit|absence|r[ée]ponse automatique|"
+    r"respuesta autom[áa]tica|risposta automatica|on leave|urlaub)", re.IGNORECASE)
 
 # Defects after which the parts cannot be trusted to be what they say (an unclosed last
 # boundary is common and harmless: the parts before it are read).
@@ -58,8 +66,10 @@ class Event:
 class Report:
     """What one message turned out to be.
 
-    kind: "dsn", "complaint", "auto-reply", "unrecognised" or "malformed" (then `error` says
-    why). `verp_address` is the VERP address it was sent to, unverified: verp_token_of decides.
+    kind: "dsn" (RFC 3464), "bounce" (another MTA format, read by flufl.bounce), "complaint"
+    (RFC 5965), "auto-reply" (vacation notices, challenge-responses: ignored), "unrecognised"
+    or "malformed" (then `error` says why). `verp_address` is the VERP address it was sent to,
+    unverified: verp_token_of decides.
     """
 
     kind: str
@@ -116,20 +126,6 @@ def verp_token_of(address: str, secret: bytes) -> tuple[int, int] | None:
 
 # --- parsing --------------------------------------------------------------------------------
 
-def _one_line(text: object, limit: int = MAX_DIAGNOSTIC) -> str:
-    line = " ".join(str(text or "").split())
-    line = "".join(ch for ch in line if ch.isprintable())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
-
-
-def _header(msg: Message, name: str) -> str:
-    try:
-        value = msg.get(name)
-    except Exception:  # a header the parser cannot decode
-        return ""
-    return "" if value is None else str(value)
-
-
 def _all_headers(msg: Message, name: str) -> list[str]:
     try:
         return [str(v) for v in msg.get_all(name, [])]
@@ -163,6 +159,14 @@ def _diagnostic(block: Message) -> str:
     return ""
 
 
+def _kind_of(status: str, temporary: bool) -> str:
+    # X.2.2, mailbox full, is "a persistent transient failure" (RFC 3463) even when sent as
+    # 5.2.2: the owner can make room, so it counts towards soft_limit, not at once.
+    if temporary or status.startswith("4") or status[1:] == ".2.2":
+        return SOFT
+    return HARD  # failed with 5.x.x, or with no usable status
+
+
 def _event_of(block: Message) -> Event | None:
     action = _header(block, "Action").strip().lower()
     recipient = _address_of(_header(block, "Final-Recipient")
@@ -172,9 +176,7 @@ def _event_of(block: Message) -> Event | None:
     diagnostic = _diagnostic(block)
     found = _STATUS.search(_header(block, "Status")) or _STATUS.search(diagnostic)
     status = found.group(0) if found else ""
-    # failed with 5.x.x, or failed with no usable status, is permanent
-    kind = SOFT if action == "delayed" or status.startswith("4") else HARD
-    return Event(recipient, kind, status, diagnostic)
+    return Event(recipient, _kind_of(status, action == "delayed"), status, diagnostic)
 
 
 def _parse_dsn(part: Message) -> tuple[list[Event], list[str]]:
@@ -209,7 +211,8 @@ def _returned_headers(report: Message) -> Message | None:
     return None
 
 
-def _parse_arf(msg: Message, part: Message) -> list[Event]:
+def _parse_arf(msg: Message, part: Message) -> tuple[list[Event], str | None]:
+    """The complaint's events, and the VERP address its report or returned message names."""
     payload = part.get_payload()
     if isinstance(payload, list) and payload and isinstance(payload[0], Message):
         fields: Message = payload[0]
@@ -217,27 +220,38 @@ def _parse_arf(msg: Message, part: Message) -> list[Event]:
         fields = email.parser.Parser(policy=email.policy.compat32).parsestr(
             str(payload or ""), headersonly=True)
     feedback = _one_line(_header(fields, "Feedback-Type") or "abuse", 60).lower()
-    recipients = [_address_of(v) for v in fields.get_all("Original-Rcpt-To", [])]
-    if not recipients:
-        returned = _returned_headers(msg)
-        if returned is not None:
-            recipients = [addr.lower() for _, addr in
-                          getaddresses([_header(returned, "To")]) if addr]
+    recipients = [_address_of(v) for v in _all_headers(fields, "Original-Rcpt-To")]
+    returned = _returned_headers(msg)
+    if not recipients and returned is not None:
+        recipients = formats.addresses_in(_all_headers(returned, "To"))
     diagnostic = _one_line(f"feedback-type: {feedback}; "
                            f"user-agent: {_header(fields, 'User-Agent')}")
     unique = list(dict.fromkeys(r for r in recipients if r))[:MAX_RECIPIENTS]
-    return [Event(r, COMPLAINT, "", diagnostic) for r in unique]
+    # Feedback loops send to the address registered with them, not to the VERP address: the
+    # envelope sender survives in Original-Mail-From or the returned message's Return-Path.
+    verp = _verp_in(_all_headers(fields, "Original-Mail-From")) or (
+        _verp_in(_all_headers(returned, "Return-Path")) if returned is not None else None)
+    return [Event(r, COMPLAINT, "", diagnostic) for r in unique], verp
 
 
-def _is_auto_reply(msg: Message) -> bool:
+def _is_auto_reply(msg: Message, notice: list[str]) -> bool:
     submitted = _header(msg, "Auto-Submitted").strip().lower()
     if submitted and not submitted.startswith("no"):
         return True
+    # Not X-Auto-Response-Suppress: Exchange puts it on ordinary mail, asking for no replies.
     if any(_header(msg, name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponse")):
         return True
     if _header(msg, "Precedence").strip().lower() == "auto_reply":
         return True
-    return bool(_VACATION.search(_header(msg, "Subject")))
+    return bool(_VACATION.search(formats.subject(msg))) or formats.is_challenge(msg, notice)
+
+
+def _verp_in(values: list[str]) -> str | None:
+    for addr in formats.addresses_in(values):
+        local = addr.rpartition("@")[0]
+        if "+" in local and _TOKEN.match(local.rpartition("+")[2]):
+            return addr
+    return None
 
 
 def _verp_candidate(msg: Message) -> str | None:
@@ -256,18 +270,73 @@ def _find(msg: Message, ctype: str) -> Message | None:
     return None
 
 
+def _nonstandard(msg: Message, verp: str | None, mid: str) -> Report:
+    """A bounce in another MTA's own format, read by flufl.bounce; "unrecognised" when its
+    detectors find nobody (or fail: the reason is kept in notes)."""
+    delivered_to = set(formats.addresses_in([v for name in (*_VERP_HEADERS, "From")
+                                             for v in _all_headers(msg, name)]))
+    # Where the bounce went and who sent it are not failed recipients; nor is any VERP
+    # address, which is our own return path quoted back.
+    reading = formats.read(msg, lambda a: a in delivered_to or _verp_in([a]) is not None,
+                           MAX_RECIPIENTS)
+    notes = list(reading.notes)
+    if reading.found > MAX_RECIPIENTS:
+        more = reading.found - MAX_RECIPIENTS
+        notes.append(f"capped at {MAX_RECIPIENTS} recipients: "
+                     f"{f'at least {more}' if reading.cut else more} more not read")
+    events = tuple(Event(f.recipient, _kind_of(f.status, f.temporary), f.status,
+                         f.diagnostic) for f in reading.failures)
+    verp = verp or _verp_in(reading.return_paths) or _returned_verp(msg)
+    return Report("bounce" if events else "unrecognised", events, verp, mid,
+                  notes=tuple(notes))
+
+
+def _returned_verp(msg: Message) -> str | None:
+    returned = _returned_headers(msg)
+    return None if returned is None else _verp_in(_all_headers(returned, "Return-Path"))
+
+
 def _classify(msg: Message) -> Report:
     verp, mid = _verp_candidate(msg), _one_line(_header(msg, "Message-ID"), 998)
     dsn = _find(msg, "message/delivery-status")
-    if dsn is not None:
+    if dsn is not None:  # before auto-replies: Postfix and Exim mark DSNs Auto-Submitted
         events, notes = _parse_dsn(dsn)
-        return Report("dsn", tuple(events), verp, mid, notes=tuple(notes))
+        return Report("dsn", tuple(events), verp or _returned_verp(msg), mid,
+                      notes=tuple(notes))
     arf = _find(msg, "message/feedback-report")
     if arf is not None:
-        return Report("complaint", tuple(_parse_arf(msg, arf)), verp, mid)
-    if _is_auto_reply(msg):
+        complaints, arf_verp = _parse_arf(msg, arf)
+        return Report("complaint", tuple(complaints), verp or arf_verp, mid)
+    if _VACATION.search(formats.subject(msg)):  # "Out of Office: …" whatever its body says
         return Report("auto-reply", (), verp, mid)
+    if formats.from_mail_system(msg):  # MAILER-DAEMON, postmaster: a bounce or nothing
+        report = _nonstandard(msg, verp, mid)
+        if report.events:
+            return report
+        return Report("unrecognised", (), report.verp_address, mid, notes=report.notes + (
+            "sent by a mail system, but no failed recipient found in it",))
+    if _is_auto_reply(msg, formats.bounded_copy(msg).notice):
+        return Report("auto-reply", (), verp, mid)
+    if formats.null_sender(msg):  # a null return path and no sign of a person's auto-reply
+        report = _nonstandard(msg, verp, mid)
+        if report.events:
+            return report
     return Report("unrecognised", (), verp, mid)
+
+
+def _shape(msg: Message) -> tuple[int, int]:
+    """(deepest nesting, number of parts), counted without recursion and given up past the
+    limits, so that a hostile tree is refused before anything walks it recursively."""
+    deepest, parts, stack = 0, 0, [(msg, 0)]
+    while stack and deepest <= MAX_DEPTH and parts <= MAX_PARTS:
+        part, depth = stack.pop()
+        deepest, parts = max(deepest, depth), parts + 1
+        # A delivery-status part's "parts" are its per-recipient blocks: counted by _parse_dsn.
+        payload = None if part.get_content_type() == "message/delivery-status" \
+            else part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload if isinstance(p, Message))
+    return deepest, parts
 
 
 def parse(raw: bytes) -> Report:
@@ -284,6 +353,11 @@ def parse(raw: bytes) -> Report:
                                               "Message-ID", "Content-Type", "Return-Path")):
             return Report("malformed", error="none of From, To, Subject, Date, Message-ID, "
                                              "Content-Type, Return-Path: not a mail message")
+        depth, parts = _shape(msg)
+        if depth > MAX_DEPTH:
+            return Report("malformed", error=f"MIME parts nested over {MAX_DEPTH} deep")
+        if parts > MAX_PARTS:
+            return Report("malformed", error=f"over {MAX_PARTS} MIME parts")
         fatal = [type(d).__name__ for part in msg.walk() for d in part.defects
                  if isinstance(d, _FATAL_DEFECTS)]
         fatal += ["EmptyBoundary" for part in msg.walk()
