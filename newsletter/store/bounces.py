@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,8 @@ _I = s.issues.c
 # Outcomes of record_bounces, one per notice.
 DUPLICATE, COUNTED, SUPPRESSED = "duplicate", "counted", "suppressed"
 MAILABLE = ("pending", "active")
+# Longer than any issue keeps sending ([delivery] give_up_after is 4 days by default).
+RETRY_SPAN = timedelta(days=30)
 
 
 class BounceQueries:
@@ -59,14 +61,27 @@ class BounceQueries:
 
     def recent_delivery(self, email_key: str, since: datetime) -> tuple[int, int] | None:
         """(subscriber id, issue id) of the latest message sent to this address after
-        `since`, or None: an unsigned bounce counts only for an address we mailed lately."""
-        q = (sa.select(_D.subscriber_id, _D.issue_id)
-             .select_from(s.deliveries.join(s.subscribers, _C.id == _D.subscriber_id))
-             .where(_C.email_key == email_key, _D.sent_at.is_not(None), _D.sent_at >= since)
-             .order_by(_D.sent_at.desc()).limit(1))
+        `since`, or None: an unsigned bounce counts only for an address we mailed lately.
+
+        The ledger has no index by subscriber (it would tax every send), so this probes the
+        (issue, subscriber) key of each issue that went out lately: a few index lookups
+        however long the ledger grows."""
         with self.engine.connect() as conn:
-            row = conn.execute(q).first()
-        return None if row is None else (int(row.subscriber_id), int(row.issue_id))
+            subscriber_id = conn.execute(sa.select(_C.id).where(_C.email_key == email_key)) \
+                .scalar()
+            if subscriber_id is None:
+                return None
+            # An issue started up to RETRY_SPAN before `since` may still have sent since.
+            issues = conn.execute(sa.select(_I.id).where(
+                _I.send_at.is_not(None), _I.send_at >= since - RETRY_SPAN)).scalars().all()
+            if not issues:
+                return None
+            row = conn.execute(
+                sa.select(_D.issue_id).where(_D.issue_id.in_(issues),
+                                             _D.subscriber_id == subscriber_id,
+                                             _D.sent_at.is_not(None), _D.sent_at >= since)
+                .order_by(_D.sent_at.desc()).limit(1)).first()
+        return None if row is None else (int(subscriber_id), int(row.issue_id))
 
     def bounce_counts(self, issue_id: int) -> dict[str, int]:
         """Events of this issue by kind, every kind present (0 when none)."""
