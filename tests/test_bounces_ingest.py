@@ -316,3 +316,16 @@ def test_a_broken_configuration_also_keeps_the_bounce_queued(tmp_path: Path) -> 
     assert result.exit_code == 75
     assert result.stderr.strip() == (f"error: {tmp_path / 'missing.toml'}: configuration "
                                      f"file not found")
+
+
+def test_run_says_at_start_how_bounces_come_back(make_settings: Callable[..., Settings]) -> None:
+    from newsletter.cli.serve import bounces_line
+
+    assert bounces_line(make_settings()).startswith("bounces: only refusals at send time")
+    settings = make_settings(f'[bounces]\nreturn_path = "{RETURN_PATH}"\n'
+                             'imap_url = "imaps://bounces@mail.example.org/Bounces"\n'
+                             'postmark_username = "pm"\npostmark_password = "secret-pm"\n')
+    line = bounces_line(settings)
+    assert line == ("bounces: return path bounces+TOKEN@news.example.org; mailbox "
+                    "mail.example.org/Bounces every 5 min; webhooks /webhooks/postmark")
+    assert "secret" not in line

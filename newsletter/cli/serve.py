@@ -62,6 +62,30 @@ def serve_on(settings: Settings, sock: socket.socket, *, scheduler: Any = None) 
     serve_app(settings, sock, scheduler=scheduler, ready=announce)
 
 
+def bounces_line(settings: Settings) -> str:
+    """How bounces come back, in one line: the operator sees at start what is (not) set."""
+    b = settings.bounces
+    ways = []
+    if b.return_path:
+        local, _, domain = b.return_path.rpartition("@")
+        ways.append(f"return path {local}+TOKEN@{domain}")
+    if b.imap_url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(b.imap_url)
+        ways.append(f"mailbox {parts.hostname}{parts.path or '/INBOX'} every "
+                    f"{b.imap_poll_minutes} min")
+    hooks = [name for name, on in (("ses", b.ses_topic_arns), ("mailgun", b.mailgun_signing_key),
+                                   ("postmark", b.postmark_username),
+                                   ("sendgrid", b.sendgrid_public_key)) if on]
+    if hooks:
+        ways.append("webhooks " + ", ".join(f"/webhooks/{h}" for h in hooks))
+    if not ways:
+        return ("bounces: only refusals at send time are seen (set [bounces] return_path, "
+                "imap_url or a provider's webhook: docs/bounces.md)")
+    return "bounces: " + "; ".join(ways)
+
+
 @click.command()
 @click.option("--host", default=None, help="Listen address (default from [server]).")
 @click.option("--port", default=None, type=int, help="Port (default from [server]).")
@@ -96,6 +120,7 @@ def run(ctx: click.Context, host: str | None, port: int | None) -> None:
                  if settings.mail.transport == "outbox"
                  else f"mail: SMTP via {settings.smtp.host}:{settings.smtp.port}")
         click.echo(f"{where}; feeds in {settings.feeds_dir}/")
+        click.echo(bounces_line(settings))
         serve_on(settings, sock, scheduler=scheduler)
     finally:
         sock.close()
