@@ -18,6 +18,7 @@ from newsletter.store.database import Store
 # (`bounces: "|newsletter bounces ingest -"`): the VERP address even when no header has it.
 # (pipe(8) sets no such variable; its D and O flags write it into the headers instead.)
 ENVELOPE_VARIABLES = ("ORIGINAL_RECIPIENT", "RECIPIENT")
+FILE_BATCH = 200  # reports recorded per transaction when reading files
 
 
 class Unreadable(Exception):
@@ -85,7 +86,7 @@ def ingest_paths(settings: Settings, store: Store, paths: list[str], *,
 
 def _ingest_paths(settings: Settings, store: Store, paths: list[str], stdin: BinaryIO | None,
                   environ: dict[str, str] | None) -> tuple[IngestSummary, list[str]]:
-    ingestor = Ingestor(settings, store)
+    ingestor = Ingestor(settings, store, batch=FILE_BATCH)
     limit = settings.bounces.max_message_bytes
     errors: list[str] = []
     env = dict(os.environ if environ is None else environ)

@@ -93,7 +93,12 @@ class Ingestor:
     """Matches reports to subscribers and records them; tallies into `summary`."""
 
     def __init__(self, settings: Settings, store: Store, *,
-                 clock: Callable[[], datetime] = now_utc) -> None:
+                 clock: Callable[[], datetime] = now_utc, batch: int = 1) -> None:
+        # Reports recorded per transaction. 1 where something is acknowledged per message
+        # (an IMAP flag, a webhook's answer); more for files, which are simply read again
+        # after a crash (and count once).
+        self.batch = batch
+        self.pending: list[tuple[BounceNotice, str]] = []
         self.settings, self.store, self.clock = settings, store, clock
         self.secret = load_or_create_secret(settings)
         self.policy = policy_of(settings)
@@ -200,10 +205,17 @@ class Ingestor:
         return self.store.recent_delivery(key, self.clock() - self.window)
 
     def _record(self, notices: list[BounceNotice], where: str) -> None:
-        if not notices:
+        self.pending.extend((notice, where) for notice in notices)
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record what is pending, in one transaction."""
+        pending, self.pending = self.pending, []
+        if not pending:
             return
-        outcomes = self.store.record_bounces(notices, self.clock(), self.policy)
-        for notice, outcome in zip(notices, outcomes, strict=True):
+        outcomes = self.store.record_bounces([n for n, _ in pending], self.clock(), self.policy)
+        for (notice, where), outcome in zip(pending, outcomes, strict=True):
             if outcome == DUPLICATE:
                 self.summary.duplicates += 1
                 continue
@@ -251,6 +263,7 @@ class Ingestor:
     def finish(self) -> IngestSummary:
         """Warn about every issue whose bounce or complaint rate these events took over its
         line (`issue status`, the dashboard and /metrics show it for as long as it is)."""
+        self.flush()
         lines = (self.settings.bounces.complaint_rate_warning,
                  self.settings.bounces.hard_bounce_rate_warning)
         for issue_id, (hard, complaints) in sorted(self.touched.items()):

@@ -35,6 +35,11 @@ class BounceQueries:
         soft ones suppress at soft_limit distinct issues within soft_window, a complaint
         marks the subscriber complained at once. One transaction; a key already stored is
         a DUPLICATE and changes nothing."""
+        keys = [n.key for n in notices]
+        with self.engine.connect() as conn:  # a report read again takes no write lock
+            known = set(conn.execute(sa.select(_B.key).where(_B.key.in_(keys))).scalars())
+        if len(known) == len(set(keys)):
+            return [DUPLICATE] * len(notices)
         for attempt in range(3):
             try:
                 # Reads, then writes: on SQLite take the write lock first (store.make_engine).
