@@ -109,6 +109,9 @@ def test_a_dsn_to_the_verp_address_bounces_that_subscriber(
                                           str(number)])
         assert "1 hard bounce (20.00%)" in status.stdout
         assert "hard-bounce rate 20.00% (1 of 5 sent) reaches 2.00%" in status.stderr
+        overall = CliRunner().invoke(cli, ["--config", str(settings.path), "status"])
+        assert "came back 1 hard/0 soft/0 complaints" in overall.stdout
+        assert "warning: issue 1: hard-bounce rate 20.00%" in overall.stdout
         store.close()
 
 

@@ -91,10 +91,18 @@ def status(ctx: click.Context) -> None:
         f"{last['finished_at']:%Y-%m-%d %H:%M} UTC ({last['new']} new, {last['failed']} "
         f"failed)" if last else "never"))
     click.echo("recent issues:" if view.issues else "no issues yet")
+    lines = (settings.bounces.complaint_rate_warning,
+             settings.bounces.hard_bounce_rate_warning)
     for it, counts in view.issues:
         total = sum(counts.values())
+        back = view.came_back.get(it.number)
+        came = (f", came back {back.hard} hard/{back.soft} soft/{back.complaints} complaints"
+                if back and (back.hard or back.soft or back.complaints) else "")
         click.echo(f"  {it.number:>4} {it.status:<10} sent {counts['sent']}/{total}, "
-                   f"deferred {counts['deferred']}, failed {counts['failed']}  {it.subject}")
+                   f"deferred {counts['deferred']}, failed {counts['failed']}{came}  "
+                   f"{it.subject}")
+        for warning in back.warnings(*lines) if back else ():
+            click.echo(f"       warning: {warning}")
 
 
 @click.command()
