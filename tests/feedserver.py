@@ -1,8 +1,9 @@
-"""A real threaded HTTP server on 127.0.0.1 with scripted routes and a request log, for tests."""
+"""A real threaded HTTP(S) server on loopback with scripted routes and a request log, for tests."""
 
 from __future__ import annotations
 
 import gzip as gzip_module
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,13 +36,19 @@ class Request:
 
 
 class FeedServer:
-    """Serve registered routes on an ephemeral loopback port; use as a context manager.
+    """Serve registered routes on a loopback port (ephemeral by default); a context manager.
 
     Requests are logged before the response is written, so once a client has its
     response the log already holds the request: tests never need to wait for it.
+    Any 127.x.y.z address works as `host` on Linux, so servers on 127.0.0.2 and 127.0.0.3
+    can share one port and a test can see which address a connection really went to.
+    With `tls` (a server context) it speaks HTTPS and records each handshake's SNI name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.tls = host, port, tls
+        self.server_names: list[str | None] = []  # SNI of each TLS handshake, in order
         self.routes: dict[str, Route] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -57,7 +64,15 @@ class FeedServer:
         class Handler(_Handler):
             owner = server
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self.port = httpd.server_address[1]
+        if self.tls is not None:
+            def record(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+                self.server_names.append(name)
+
+            self.tls.sni_callback = record
+            # Handshakes happen on accept; one that fails is dropped by socketserver.
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
         # Join handler threads on close, so no thread or socket outlives the test.
         httpd.daemon_threads = False
         httpd.block_on_close = True
@@ -90,7 +105,7 @@ class FeedServer:
     def base_url(self) -> str:
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path

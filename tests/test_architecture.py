@@ -20,6 +20,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "uvicorn": ("web/", "pipeline/"),
     "apscheduler": ("scheduler.py", "pipeline/", "config.py"),
     "httpx": ("collect/sources/upstream.py", "collect/netguard.py", "pipeline/sns_fetch.py"),
+    "httpcore": ("collect/netguard.py",),
     "aiosmtplib": ("deliver/smtp.py", "deliver/smtp_replies.py"),
     "click": ("cli/",),
     "rich": ("cli/",),

@@ -20,13 +20,18 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from feedserver import FeedServer
 
 from newsletter import pipeline
 from newsletter.audience import subscriptions
-from newsletter.collect.sources.upstream import FeedState, FetchLimits, FetchResult, fetch_feed
+from newsletter.collect.sources.upstream import (
+    FeedState,
+    FetchLimits,
+    FetchResult,
+    fetch_feed,
+    open_client,
+)
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 
@@ -47,7 +52,7 @@ def rss(*titles: str, extra_prolog: bytes = b"") -> bytes:
 
 def fetch(url: str, limits: FetchLimits = LOCAL) -> FetchResult:
     async def go() -> FetchResult:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with open_client(limits) as client:
             return await fetch_feed(client, FeedState(url), limits)
 
     return asyncio.run(go())
@@ -232,6 +237,16 @@ def test_hundred_megabyte_feed_is_cut_at_the_cap_while_streaming(path: str) -> N
 
 
 # -- SSRF: every hop checked, with a fake resolver (a boundary fake, like DNS itself) ----------
+# The client connects only to the address it checked, so a first hop that must pass the check
+# is served on 127.0.0.2, which these tests allow in place of a public address.
+
+PUBLIC_STAND_IN = ("127.0.0.2/32",)
+
+
+@pytest.fixture
+def public_server() -> Iterator[FeedServer]:
+    with FeedServer(host="127.0.0.2") as srv:
+        yield srv
 
 
 def fake_resolver(names: dict[str, list[str]]) -> Callable[[str, int], object]:
@@ -253,15 +268,16 @@ def fake_resolver(names: dict[str, list[str]]) -> Callable[[str, int], object]:
     ("http://127.1:{port}/feed.xml", "127.0.0.1 is a loopback address"),
 ])
 def test_redirect_from_an_allowed_host_to_a_private_one_is_refused(
-        server: FeedServer, target: str, reason: str) -> None:
-    port = server.base_url.rsplit(":", 1)[1]
-    names = {"localhost": ["93.184.216.34"],  # "public", so the first hop is allowed
+        public_server: FeedServer, target: str, reason: str) -> None:
+    server, port = public_server, public_server.port
+    names = {"feeds.test": ["127.0.0.2"],  # allowed as if public, so the first hop passes
              "metadata.test": ["169.254.169.254"], "intranet.test": ["10.0.0.1"],
              "mixed.test": ["93.184.216.34", "10.0.0.2"], "127.1": ["127.0.0.1"]}
     server.add("/feed.xml", rss("Should not be read"))
     server.redirect("/start", target.format(port=port), status=302)
-    limits = FetchLimits(timeout=5, deadline=10, resolver=fake_resolver(names))  # type: ignore[arg-type]
-    result = fetch(f"http://localhost:{port}/start", limits)
+    limits = FetchLimits(timeout=5, deadline=10, resolver=fake_resolver(names),  # type: ignore[arg-type]
+                         allowed_networks=PUBLIC_STAND_IN)
+    result = fetch(f"http://feeds.test:{port}/start", limits)
     assert result.status == "error" and result.drafts == []
     assert result.error is not None and reason in result.error
     assert "private networks not allowed" in result.error
@@ -269,14 +285,16 @@ def test_redirect_from_an_allowed_host_to_a_private_one_is_refused(
 
 
 def test_allowed_hops_are_followed_and_private_feeds_refused_in_collect(
-        make_settings: Callable[..., Settings], server: FeedServer) -> None:
-    port = server.base_url.rsplit(":", 1)[1]
+        make_settings: Callable[..., Settings], public_server: FeedServer) -> None:
+    server, port = public_server, public_server.port
     server.add("/feed.xml", rss("Reached"))
-    server.redirect("/start", f"http://localhost:{port}/feed.xml", status=301)
-    names = {"localhost": ["93.184.216.34"]}
-    limits = FetchLimits(timeout=5, deadline=10, resolver=fake_resolver(names))  # type: ignore[arg-type]
-    result = fetch(f"http://localhost:{port}/start", limits)
+    server.redirect("/start", f"http://feeds.test:{port}/feed.xml", status=301)
+    names = {"feeds.test": ["127.0.0.2"]}
+    limits = FetchLimits(timeout=5, deadline=10, resolver=fake_resolver(names),  # type: ignore[arg-type]
+                         allowed_networks=PUBLIC_STAND_IN)
+    result = fetch(f"http://feeds.test:{port}/start", limits)
     assert result.status == "ok" and [d.title for d in result.drafts] == ["Reached"]
+    assert [r.headers["host"] for r in server.requests] == [f"feeds.test:{port}"] * 2
     # With the real resolver and the default config, loopback is refused before any request.
     server.requests.clear()
     settings = make_settings(f'[[sources]]\ntype = "feed"\nurl = "{server.url("/feed.xml")}"\n',

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from feedserver import FeedServer
 
@@ -22,6 +21,7 @@ from newsletter.collect.sources.upstream import (
     FetchResult,
     fetch_all,
     fetch_feed,
+    open_client,
     parse_retry_after,
 )
 
@@ -44,7 +44,7 @@ def fetch(url_or_state: str | FeedState, limits: FetchLimits = LOCAL,
     state = FeedState(url_or_state) if isinstance(url_or_state, str) else url_or_state
 
     async def go() -> FetchResult:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with open_client(limits) as client:
             return await fetch_feed(client, state, limits, section)
 
     return asyncio.run(go())

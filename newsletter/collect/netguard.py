@@ -1,4 +1,4 @@
-"""Guards for fetching untrusted URLs: scheme/address checks and bounded, decompressed reads."""
+"""Guards for fetching untrusted URLs: address checks, a client pinned to them, bounded reads."""
 
 from __future__ import annotations
 
@@ -7,12 +7,24 @@ import contextlib
 import ipaddress
 import re
 import socket
+import ssl
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+)
+from typing import Any, NamedTuple
 
+import httpcore
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (host, port) -> the addresses a connection to it could reach. Injectable so the hop-by-hop
 # checks can be tested with names that "resolve" anywhere (a boundary fake, like DNS itself).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -89,28 +101,192 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(sockaddr[0]).split("%", 1)[0] for *_, sockaddr in infos]
 
 
-async def check_url(url: str, allow_private_networks: bool = False,
-                    resolver: Resolver | None = None) -> None:
-    """Refuse `url` unless it is http(s) and every address its host resolves to is public.
+class Checked(NamedTuple):
+    """A URL's host and port, and the addresses it resolved to, each of which passed the check."""
 
-    Every address must pass, not just one, because the HTTP client may connect to any of
-    them. This does not stop DNS rebinding (the name may resolve differently when the
-    client connects a moment later); pinning the connection to the checked address would,
-    and is out of scope here.
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+async def check_url(url: str, allow_private_networks: bool = False,
+                    resolver: Resolver | None = None,
+                    allowed_networks: Iterable[IPNetwork] = ()) -> Checked:
+    """Resolve `url`'s host once; refuse it unless http(s) and every address may be contacted.
+
+    Every address must pass, not just one, because a connection may go to any of them. The
+    host is resolved even when private networks are allowed: the answer is what GuardedClient
+    pins the connection to, so a name that resolves elsewhere a moment later (DNS rebinding)
+    changes nothing. `allowed_networks` pass even when not public (e.g. one intranet host).
     """
     _, host, port = split_url(url)
-    if allow_private_networks:
-        return
     try:
-        addresses = await (resolver or system_resolver)(host, port)
+        answer = await (resolver or system_resolver)(host, port)
     except (OSError, UnicodeError) as exc:
         raise UnsafeURLError(f"cannot resolve host {host!r}: {exc}") from None
+    addresses: list[str] = []
+    for address in answer:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise UnsafeURLError(f"host {host!r} resolved to {address!r}, not an address") from None
+        reason = None if allow_private_networks else forbidden_reason(ip)
+        if reason and not any(ip in network for network in allowed_networks):
+            raise UnsafeURLError(f"refusing {host!r}: {reason} (private networks not allowed)")
+        if str(ip) not in addresses:
+            addresses.append(str(ip))
     if not addresses:
         raise UnsafeURLError(f"host {host!r} resolved to no address")
-    for address in addresses:
-        reason = forbidden_reason(address)
-        if reason:
-            raise UnsafeURLError(f"refusing {host!r}: {reason} (private networks not allowed)")
+    return Checked(host, port, tuple(addresses))
+
+
+# -- the client: every connection goes to an address check_url passed ------------------------
+
+# Most specific first: httpx's error for each error of the httpcore pool under the transport.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout), (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout), (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError), (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError), (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.ProxyError, httpx.ProxyError),
+)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Generator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _HTTPX_ERRORS:
+            if isinstance(exc, core):
+                raise mapped(str(exc)) from exc
+        raise
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections to the addresses pinned for (host, port), never resolving the name.
+
+    TLS is started on the returned stream by httpcore with the host name as server_hostname,
+    so SNI and certificate verification are against the name, not the address.
+    """
+
+    def __init__(self, pins: Mapping[tuple[str, int], tuple[str, ...]]) -> None:
+        self._pins = pins
+        self._network = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        addresses = self._pins.get((host, port))
+        if not addresses:  # a request that skipped the check: refuse rather than resolve
+            raise httpcore.ConnectError(f"refusing to connect to {host}:{port}: not checked")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._network.connect_tcp(address, port, timeout, local_address,
+                                                       socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def sleep(self, seconds: float) -> None:
+        await self._network.sleep(seconds)
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class _PinnedTransport(httpx.AsyncBaseTransport):
+    """httpx's HTTP transport over an httpcore pool whose network backend is _PinnedBackend.
+
+    httpx (0.28) cannot be given a network backend, so this is its default transport again,
+    on the public APIs of both libraries: no proxy, HTTP/1.1, keep-alive for 5 s.
+    """
+
+    def __init__(self, pins: Mapping[tuple[str, int], tuple[str, ...]],
+                 ssl_context: ssl.SSLContext, max_connections: int) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context, max_connections=max_connections, keepalive_expiry=5.0,
+            network_backend=_PinnedBackend(pins))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        url = request.url
+        core = httpcore.Request(
+            request.method,
+            httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                         target=url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+        with _as_httpx_errors():
+            response = await self._pool.handle_async_request(core)
+        assert isinstance(response.stream, AsyncIterable)
+        return httpx.Response(response.status, headers=response.headers,
+                              stream=_Body(response.stream), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class GuardedClient:
+    """An HTTP client that connects only to addresses it has checked, so DNS rebinding fails.
+
+    `send` resolves the URL's host once, checks every address (check_url), pins (host, port)
+    to them and sends; the transport connects to a pinned address and never resolves the name
+    again (a host nobody checked is refused). The Host header, SNI and certificate
+    verification keep the name. Proxy variables and .netrc are ignored. An async context
+    manager; the policy is fixed per client, so a pooled connection never crosses policies.
+    """
+
+    def __init__(self, *, allow_private_networks: bool = False, resolver: Resolver | None = None,
+                 allowed_networks: Iterable[str] = (), max_connections: int = 8,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.allow_private_networks = allow_private_networks
+        self.resolver = resolver
+        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in allowed_networks)
+        self._pins: dict[tuple[str, int], tuple[str, ...]] = {}
+        # httpx's own default trust (certifi), not SSL_CERT_FILE/DIR from the environment.
+        tls = ssl_context or httpx.create_ssl_context(trust_env=False)
+        transport = _PinnedTransport(self._pins, tls, max(1, max_connections))
+        # trust_env=False: no proxy (it would connect instead of us) and no .netrc credentials.
+        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False,
+                                       trust_env=False)
+
+    async def send(self, url: str, headers: Mapping[str, str], timeout: float) -> httpx.Response:
+        """GET `url`, streamed and without following redirects, once its host passed the check."""
+        checked = await check_url(url, self.allow_private_networks, self.resolver,
+                                  self.allowed_networks)
+        self._pins[checked.host, checked.port] = checked.addresses
+        request = self._http.build_request("GET", url, headers=headers,
+                                           timeout=httpx.Timeout(timeout))
+        return await self._http.send(request, stream=True, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> GuardedClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 _ELEMENT_START_RE = re.compile(rb"<\w")

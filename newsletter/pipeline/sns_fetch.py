@@ -18,7 +18,9 @@ TIMEOUT = 10.0
 def _get(url: str) -> bytes:
     if not valid_sns_url(url):
         raise NewsletterError(f"not an Amazon SNS URL: {url[:120]!r}")
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False, verify=True) as client, \
+    # trust_env=False: no proxy or .netrc from the environment decides where this goes.
+    with httpx.Client(timeout=TIMEOUT, follow_redirects=False, verify=True,
+                      trust_env=False) as client, \
             client.stream("GET", url) as response:
         if response.status_code != 200:
             raise NewsletterError(f"{url[:120]}: HTTP {response.status_code}")

@@ -13,9 +13,9 @@ import httpx
 from newsletter import __version__
 from newsletter.collect.netguard import (
     BodyTooLarge,
+    GuardedClient,
     Resolver,
     UnsafeURLError,
-    check_url,
     read_body,
 )
 from newsletter.collect.sources.feed_parse import describe, parse_feed
@@ -80,16 +80,28 @@ class FetchLimits:
     user_agent: str = f"newsletter/{__version__} (feed poller)"
     max_entries: int = 1000
     resolver: Resolver | None = None  # None: the system's (getaddrinfo); tests inject one
+    # Networks (CIDR) that pass the address check even when private; none by default.
+    allowed_networks: tuple[str, ...] = ()
 
 
 class _Fail(Exception):
     """A poll that ends as an error; the message is the one line for the operator."""
 
 
+def open_client(limits: FetchLimits, concurrency: int = 8) -> GuardedClient:
+    """The client to poll with: checks addresses by `limits` and connects only to those."""
+    return GuardedClient(allow_private_networks=limits.allow_private_networks,
+                         resolver=limits.resolver, allowed_networks=limits.allowed_networks,
+                         max_connections=concurrency)
+
+
 async def fetch_feed(
-    client: httpx.AsyncClient, state: FeedState, limits: FetchLimits, section: str = ""
+    client: GuardedClient, state: FeedState, limits: FetchLimits, section: str = ""
 ) -> FetchResult:
-    """Poll one feed. Never raises for network, HTTP or feed problems: they become the result."""
+    """Poll one feed. Never raises for network, HTTP or feed problems: they become the result.
+
+    The address policy is the client's (see open_client); the other limits are `limits`.
+    """
     now = datetime.now(UTC)
     result = FetchResult(state.url, "error", etag=state.etag, last_modified=state.last_modified)
     if state.gone:
@@ -143,9 +155,7 @@ async def fetch_all(
 ) -> list[FetchResult]:
     """Poll every (state, section) with at most `concurrency` at once; results in input order."""
     gate = asyncio.Semaphore(max(1, concurrency))
-    pool = httpx.Limits(max_connections=max(1, concurrency))
-    # trust_env=False: no proxy or .netrc credentials picked up from the environment.
-    async with httpx.AsyncClient(follow_redirects=False, limits=pool, trust_env=False) as client:
+    async with open_client(limits, max(1, concurrency)) as client:
 
         async def one(state: FeedState, section: str) -> FetchResult:
             async with gate:
@@ -160,9 +170,9 @@ async def fetch_all(
 
 
 async def _download(
-    client: httpx.AsyncClient, state: FeedState, limits: FetchLimits, warnings: list[str]
+    client: GuardedClient, state: FeedState, limits: FetchLimits, warnings: list[str]
 ) -> tuple[httpx.Response, bytes]:
-    """Follow redirects by hand so every hop is checked; return the final response and body."""
+    """Follow redirects by hand so every hop is checked and pinned; the final response, body."""
     headers = {"User-Agent": limits.user_agent, "Accept": ACCEPT,
                # Only codings read_body can inflate with a bound.
                "Accept-Encoding": "gzip, deflate"}
@@ -172,10 +182,8 @@ async def _download(
         headers["If-Modified-Since"] = state.last_modified
     url, seen = state.url, {state.url}
     for _ in range(limits.max_redirects + 1):
-        await check_url(url, limits.allow_private_networks, limits.resolver)
-        request = client.build_request("GET", url, headers=headers,
-                                       timeout=httpx.Timeout(limits.timeout))
-        response = await client.send(request, stream=True, follow_redirects=False)
+        # Resolves and checks this hop's host, and connects only to the addresses checked.
+        response = await client.send(url, headers, limits.timeout)
         try:
             code = response.status_code
             if code in REDIRECT_CODES:
