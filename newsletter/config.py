@@ -8,11 +8,13 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, get_origin
 from urllib.parse import urlsplit
 
+from newsletter import named_fields
 from newsletter.config_env import check_env_names
 from newsletter.config_table import (
     DEFAULT_CONFIG,
@@ -53,15 +55,34 @@ MIN_ADMIN_TOKEN_CHARS = 16  # shorter is guessable despite the failure limit
 _TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number",
                                bool: "true or false"}
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tab and newline allowed
+# str.splitlines' line boundaries (LF, CR, VT, FF, FS, GS, RS, NEL, LS, PS): a header (From's
+# display name, List-Id, Reply-To), a URL or a path holds one line, so only settings marked
+# multiline may hold them.
+_LINE_BREAK_RE = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
           "0": False, "false": False, "no": False, "off": False}
 _URL_PASSWORD_RE = re.compile(r"(://[^/?#@:\s]*:)[^/?#@\s]*@")
+
+
+def _check_text(where: str, value: str, meta: Mapping[str, Any], got: str) -> None:
+    # Hardening: a bare LF passed (only CR was refused) and went into From and List-Id.
+    if not meta["multiline"] and _LINE_BREAK_RE.search(value):
+        raise ConfigError(f"{where}: expected one line of text (no line breaks), got {got}")
+    if _CONTROL_RE.search(value):  # a "\u0001" escape broke every feed
+        raise ConfigError(f"{where}: expected text without control characters, got {got}")
+    if meta["fields"]:  # a template: refused here, not with a traceback at build time
+        try:
+            named_fields.check(value, meta["fields"])
+        except named_fields.TemplateError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _coerce(where: str, kind: Any, f: dataclasses.Field[Any], value: Any) -> Any:
     if get_origin(kind) is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        for item in value:  # each item is one value: a host, a network, a section name
+            _check_text(where, item, f.metadata, repr(item))
         return list(value)
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -71,8 +92,8 @@ def _coerce(where: str, kind: Any, f: dataclasses.Field[Any], value: Any) -> Any
     # Hardening: TOML (and float()) accept nan and inf, which slipped past every bound.
     if not ok or (kind is float and not math.isfinite(value)):
         raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {got}")
-    if kind is str and _CONTROL_RE.search(value):  # a "\u0001" escape broke every feed
-        raise ConfigError(f"{where}: expected text without control characters, got {got}")
+    if kind is str:
+        _check_text(where, value, meta, got)
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}, got {got}")
     if meta["min"] is not None and value < meta["min"]:
@@ -157,6 +178,11 @@ def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
         except ValueError:
             raise ConfigError(f"{where}: server.forwarded_allow_ips: expected IP addresses or "
                               f"networks (or '*'), got {ip!r}") from None
+    for host in settings.server.allowed_hosts:  # a URL or a port here would match no request
+        if not _HOST_RE.fullmatch(host) and not _is_ip(host.removeprefix("[").removesuffix("]")):
+            raise ConfigError(f"{where}: server.allowed_hosts: expected host names such as "
+                              f"news.example.org, *.example.org or 127.0.0.1 (no scheme, port "
+                              f"or path), got {host!r}")
     for i, src in enumerate(settings.sources):
         need = "path" if src.type == "folder" else "url"
         if not getattr(src, need):
@@ -174,6 +200,15 @@ _LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~.-]{1,40}")
 _DOMAIN_RE = re.compile(r"(?=.{1,200}$)([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
                         r"[A-Za-z]{2,63}\.?")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+_HOST_RE = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_bounces(bounces: Bounces, where: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -17,9 +18,15 @@ TRANSPORT_KINDS = ("outbox", "smtp")
 
 def opt(help: str, default: Any = dataclasses.MISSING, *, secret: bool = False,
         choices: tuple[str, ...] = (), minimum: float | None = None,
-        maximum: float | None = None) -> Any:
-    """A setting: its help text lives beside its default, so docs can be checked against it."""
-    meta = {"help": help, "secret": secret, "choices": choices, "min": minimum, "max": maximum}
+        maximum: float | None = None, multiline: bool = False,
+        fields: dict[str, type] | None = None) -> Any:
+    """A setting: its help text lives beside its default, so docs can be checked against it.
+
+    Text is one line unless `multiline` (most of it ends up in a header, a URL or a path);
+    `fields` makes it a template of those {names}, of those types (named_fields.check).
+    """
+    meta = {"help": help, "secret": secret, "choices": choices, "min": minimum, "max": maximum,
+            "multiline": multiline, "fields": fields or {}}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -33,8 +40,9 @@ class Publication:
     language: str = opt("Language tag for feeds and emails.", "en")
     description: str = opt("One-line description used in feeds.", "")
     article_path: str = opt("Path of an article on the site, relative to base_url; {slug} is "
-                            "replaced.", "articles/{slug}/")
-    postal_address: str = opt("Postal address printed in every email footer.", "")
+                            "replaced.", "articles/{slug}/", fields={"slug": str})
+    postal_address: str = opt("Postal address printed in every email footer.", "",
+                              multiline=True)
 
 
 @dataclass(frozen=True)
@@ -111,12 +119,22 @@ class Server:
         "Reverse proxies whose X-Forwarded-For/-Proto are believed (the visitor's address, "
         "https): addresses, networks such as 10.0.0.0/8, or '*'. Empty: uvicorn's default, "
         "FORWARDED_ALLOW_IPS from the environment or else 127.0.0.1 and ::1.", [])
+    allowed_hosts: list[str] = opt(
+        "Host names the web app answers besides the hosts of publication.base_url and "
+        "feeds.public_url; a request naming any other gets 400. E.g. 'www.example.org', "
+        "'*.example.org' (every subdomain), '*' (any name: no check). /healthz answers any "
+        "name, for load balancers' probes. The default lets requests made on the machine "
+        "itself (curl http://127.0.0.1:8000/) through.",
+        ["localhost", "127.0.0.1", "::1"])
 
 
 @dataclass(frozen=True)
 class Secrets:
+    # multiline: its bytes are the key, as they always were; refusing a trailing newline now
+    # would change the key and end every link already mailed.
     secret_key: str = opt("Key that signs subscriber tokens (HMAC); set "
-                          "NEWSLETTER_SECRETS_SECRET_KEY in production.", "", secret=True)
+                          "NEWSLETTER_SECRETS_SECRET_KEY in production.", "", secret=True,
+                          multiline=True)
     admin_token: str = opt("Bearer token for the admin API and dashboard.", "", secret=True)
 
 
@@ -204,7 +222,8 @@ class Bounces:
     postmark_password: str = opt("Basic-auth password of the Postmark webhook URL.", "",
                                  secret=True)
     sendgrid_public_key: str = opt("SendGrid signed event webhook verification key (base64, as "
-                                   "SendGrid shows it); empty turns /webhooks/sendgrid off.", "")
+                                   "SendGrid shows it); empty turns /webhooks/sendgrid off.", "",
+                                   multiline=True)  # PEM is accepted too
     webhook_max_age_seconds: int = opt("Mailgun and SendGrid requests signed longer ago than "
                                        "this are refused as replays. Providers retry a failed "
                                        "delivery with its first signature, so a short window "
@@ -249,12 +268,13 @@ class Newsletter:
                                    "alphabetically.", [])
     subject: str = opt("Subject template: {publication}, {number} and {date} (strftime "
                        "codes allowed, e.g. {date:%d %B %Y}).",
-                       "{publication} No. {number} — {date:%d %B %Y}")
+                       "{publication} No. {number} — {date:%d %B %Y}",
+                       fields={"publication": str, "number": int, "date": datetime})
     preheader: str = opt("Preview text shown by mail clients and as the intro; empty counts "
                          "the articles and names the sections.", "")
     reason: str = opt("Footer line telling readers why they get the email; {publication} is "
                       "replaced.", "You are receiving this because you subscribed to "
-                      "{publication}.")
+                      "{publication}.", fields={"publication": str})
     direction: str = opt("Text direction of the email.", "ltr", choices=("ltr", "rtl"))
     untitled_section: str = opt("Heading for articles that have no section.", "More")
 

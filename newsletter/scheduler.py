@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from newsletter import log
 from newsletter.pipeline.scheduling import Runtime, runtime
+
+T = TypeVar("T")
+
+
+def _patiently(rt: Runtime, job: str, fn: Callable[[], T]) -> T | None:
+    """`fn()` through a database outage (tried again with backoff, one warning), so a job
+    is late rather than lost; None if the service stops first. Each step is safe to repeat:
+    the ledger and the stored state say what is done."""
+    from newsletter.pipeline.outages import patiently
+
+    return patiently(fn, what=f"job {job}", stop=rt.stopping,
+                     url=rt.settings.storage.database_url)
 
 
 def job_collect() -> None:
@@ -14,7 +28,8 @@ def job_collect() -> None:
     rt = runtime()
     # Feeds and pages are republished every time (unchanged files are left alone): an
     # article falling due, edited or deleted changes them as much as a new one.
-    publishing.collect_and_publish(rt.settings, rt.store, now=collecting.now_utc())
+    _patiently(rt, "collect", lambda: publishing.collect_and_publish(
+        rt.settings, rt.store, now=collecting.now_utc()))
 
 
 def job_issue() -> None:
@@ -22,7 +37,9 @@ def job_issue() -> None:
     from newsletter import pipeline
 
     rt = runtime()
-    result = pipeline.build_issue(rt.settings, rt.store)
+    result = _patiently(rt, "issue", lambda: pipeline.build_issue(rt.settings, rt.store))
+    if result is None:
+        return
     log.event("schedule.issue", message=result.message)
     if result.issue is not None and result.issue.status == "draft":
         _send(rt, result.issue.number, start=True)
@@ -33,7 +50,7 @@ def _republish(rt: Runtime) -> None:
     """The home page names the latest issue and when the next one is due."""
     from newsletter.pipeline import publishing
 
-    publishing.publish_site(rt.settings, rt.store)
+    _patiently(rt, "publish", lambda: publishing.publish_site(rt.settings, rt.store))
 
 
 def job_send(number: int) -> None:
@@ -44,7 +61,7 @@ def job_send(number: int) -> None:
 def _send(rt: Runtime, number: int, *, start: bool) -> None:
     from newsletter.pipeline import sending
 
-    with rt.sending:  # one delivery at a time per process; other processes use the ledger
+    def send() -> None:
         issue = sending.get_sendable(rt.store, number)
         if start and issue.status != "sent":
             sending.start_sending(rt.settings, rt.store, issue)
@@ -52,9 +69,16 @@ def _send(rt: Runtime, number: int, *, start: bool) -> None:
         if issue.status == "sending":
             sending.run_worker(rt.settings, rt.store, issue, stop=rt.stopping)
 
+    with rt.sending:  # one delivery at a time per process; other processes use the ledger
+        _patiently(rt, "send", send)
+
 
 def job_sweep() -> None:
     """Send scheduled issues that are due (unless long overdue) and retry deferred rows."""
+    _patiently(runtime(), "sweep", _sweep)
+
+
+def _sweep() -> None:
     from newsletter.pipeline import collecting, control
 
     rt = runtime()
@@ -83,7 +107,7 @@ def job_bounces() -> None:
 
     rt = runtime()
     try:
-        poll_mailbox(rt.settings, rt.store)
+        _patiently(rt, "bounces", lambda: poll_mailbox(rt.settings, rt.store))
     except NewsletterError as exc:
         log.event("bounces.poll_failed", level=30, error=str(exc),
                   action=f"tried again in {rt.settings.bounces.imap_poll_minutes} minutes")

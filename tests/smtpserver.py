@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import ipaddress
 import ssl
@@ -154,6 +155,17 @@ class _BrokenStartTls(SMTP):
         await self.push("454 4.7.0 TLS not available due to temporary reason")
 
 
+class _EchoesAuth(SMTP):
+    """Repeats the client's AUTH exchange (as sent, and decoded) in every reply after it,
+    the AUTH failure included, as some relays have been seen to."""
+
+    async def push(self, status: Any) -> None:
+        said = self.event_handler.o._exchanges.get(id(self.session))
+        if said and isinstance(status, str) and not status.startswith("334"):
+            status = f"{status} [{said}]"
+        await super().push(status)
+
+
 class _Controller(Controller):
     def __init__(self, owner: SmtpTestServer, **kwargs: Any) -> None:
         super().__init__(_Handler(owner), hostname="127.0.0.1", port=0, **kwargs)
@@ -161,6 +173,7 @@ class _Controller(Controller):
 
     def factory(self) -> SMTP:
         cls = _BrokenStartTls if self.owner.tls == "broken" else SMTP
+        cls = _EchoesAuth if self.owner.echo_auth else cls
         smtpd = cls(self.handler, **self.SMTP_kwargs)
         self.owner._sessions.append(smtpd)
         return smtpd
@@ -189,6 +202,7 @@ class SmtpTestServer:
     delay: float = 0.0  # seconds before each MAIL / RCPT / DATA reply
     pipelining: bool = True  # offer PIPELINING (RFC 2920) in the EHLO reply
     auth: tuple[str, str] | None = None  # (user, password) required before MAIL
+    echo_auth: bool = False  # every reply after AUTH repeats what the client sent in it
     tls: Literal["starttls", "broken", "implicit"] | None = None
     host: str = "127.0.0.1"
     port: int = 0
@@ -198,6 +212,7 @@ class SmtpTestServer:
     _messages: list[Received] = field(default_factory=list)
     _sessions: list[SMTP] = field(default_factory=list)
     _count: dict[int, int] = field(default_factory=dict)  # messages per session
+    _exchanges: dict[int, str] = field(default_factory=dict)  # session → its AUTH, echoed
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: _Controller | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -220,6 +235,13 @@ class SmtpTestServer:
                       mechanism: str, data: Any) -> AuthResult:
         ok = (self.auth is not None and isinstance(data, LoginPassword)
               and (data.login, data.password) == tuple(x.encode() for x in self.auth))
+        if self.echo_auth and isinstance(data, LoginPassword):
+            user, pw = data.login, data.password
+            sent = (base64.b64encode(b"\0" + user + b"\0" + pw) if mechanism == "PLAIN"
+                    else base64.b64encode(user) + b" " + base64.b64encode(pw))
+            said = f"AUTH {mechanism} {sent.decode()} = user {user.decode()} password {pw.decode()}"
+            before = self._exchanges.get(id(session))  # clients try one mechanism, then another
+            self._exchanges[id(session)] = f"{before}; {said}" if before else said
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     def __enter__(self) -> SmtpTestServer:

@@ -301,11 +301,11 @@ def test_535_authentication_failure_defers_everyone_and_hides_the_password(
         with captured_logs() as logs:
             store, issue = start(settings, 3)
             summary = sending.run_worker(settings, store, issue)
-        assert "authentication failed (535" in summary.stopped
+        assert "AUTH refused: 535" in summary.stopped
         assert [verb for verb, _ in srv.commands] == [] and srv.messages == []
         rows = ledger(store, issue)
         assert {st for st, _, _ in rows.values()} == {"deferred"}
-        assert all("authentication failed (535" in reply for _, _, reply in rows.values())
+        assert all("AUTH refused: 535" in reply for _, _, reply in rows.values())
         assert password not in repr(rows) and password not in summary.stopped
         assert any("deliver.stopped" in line for line in logs)
         assert not any(password in line for line in logs)

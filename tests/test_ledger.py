@@ -122,6 +122,23 @@ def test_backoff_give_up_and_hard_bounce(db_url: str) -> None:
     store.close()
 
 
+def test_a_replayed_settle_counts_a_hard_bounce_once(db_url: str) -> None:
+    # A commit whose reply was lost is retried by the engine: the same outcome settles twice.
+    store, issue_id = seeded(db_url, active=1, other=0)
+    store.enqueue(issue_id, T0)
+    [row] = store.claim(issue_id, "a", 1, timedelta(minutes=5), T0)
+    bounced = settle_for(row, SendResult("failed", 550, "550 5.1.1 no such user"), Policy(), T0)
+    store.settle([bounced], T0, 2)
+    store.settle([bounced], T0, 2)
+    with store.engine.connect() as conn:
+        hard, status = conn.execute(sa.select(s.subscribers.c.hard_bounces, s.subscribers.c.status)
+                                    .where(s.subscribers.c.id == row.subscriber_id)).one()
+    assert (hard, status) == (1, "active")  # one of the two max_hard_bounces, not both
+    assert [(e.kind, e.status, e.source) for e in store.list_bounces()] == [
+        ("hard", "5.1.1", "smtp")]
+    store.close()
+
+
 def test_release_defers_what_a_worker_holds(db_url: str) -> None:
     store, issue_id = seeded(db_url)
     store.enqueue(issue_id, T0)

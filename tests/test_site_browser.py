@@ -75,6 +75,10 @@ def build_site(settings: Settings, store: Store) -> dict[str, str]:
     secret = load_or_create_secret(settings)
     unsubscribe, preferences = subs.subscriber_links(settings.site_url, secret, sub.id,
                                                      sub.email, now)
+    # Someone who signed up and has not pressed the confirm page's button yet.
+    bea = subs.subscribe(store, "bea@example.org", "Bea", method="form", ip=None,
+                         user_agent=None, now=now).subscriber
+    confirm = subs.confirm_url(settings.site_url, subs.confirm_token(secret, bea, now))
 
     def path(url: str) -> str:
         parts = urlsplit(url)
@@ -83,6 +87,7 @@ def build_site(settings: Settings, store: Store) -> dict[str, str]:
     return {"archive": "/issues/", "issue": "/issues/1", "subscribe": "/subscribe",
             "manage": "/manage", "preferences": path(preferences),
             "unsubscribe": path(unsubscribe), "message": "/confirm?token=not-a-token",
+            "confirm": path(confirm),
             "login": "/admin/login"}
 
 
@@ -187,3 +192,70 @@ def test_dark_button_is_readable(site: Site) -> None:
             assert body == "rgb(18, 17, 16)"
         finally:
             browser.close()
+
+
+def status_of(store: Store, address: str) -> str | None:
+    found = store.get_subscriber_by_key(address)
+    return found.status if found else None
+
+
+def test_the_confirm_page_waits_for_the_persons_press(site: Site) -> None:
+    """Mail scanners open links in a browser that runs scripts: opening the link with
+    scripts on confirms nothing; one press of the button does; coming back says so."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(site.base + site.pages["confirm"], wait_until="networkidle")
+            page.get_by_role("heading", name="Confirm your subscription").wait_for()
+            assert status_of(site.store, "bea@example.org") == "pending"
+            page.get_by_role("button", name="Yes, subscribe me").click()
+            page.get_by_role("heading", name="You are subscribed").wait_for()
+            assert status_of(site.store, "bea@example.org") == "active"
+            page.goto(site.base + site.pages["confirm"])
+            page.get_by_role("heading", name="You are already subscribed").wait_for()
+        finally:
+            browser.close()
+
+
+VISIBLE_AREA = """t => { const r = t.getBoundingClientRect();
+  const w = Math.max(0, Math.min(r.right, innerWidth) - Math.max(r.left, 0));
+  const h = Math.max(0, Math.min(r.bottom, innerHeight) - Math.max(r.top, 0));
+  return w * h; }"""
+
+
+def test_the_honeypot_is_out_of_sight_out_of_reach_and_out_of_the_accessibility_tree(
+        site: Site) -> None:
+    paths = ["/subscribe", "/manage", "/"]  # "/": the published home page's form
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            for path in paths:
+                page.goto(site.base + path)
+                form = page.locator("form:has(input[name=website])")
+                assert "Leave this empty" not in form.aria_snapshot(), path
+                assert form.locator("input[name=website]").evaluate(VISIBLE_AREA) <= 1, path
+                # The keyboard never reaches it: Tab from the address goes on past it.
+                form.locator("input[name=email]").focus()
+                reached = []
+                for _ in range(4):
+                    page.keyboard.press("Tab")
+                    reached.append(page.evaluate("() => document.activeElement.name || "
+                                                 "document.activeElement.tagName"))
+                assert "website" not in reached, (path, reached)
+            # A person's sign-up goes through; a bot filling every field gets the same page.
+            answers = []
+            for address, trap in (("cat@example.org", ""), ("bot@example.org", "https://x.example")):
+                page.goto(site.base + "/subscribe")
+                page.get_by_label("Email address").fill(address)
+                if trap:
+                    page.locator("input[name=website]").fill(trap, force=True)
+                page.get_by_role("button", name="Subscribe").click()
+                page.get_by_text("Check your inbox").wait_for()
+                answers.append(page.locator("main").inner_text())
+            assert answers[0] == answers[1]
+        finally:
+            browser.close()
+    assert status_of(site.store, "cat@example.org") == "pending"
+    assert status_of(site.store, "bot@example.org") is None

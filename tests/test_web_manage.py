@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from webserver import running
 
 from newsletter import pipeline
@@ -150,6 +151,21 @@ def test_bad_input_is_one_escaped_line(make_settings: Callable[..., Settings],
         assert s.client.post("/manage", content=b"x" * 20_000,
                              headers={"content-type": "application/x-www-form-urlencoded"}
                              ).status_code == 413
+
+
+def test_honeypot_answers_the_same_mails_nothing_and_is_logged(
+        make_settings: Callable[..., Settings], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="newsletter")
+    with site(make_settings, tmp_path) as s:
+        s.person("ada@example.org")
+        s.person("bea@example.org")
+        trapped = s.client.post("/manage", data={"email": "bea@example.org", "website": "x"})
+        normal = s.ask("ada@example.org")
+        assert (trapped.status_code, trapped.text) == (normal.status_code, normal.text)
+        s.wait_for_mail_to("ada@example.org")  # asked for after the trapped request
+        assert [m["To"].addresses[0].addr_spec for m in s.mails()] == ["ada@example.org"]
+    assert sum("manage_honeypot ip=127.0.0.1" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_archive_footer_links_to_the_form(make_settings: Callable[..., Settings],

@@ -150,25 +150,80 @@ def test_invalid_address_is_refused_and_escaped(site: Site) -> None:
     assert site.mails == []
 
 
-def test_honeypot_answers_the_same_and_does_nothing(site: Site) -> None:
-    normal = site.subscribe("real@example.org")
-    r = site.client.post("/subscribe", data={"email": "bot@example.org", "website": "x"})
-    assert (r.status_code, r.text) == (normal.status_code, normal.text)
+def test_honeypot_answers_the_same_and_does_nothing(site: Site,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="newsletter")
+    trapped = [site.client.post("/subscribe", data={"email": "bot@example.org", "website": "x"}),
+               site.client.post("/subscribe", json={"email": "bot2@example.org",
+                                                    "website": "https://spam.example"})]
+    normal = [site.subscribe("real@example.org"),
+              site.client.post("/subscribe", json={"email": "real2@example.org"})]
+    for r, same in zip(trapped, normal, strict=True):
+        assert (r.status_code, r.text, r.headers.get("content-type")) == (
+            same.status_code, same.text, same.headers.get("content-type"))
     assert site.store.get_subscriber_by_key("bot@example.org") is None
+    assert site.store.get_subscriber_by_key("bot2@example.org") is None
+    site.wait_for_mails(2)  # the people's confirmations, sent after the trapped requests
+    assert sorted(m[0] for m in site.mails) == ["real2@example.org", "real@example.org"]
+    assert sum("subscribe_honeypot ip=127.0.0.1" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_confirm_link_activates_and_replay_is_harmless(site: Site) -> None:
+def confirm_form(page: str) -> tuple[str, dict[str, str]]:
+    """The confirm page's one form: where it posts, and its fields."""
+    forms = re.findall(r'<form method="post" action="([^"]+)">(.*?)</form>', page, re.S)
+    assert len(forms) == 1, page
+    action, inside = forms[0]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', inside))
+    return action, {k: v.replace("&amp;", "&") for k, v in fields.items()}
+
+
+def test_only_the_confirm_buttons_post_confirms_and_a_second_visit_says_so(site: Site) -> None:
     site.subscribe("cy@example.org")
     site.wait_for_mails(1)
     path = site.path(site.mails[0][2])
-    assert site.client.head(path).status_code == 200  # a link checker's probe
+    # A mail scanner opens the link, probes it and opens it again: nothing changes, and the
+    # link is not used up.
+    for method in ("HEAD", "GET", "GET", "HEAD"):
+        assert site.client.request(method, path).status_code == 200
     assert site.store.get_subscriber_by_key("cy@example.org").status == "pending"  # type: ignore[union-attr]
-    r = site.client.get(path)
+    page = site.client.get(path)
+    assert "Confirm your subscription" in page.text and "cy@example.org" in page.text
+    assert "<script" not in page.text  # it never submits itself: scanners run scripts too
+    action, fields = confirm_form(page.text)
+    r = site.client.post(action, data=fields)
     assert r.status_code == 200 and "You are subscribed" in r.text
     assert "Ledger &lt;&amp;&gt;" in r.text  # the publication name is escaped too
     assert site.store.get_subscriber_by_key("cy@example.org").status == "active"  # type: ignore[union-attr]
-    again = site.client.get(path)
-    assert again.status_code == 200 and "already confirmed" in again.text
+    for again in (site.client.get(path), site.client.post(action, data=fields)):
+        assert again.status_code == 200 and "You are already subscribed" in again.text
+        assert "<form" not in again.text.split("<main", 1)[1]
+
+
+def test_a_confirm_post_needs_the_signed_token(site: Site) -> None:
+    site.subscribe("dot@example.org")
+    site.wait_for_mails(1)
+    token = urlsplit(site.mails[0][2]).query.removeprefix("token=")
+    for data in ({}, {"token": ""}, {"token": token[:-1]}, {"token": "x" * 100}):
+        r = site.client.post("/confirm", data=data)  # a forged cross-site POST has no token
+        assert r.status_code == 400 and "not valid" in r.text, data
+    assert site.client.post("/confirm", content=b"token=" + b"x" * 20_000,
+                            headers={"content-type": "application/x-www-form-urlencoded"}
+                            ).status_code == 413
+    assert site.store.get_subscriber_by_key("dot@example.org").status == "pending"  # type: ignore[union-attr]
+    # The token may come in the URL too, as on the unsubscribe page's form.
+    assert "You are subscribed" in site.client.post("/confirm", params={"token": token}).text
+
+
+def test_a_complained_address_gets_the_bad_link_page_on_get_and_post(site: Site) -> None:
+    site.subscribe("cal@example.org")
+    site.wait_for_mails(1)
+    sub = site.store.get_subscriber_by_key("cal@example.org")
+    assert sub is not None and site.store.set_subscriber_status(sub.id, "complained", START)
+    path = site.path(site.mails[0][2])
+    assert site.client.get(path).status_code == 400
+    action, fields = "/confirm", {"token": urlsplit(path).query.removeprefix("token=")}
+    assert site.client.post(action, data=fields).status_code == 400
+    assert site.store.get_subscriber(sub.id).status == "complained"  # type: ignore[union-attr]
 
 
 def test_bad_confirm_links(site: Site) -> None:
@@ -186,11 +241,13 @@ def test_bad_confirm_links(site: Site) -> None:
     for token in ("", "x", good[:-1], good[:20], good + "A", good.upper(), other_key,
                   eves_binding, subs.unsubscribe_token(SECRET, dee.id, dee.email, START),
                   subs.preferences_token(SECRET, dee.id, dee.email, START)):
-        r = site.client.get("/confirm", params={"token": token})
-        assert r.status_code == 400, token
-        assert "not valid" in r.text
+        for r in (site.client.get("/confirm", params={"token": token}),
+                  site.client.post("/confirm", data={"token": token})):
+            assert r.status_code == 400, token
+            assert "not valid" in r.text
     site.clock[0] = START + timedelta(hours=73)  # past the 72-hour confirmation lifetime
     assert site.client.get("/confirm", params={"token": good}).status_code == 400
+    assert site.client.post("/confirm", data={"token": good}).status_code == 400
     assert site.store.get_subscriber(dee.id).status == "pending"  # type: ignore[union-attr]
 
 

@@ -20,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail_cleanly(fn: F) -> F:
-    """Operator errors become one line on stderr and exit status 2, not a traceback."""
+    """Operator errors, and a database out of reach, become one line on stderr and exit
+    status 2, not a traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,8 +30,28 @@ def fail_cleanly(fn: F) -> F:
         except NewsletterError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            line = _outage(exc)
+            if line is None:
+                raise  # a bug: its traceback is what a report needs
+            click.echo(f"error: {line}", err=True)
+            sys.exit(2)
 
     return cast(F, wrapper)
+
+
+def _outage(exc: Exception) -> str | None:
+    """One line when `exc` is the database gone away after it opened (every command, not
+    only those that thought of it); None for anything else."""
+    if "sqlalchemy" not in sys.modules:
+        return None  # no database was used: the store need not be loaded to say so
+    from newsletter.pipeline.outages import describe, unreachable
+
+    if not unreachable(exc):
+        return None
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_root().obj.get("settings") if ctx and ctx.find_root().obj else None
+    return describe(exc, settings.storage.database_url if settings else "")
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from newsletter.cli.common import fail_cleanly, with_store
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.models import Issue
 
 
 def parse_time(value: str, zone: str) -> datetime:
@@ -112,21 +117,31 @@ def status(ctx: click.Context) -> None:
 @fail_cleanly
 def worker(ctx: click.Context, poll: float, once: bool) -> None:
     """A delivery worker: sends due ledger rows of every issue being sent, until stopped."""
-    from newsletter.pipeline import collecting, sending
+    from newsletter.pipeline import collecting, outages, sending
 
     settings, store = with_store(ctx)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
+
+    def due_now() -> list[Issue]:
         sending_now = store.list_issues(limit=50, statuses=("sending",))
         for it in sending_now:  # a crashed sibling on this host frees its rows at once
             sending.release_dead_local_workers(store, it)
         due = set(store.issues_with_due_rows(collecting.now_utc()))
-        for it in sending_now:
-            if it.id in due and not stop.is_set():
-                sending.run_worker(settings, store, sending.get_sendable(store, it.number),
-                                   stop=stop)
+        return [it for it in sending_now if it.id in due]
+
+    def send(number: int) -> None:
+        sending.run_worker(settings, store, sending.get_sendable(store, number), stop=stop)
+
+    # A database outage is waited out, not the end of the worker: each step is safe to run
+    # again (the ledger knows what was sent), and delivery waits out its own.
+    url = settings.storage.database_url
+    while not stop.is_set():
+        for it in outages.patiently(due_now, what="worker", stop=stop, url=url) or []:
+            if not stop.is_set():
+                outages.patiently(functools.partial(send, it.number), what="worker",
+                                  stop=stop, url=url)
         if once:
             return
         stop.wait(poll)

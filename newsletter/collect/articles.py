@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+from newsletter import named_fields
 from newsletter.collect.sanitize import (
     clean_html,
     first_paragraph,
@@ -40,7 +41,9 @@ class LinkRules:
     article_path: str = "articles/{slug}/"
 
     def link_for(self, slug: str) -> str:
-        return urljoin(self.base_url.rstrip("/") + "/", self.article_path.format(slug=slug))
+        # Not str.format: it would let the template reach the slug's attributes and items.
+        path = named_fields.fill(self.article_path, {"slug": slug})
+        return urljoin(self.base_url.rstrip("/") + "/", path)
 
 
 def content_hash(fields: dict[str, object]) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from newsletter import named_fields
 from newsletter.collect.sanitize import one_line
 from newsletter.errors import NewsletterError
 from newsletter.models import Article, Issue, IssueSection
@@ -53,11 +54,12 @@ def default_intro(sections: Sequence[IssueSection], rules: IssueRules) -> str:
 
 
 def make_subject(rules: IssueRules, number: int, date: datetime) -> str:
+    # Not str.format: it would let the template reach the values' attributes and items.
     try:
-        subject = rules.subject.format(publication=rules.publication, number=number, date=date)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise NewsletterError(f"newsletter.subject: cannot format {rules.subject!r}: "
-                              f"{exc}") from None
+        subject = named_fields.fill(rules.subject, {"publication": rules.publication,
+                                                    "number": number, "date": date})
+    except named_fields.TemplateError as exc:
+        raise NewsletterError(f"newsletter.subject: {exc}") from None
     # A subject becomes a mail header: one line, whatever the template or titles held.
     return one_line(subject)
 

@@ -26,6 +26,7 @@ from newsletter.compose.text import (
     long_date,
     names_publication,
 )
+from newsletter.deliver.qp import qp_piece, qp_value
 from newsletter.errors import NewsletterError
 from newsletter.models import Article, Issue
 from newsletter.templating import DEFAULT_TEMPLATES  # noqa: F401  (tests read it here)
@@ -34,8 +35,15 @@ __all__ = ["Masthead", "RenderedIssue", "Renderer", "archive_feed", "personalize
            "personalize_text", "sent_time", "SIZE_LIMIT"]
 
 # Gmail clips messages whose HTML exceeds about 102 KB, hiding the footer (and with it the
-# unsubscribe link); the margin leaves room for the personal URLs filled in later.
+# unsubscribe link). Counted as transmitted: the HTML part quoted-printable encoded, as
+# deliver/mail.py sends it, with the per-recipient values at their longest. deliver/qp.py is
+# a leaf (it imports nothing of the project), so the budget is counted with the encoder
+# itself rather than with an estimate that could drift from it.
 SIZE_LIMIT = 100_000
+# Room for the values filled in per recipient: audience/ appends "preferences?token=" and a
+# signed token of about 100 characters to base_url, and cuts names to 100 characters.
+_URL_ROOM = 160
+_NAME_ROOM = 100
 # Summary lengths tried in turn until the email fits: whole, then shorter, then none.
 SUMMARY_LIMITS: tuple[int | None, ...] = (None, 300, 160, 80, 0)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -107,8 +115,25 @@ class RenderedIssue:
     summary_limit: int | None = None  # None: summaries whole
 
 
-def _encoded_size(text: str) -> int:
-    return len(text.encode("utf-8"))
+def _encoded_size(document: str, base_url: str) -> int:
+    """Bytes of the HTML part as transmitted, the values filled in at their longest.
+
+    Hardening: the decoded HTML was measured, but quoted-printable adds a soft break every
+    75 columns and "=3D" for each "=", so a 94 KB issue went out as 107 KB and was clipped.
+    """
+    # Split and encoded the way MessageTemplate.build encodes the HTML part.
+    parts = _PLACEHOLDER_RE.split(document.replace("\r\n", "\n").replace("\r", "\n"))
+    pieces, names = parts[0::2], parts[1::2]
+    size = sum(len(qp_piece(piece, soft_end=i < len(names))) for i, piece in enumerate(pieces))
+    url = len(qp_value(html.escape(base_url + "x" * _URL_ROOM, quote=True)))
+    name = len(qp_value("\U0001f600" * _NAME_ROOM))  # four UTF-8 bytes each: the longest
+    return size + sum(name if n == "NAME" else url for n in names)
+
+
+def _fits(document: str, base_url: str) -> bool:
+    # Encoding never shrinks text: when the UTF-8 alone is over, the encoding is not needed.
+    return len(document.encode("utf-8")) < SIZE_LIMIT \
+        and _encoded_size(document, base_url) < SIZE_LIMIT
 
 
 def _inline(document: str) -> str:
@@ -148,13 +173,13 @@ class Renderer:
     # -- the email ------------------------------------------------------------------------
 
     def render_issue(self, issue: Issue, masthead: Masthead, archive_url: str) -> RenderedIssue:
-        """HTML (inlined, under SIZE_LIMIT bytes) and text parts, not yet personalised."""
+        """HTML (inlined, under SIZE_LIMIT bytes as sent) and text parts, not personalised."""
         _require_absolute("archive_url", archive_url)
         total = len(issue.articles)
         for limit in SUMMARY_LIMITS:
             view = issue_view(issue, masthead, summary_limit=limit)
             document = self._email_html(view, masthead, archive_url)
-            if _encoded_size(document) < SIZE_LIMIT:
+            if _fits(document, masthead.base_url):
                 return self._rendered(view, document, masthead, archive_url, limit)
         # Still too big without summaries: keep the longest run of leading articles that
         # fits. Size grows with the count, so a binary search needs few premailer runs.
@@ -164,13 +189,13 @@ class Renderer:
             keep = (low + high) // 2
             view = issue_view(issue, masthead, summary_limit=0, keep=keep)
             document = self._email_html(view, masthead, archive_url)
-            if _encoded_size(document) < SIZE_LIMIT:
+            if _fits(document, masthead.base_url):
                 best, low = (view, document), keep + 1
             else:
                 high = keep - 1
         if best is None:
             raise NewsletterError(f"issue {issue.number}: the email template alone is over "
-                                  f"{SIZE_LIMIT} bytes")
+                                  f"{SIZE_LIMIT} bytes as sent")
         return self._rendered(*best, masthead, archive_url, 0)
 
     def _email_html(self, view: IssueView, masthead: Masthead, archive_url: str) -> str:

@@ -18,8 +18,11 @@ from newsletter.errors import ConfigError
 if TYPE_CHECKING:
     from newsletter.config import Mail
 
+# Content-Transfer-Encoding is present only on single-part messages (the notices): signed so
+# that the body's bytes cannot be made to read differently.
 DEFAULT_HEADERS = ("from", "to", "subject", "date", "message-id", "reply-to", "list-id",
-                   "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type")
+                   "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type",
+                   "content-transfer-encoding")
 _WSP_RE = re.compile(rb"[ \t]+")
 _TAG_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _FIELD_NAME_RE = re.compile(rb"[!-9;-~]+")

@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["Connection", "Delivery", "Lane", "Ledger", "Plan", "Policy", "Pool", "RateLimit",
            "SendResult", "Stamp", "Summary", "deliver", "settle_for"]
 
 from newsletter import log
+from newsletter.deliver.lanes import Connection, Lane, Pool, SendResult
+from newsletter.deliver.outage import Leases, Outage
 from newsletter.deliver.pacing import RateLimit
 from newsletter.deliver.recorder import Recorder
 from newsletter.models import Claimed, Settle, now_utc
@@ -23,33 +25,6 @@ T = TypeVar("T")
 # Codes that say the address itself is bad; other 5xx (size, content, policy) fail the
 # message without counting against the subscriber.
 HARD_BOUNCE_CODES = frozenset({550, 551, 553})
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What a transport says about one message; the ledger turns it into a row status."""
-
-    status: Literal["sent", "deferred", "failed", "unknown"]
-    code: int | None
-    reply: str
-    close: bool = False  # the connection is no longer usable (421, dropped, timed out)
-
-
-class Connection(Protocol):
-    # True when send() honours `then`: the envelope of the next send() on this connection,
-    # announced ahead of time; a connection left with one announced is closed unused.
-    pipelining: bool
-
-    async def send(self, sender: str, recipient: str, message: bytes,
-                   then: tuple[str, str] | None = None) -> SendResult: ...
-
-    async def close(self) -> None: ...
-
-
-class Pool(Protocol):
-    """Opens connections; raising here means no message can go out right now."""
-
-    async def connect(self) -> Connection: ...
 
 
 class Ledger(Protocol):
@@ -100,6 +75,9 @@ class Policy:
     # that holds the GIL gains nothing from a worker thread and pays for the hand-over each
     # way. A networked database (PostgreSQL) waits on its socket, so it gets a thread.
     ledger_inline: bool = False
+    # Which ledger errors are the database out of reach (the store's `unreachable`): waited
+    # out and tried again, sending paused. Any other error ends the run as before.
+    transient: Callable[[BaseException], bool] = lambda _exc: False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args) if self.ledger_inline else await asyncio.to_thread(fn, *args)
@@ -137,28 +115,6 @@ def settle_for(row: Claimed, result: SendResult, policy: Policy, now: datetime) 
                   next_attempt_at=now + wait)
 
 
-@dataclass(slots=True)
-class Lane:
-    """One connection task: its connection and, taken early, the next row it will send,
-    whose envelope may already be announced on that connection."""
-
-    conn: Connection | None = None
-    next: Claimed | None = None
-    last: bool = False  # the queue's end marker was taken early: stop after `next`
-    announced: int | None = None  # delivery id whose envelope the connection sent ahead
-
-    async def drop(self) -> None:
-        if self.conn is not None:
-            await _close(self.conn)
-        self.conn, self.announced = None, None
-
-    async def unannounce(self, row: Claimed) -> None:
-        """`row` will not be sent after all: a connection that announced it is closed (the
-        server may be waiting for its data, and only closing ends that without a message)."""
-        if self.announced == row.delivery_id:
-            await self.drop()
-
-
 async def deliver(ledger: Ledger, plan: Plan, pool: Pool, policy: Policy, *, owner: str,
                   clock: Callable[[], datetime] = now_utc,
                   on_progress: Callable[[Summary], None] | None = None,
@@ -182,13 +138,13 @@ class Delivery:
         self.owner, self.clock, self.on_progress = owner, clock, on_progress
         self.summary = Summary()
         self.inflight = 0  # workers between taking a row and having its outcome committed
-        self.recorder = Recorder(self._settle, busy=lambda: self.inflight)
+        self.outage = Outage(policy.transient, plan.issue_id)
+        self.recorder = Recorder(self._settle, busy=lambda: self.inflight, outage=self.outage)
         self.limiter = limiter or RateLimit(policy.rate)
         self.abort = ""  # the server is in trouble: held rows wait `retry_initial`
         self.halted = ""  # paused, cancelled or stopping: held rows are free again now
         self.queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
-        self.held: set[int] = set()  # leased by us and not yet settled
-        self.lost: set[int] = set()  # lease ran out and another worker took them: never send
+        self.leases = Leases(policy.lease)  # held by us and not yet settled; lost ones
         # Claim the next batch while this one is being sent, so connections never sit idle
         # waiting for the slowest message of a batch.
         self.low_water = max(policy.batch_size // 2, policy.concurrency)
@@ -226,8 +182,8 @@ class Delivery:
         summary.halted = not self.abort
         now = self.clock()
         retry_at = now + policy.retry_initial if self.abort else now
-        freed = await policy.call(self.ledger.release, self.owner, now, retry_at,
-                                  summary.stopped)
+        freed = await self.outage.call("release", lambda: policy.call(
+            self.ledger.release, self.owner, now, retry_at, summary.stopped))
         if self.abort:
             summary.deferred += freed
         log.event("deliver.stopped", level=30, issue=self.plan.issue_id,
@@ -246,8 +202,8 @@ class Delivery:
                     return
                 if queue.qsize() <= self.low_water:
                     self.wake.set()
-                if row.delivery_id in self.lost:
-                    self.held.discard(row.delivery_id)
+                if row.delivery_id in self.leases.lost:
+                    self.leases.drop(row.delivery_id)
                     await lane.unannounce(row)
                     continue
                 self.inflight += 1
@@ -274,7 +230,7 @@ class Delivery:
             lane.last = row is None
             lane.next = row
         row = lane.next
-        if (row is None or not row.email or row.delivery_id in self.lost
+        if (row is None or not row.email or row.delivery_id in self.leases.lost
                 or self.plan.variant_for(row.sections) is None):
             return None
         lane.announced = row.delivery_id
@@ -288,16 +244,9 @@ class Delivery:
             why = "no longer subscribed" if not row.email else "no chosen section here"
             await self.recorder.record(Settle(row.delivery_id, row.subscriber_id, "skipped",
                                               None, why))
-            self.held.discard(row.delivery_id)
+            self.leases.drop(row.delivery_id)
             summary.add("skipped")
             return
-        if lane.conn is None:
-            try:
-                lane.conn = await self.pool.connect()
-            except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
-                self._stop(f"cannot connect: {exc}")
-                return
-        conn = lane.conn
         try:
             unsubscribe, preferences = plan.urls_for(row)
             message = stamp.render(to_address=row.email, to_name=row.name,
@@ -309,59 +258,106 @@ class Delivery:
             await lane.unannounce(row)
         else:
             await self.limiter.wait()
+            if not await self._cleared(row, lane):
+                return
+            if lane.conn is None:
+                try:
+                    lane.conn = await self.pool.connect()
+                except Exception as exc:  # noqa: BLE001 - told to the operator, rows kept
+                    self._stop(f"cannot connect: {exc}")
+                    return
             lane.announced = None
-            result = await conn.send(plan.sender(row), row.email, message,
-                                     self._upcoming(lane))
+            result = await lane.conn.send(plan.sender(row), row.email, message,
+                                          self._upcoming(lane))
         if result.status == "failed" and result.reply.startswith("MAIL:"):
             # The server refuses our sender, not this reader: stop, fail no one.
             result = SendResult("deferred", result.code, result.reply, close=True)
             self._stop(f"server refused the sender: {result.reply}")
         outcome = settle_for(row, result, self.policy, self.clock())
+        outages = self.outage.count
         # Recorded before this lane sends again: the next message's data waits for it.
         await self.recorder.record(outcome)
-        self.held.discard(row.delivery_id)
+        self.leases.drop(row.delivery_id)
+        if self.outage.count != outages:  # the server may have tired of waiting in DATA
+            await lane.drop()
         summary.add(outcome.status)
         if self.on_progress:
-            self.on_progress(summary)
+            try:
+                self.on_progress(summary)
+            except Exception as exc:  # a display that reads the ledger: stale in an outage
+                if not self.outage.transient(exc):
+                    raise
         if result.close:
             await lane.drop()
             if result.code == 421:
                 self._stop(f"server closed the session: {result.code} {result.reply}")
 
+    async def _cleared(self, row: Claimed, lane: Lane) -> bool:
+        """Whether `row` may go out now: the ledger answering, and the row's lease confirmed
+        with time to spare. Else the lane lets its connection go (the server would wait in
+        DATA for an envelope announced ahead) and waits; False: the row must not be sent."""
+        leases, up = self.leases, self.outage.up
+        if up.is_set() and leases.sendable(row.delivery_id):
+            return True
+        await lane.drop()
+        while not (self.abort or self.halted):  # held rows are released when the run ends
+            if row.delivery_id in leases.lost:
+                leases.drop(row.delivery_id)
+                return False
+            if up.is_set() and leases.sendable(row.delivery_id):
+                return True
+            self.wake.set()  # the feeder renews at once (or when the outage allows)
+            await leases.wait(0.5)
+        return False
+
     async def _feed(self, workers: int) -> None:
-        policy, queue = self.policy, self.queue
+        policy, queue, leases, outage = self.policy, self.queue, self.leases, self.outage
         closing = False
         renew_every = max(policy.lease.total_seconds() / 3, 0.05)
-        last_renew = next_halt = time.monotonic()
+        next_renew = time.monotonic() + renew_every
+        next_halt = time.monotonic()
         exhausted = False
         try:
             while True:
-                if self.held and time.monotonic() - last_renew >= renew_every:
-                    await self._renew()
-                    last_renew = time.monotonic()
+                now = time.monotonic()
+                if leases and (now >= next_renew or leases.wanted) and now >= outage.retry_at:
+                    renewed = await outage.attempt("renew", self._renew)
+                    next_renew = time.monotonic() + renew_every if renewed else outage.retry_at
                 if not closing:
                     if not self.abort and not exhausted and (queue.qsize() <= self.low_water
                                                              or time.monotonic() >= next_halt):
-                        reason = await policy.call(self.plan.halt)
+                        try:  # a stop needs no database; a pause is seen once it is back
+                            reason = await policy.call(self.plan.halt)
+                        except Exception as exc:
+                            if not outage.failed("halt", exc):
+                                raise
+                            reason = None
                         next_halt = time.monotonic() + 2.0
                         if reason:
                             self.halted = self.halted or reason
                     if (not (self.abort or self.halted or exhausted)
-                            and queue.qsize() <= self.low_water):
-                        claimed = await self._claim()
-                        exhausted = not claimed
+                            and queue.qsize() <= self.low_water
+                            and time.monotonic() >= outage.retry_at):
+                        claimed = await outage.attempt("claim", self._claim)
+                        exhausted = claimed == 0  # None: the ledger was away, not empty
                         if claimed:
                             continue
                     closing = bool(self.abort or self.halted or (exhausted and queue.empty()))
                     if closing:
                         for _ in range(workers):
                             queue.put_nowait(None)
-                if (closing and not self.held) or self.workers_done:
+                if (closing and not leases) or self.workers_done:
                     return
                 self.wake.clear()
+                wait = min(renew_every, 2.0)
+                if not outage.up.is_set():
+                    wait = min(wait, max(outage.retry_at - time.monotonic(), 0.01))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(renew_every, 2.0)):
+                    async with asyncio.timeout(wait):
                         await self.wake.wait()
+        except BaseException:
+            self._stop("the ledger failed")  # no lane may wait for a renewal that never comes
+            raise
         finally:
             if not closing:  # the feeder failed: workers must not wait for rows forever
                 for _ in range(workers):
@@ -369,32 +365,31 @@ class Delivery:
 
     async def _claim(self) -> int:
         """Lease the next batch into the queue; how many rows the ledger gave (0: none due)."""
-        policy = self.policy
+        policy, leases = self.policy, self.leases
+        asked_at = time.monotonic()
         rows = await policy.call(self.ledger.claim, self.plan.issue_id, self.owner,
                                  policy.batch_size, policy.lease, self.clock())
         # A row we still hold (queued, in a lane or being sent) can come back only after its
         # lease ran out: it is ours again, and its copy already here is the one to send,
         # never a second.
-        fresh = [r for r in rows if r.delivery_id not in self.held]
-        self.lost.difference_update(r.delivery_id for r in rows)
-        self.held.update(r.delivery_id for r in fresh)
+        fresh = [r for r in rows if r.delivery_id not in leases]
+        leases.lost.difference_update(r.delivery_id for r in rows)
+        leases.confirm((r.delivery_id for r in rows), asked_at)
         for row in fresh:
             self.queue.put_nowait(row)
         return len(rows)
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
         # A lease must outlive the rows waiting in our queue, however slow the server:
         # renew it, and drop any row another worker took after our lease ran out.
-        asked = list(self.held)
+        leases, asked, asked_at = self.leases, self.leases.ids(), time.monotonic()
         async with self.recorder.own_rows:
             kept = await self.policy.call(self.ledger.renew, self.owner, asked,
                                           self.clock() + self.policy.lease, self.clock())
-        gone = (set(asked) - kept) & self.held
+        leases.confirm(kept & leases.until.keys(), asked_at)  # not rows settled meanwhile
+        gone = (set(asked) - kept) & leases.until.keys()
         if gone:
-            self.lost.update(gone)
+            leases.lost.update(gone)
             log.event("deliver.lease_lost", level=30, issue=self.plan.issue_id, rows=len(gone))
+        return True
 
-
-async def _close(conn: Connection) -> None:
-    with contextlib.suppress(Exception):  # a connection that fails to close is gone anyway
-        await conn.close()

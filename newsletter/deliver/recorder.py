@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from newsletter.deliver.outage import Outage
     from newsletter.models import Settle
 
 
 class Recorder:
     """Group commit: results from all tasks go to the database together, and each task
     waits for its own commit before sending again, so at most one message per connection
-    is ever sent but unrecorded (the bound on duplicates after a crash)."""
+    is ever sent but unrecorded (the bound on duplicates after a crash). With an `outage`,
+    a commit the database was not there for is tried again until it is: the outcomes wait
+    in memory, and their tasks (which send nothing meanwhile) with them."""
 
     # How long a commit waits for the other connections' results. A commit costs ~1 ms of
     # CPU however few rows it holds; without the wait nearly every row got its own.
     LINGER = 0.002
 
     def __init__(self, commit: Callable[[list[Settle]], Awaitable[None]],
-                 busy: Callable[[], int] = lambda: 1) -> None:
+                 busy: Callable[[], int] = lambda: 1, outage: Outage | None = None) -> None:
         self.commit = commit  # one transaction for the outcomes of every waiting task
+        self.outage = outage
         self.busy = busy  # connections holding a row: once all are waiting, commit at once
         self.pending: list[tuple[Settle, asyncio.Future[None]]] = []
         self.flushing: asyncio.Task[None] | None = None
@@ -54,12 +59,19 @@ class Recorder:
                     async with asyncio.timeout(self.LINGER):
                         await self.everyone_waits.wait()
             batch, self.pending = self.pending, []
+            outcomes = [o for o, _ in batch]
             try:
-                async with self.own_rows:
-                    await self.commit([o for o, _ in batch])
+                if self.outage is None:
+                    await self._commit(outcomes)
+                else:
+                    await self.outage.call("settle", functools.partial(self._commit, outcomes))
             except Exception as exc:  # noqa: BLE001 - every waiter must learn of it
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
                 for _, fut in batch:
                     fut.set_result(None)
+
+    async def _commit(self, outcomes: list[Settle]) -> None:
+        async with self.own_rows:  # not held between tries: renewals may go first
+            await self.commit(outcomes)

@@ -8,6 +8,8 @@ import ipaddress
 import re
 import socket
 import ssl
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, cast
 
 import aiosmtplib
@@ -19,6 +21,7 @@ from aiosmtplib.errors import (
     SMTPTimeoutError,
 )
 
+from newsletter.deliver.credentials import Scrubber, keep
 from newsletter.deliver.engine import SendResult
 from newsletter.deliver.smtp_replies import Reply, ReplyReader
 from newsletter.deliver.wire import dot_stuffed
@@ -66,10 +69,12 @@ def _hard_close(client: aiosmtplib.SMTP, transport: asyncio.Transport | None = N
 class SmtpConnection:
     """One authenticated (and encrypted, unless security = 'none') session, reused for many
     messages by one task at a time. aiosmtplib sets it up; mail transactions then run on a
-    ReplyReader, pipelined when the server offers PIPELINING."""
+    ReplyReader, pipelined when the server offers PIPELINING. `scrub` takes the credentials
+    out of every reply as it arrives and of every result as it leaves."""
 
     def __init__(self, client: aiosmtplib.SMTP, where: str, *, smtputf8: bool,
-                 timeout: float, pipelining: bool = True) -> None:
+                 timeout: float, pipelining: bool = True,
+                 scrub: Callable[[str], str] = keep) -> None:
         self._client = client
         # Kept: aiosmtplib forgets it when it closes. (uvloop's transports are not
         # asyncio.Transport subclasses, hence a cast rather than a check.)
@@ -79,7 +84,8 @@ class SmtpConnection:
         self._server_utf8 = client.supports_extension("smtputf8")
         self._timeout = timeout
         self.pipelining = pipelining and client.supports_extension("pipelining")
-        self._replies = ReplyReader(self._transport)
+        self._scrub = scrub
+        self._replies = ReplyReader(self._transport, scrub)
         self._ahead: tuple[str, str] | None = None  # envelope sent, replies not yet read
 
     @property
@@ -112,6 +118,14 @@ class SmtpConnection:
         (RFC 2920 §3.1 allows commands after the end of data), which makes one round trip
         per message instead of two. Only the envelope: its data waits for the next call,
         which must be for that same pair (anything else closes the connection)."""
+        result = await self._send(sender, recipient, message, then)
+        # The reply is stored in the ledger, shown and logged: replies were cleaned as they
+        # arrived, and this catches any text that reached the result another way.
+        reply = self._scrub(result.reply)
+        return result if reply == result.reply else replace(result, reply=reply)
+
+    async def _send(self, sender: str, recipient: str, message: bytes,
+                    then: tuple[str, str] | None) -> SendResult:
         commands = self._commands(sender, recipient)
         if isinstance(commands, SendResult):
             return commands
@@ -276,6 +290,9 @@ class SmtpPool:
         self.security = security
         self.username = username
         self._password = password
+        # Whatever a relay says may repeat the AUTH exchange; every text this pool hands on
+        # (results, errors) goes through this first.
+        self._scrub: Callable[[str], str] = Scrubber(username, password) if password else keep
         self.timeout = timeout
         self._tls = tls_context
         self.smtputf8 = smtputf8
@@ -314,9 +331,10 @@ class SmtpPool:
                 setup_failed = True
                 problems.append(str(exc))
             except (SMTPException, OSError, TimeoutError) as exc:
-                problems.append(f"{host}:{port}: {_one_line(str(exc) or type(exc).__name__)}")
+                why = self._scrub(str(exc)) or type(exc).__name__  # scrubbed before it is cut
+                problems.append(f"{host}:{port}: {_one_line(why)}")
         kind = SmtpSetupError if setup_failed else SmtpUnavailable
-        raise kind("; ".join(problems))
+        raise kind(self._scrub("; ".join(problems)))
 
     async def _open(self, host: str, port: int) -> SmtpConnection:
         where = f"{host}:{port}"
@@ -341,15 +359,15 @@ class SmtpPool:
                     await client.starttls()
                     await client.ehlo()  # RFC 3207: forget what was said before TLS
                 except (SMTPException, ssl.SSLError, OSError) as exc:
-                    raise SmtpSetupError(f"{where}: STARTTLS failed: "
-                                         f"{_one_line(str(exc) or type(exc).__name__)}") from None
+                    why = self._scrub(str(exc)) or type(exc).__name__
+                    raise SmtpSetupError(f"{where}: STARTTLS failed: {_one_line(why)}") from None
             if self.username:
                 await self._login(client, where)
         except BaseException:
             _hard_close(client)
             raise
         return SmtpConnection(client, where, smtputf8=self.smtputf8, timeout=self.timeout,
-                              pipelining=self.pipelining)
+                              pipelining=self.pipelining, scrub=self._scrub)
 
     async def _login(self, client: aiosmtplib.SMTP, where: str) -> None:
         # The peer actually reached, not the configured name, decides what "local" means.
@@ -367,10 +385,10 @@ class SmtpPool:
         try:
             await client.login(self.username, self._password)
         except SMTPAuthenticationError as exc:
-            reply = _one_line(exc.message).replace(self._password, "********") \
-                if self._password else _one_line(exc.message)
-            raise SmtpSetupError(f"{where}: authentication failed ({exc.code} {reply})") \
-                from None
+            # The code alone, never the text: relays have been seen to echo the exchange (the
+            # password's base64) in it, and this message is stored in every deferred row.
+            raise SmtpSetupError(f"{where}: AUTH refused: {exc.code}; check [smtp] username "
+                                 "and password") from None
         except SMTPException as exc:
             if isinstance(exc, SMTPServerDisconnected | SMTPTimeoutError):
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from aiosmtplib.errors import SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
@@ -24,10 +25,15 @@ class ReplyReader(asyncio.Protocol):
     it cannot pipeline (RFC 2920). This reader queues every complete reply in order, so a
     message's data, its final dot and the next message's MAIL, RCPT and DATA go out in one
     write and their four replies are read together: one round trip per message, not four.
+
+    `scrub` cleans each reply's text before anything else sees it (credentials a relay may
+    echo), so no later step can cut a secret in half and keep the rest.
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport,
+                 scrub: Callable[[str], str] = lambda text: text) -> None:
         self.transport = transport
+        self._scrub = scrub
         self._buffer = bytearray()
         self._lines: list[bytes] = []  # the lines so far of a multi-line reply
         self._replies: deque[Reply] = deque()
@@ -67,13 +73,13 @@ class ReplyReader(asyncio.Protocol):
             del self._buffer[:end + 1]
             code = line[:3]
             if len(line) > _MAX_LINE or not code.isdigit() or line[3:4] not in b" -\r\n":
-                self._fail(SMTPResponseException(-1, "malformed reply: "
-                                                 + line[:80].decode("ascii", "replace")))
+                shown = self._scrub(line.decode("utf-8", "replace"))[:80]  # cut after scrubbing
+                self._fail(SMTPResponseException(-1, "malformed reply: " + shown))
                 return
             self._lines.append(line[4:].strip())
             if line[3:4] != b"-":  # the last line of this reply
                 text = b"\n".join(self._lines).decode("utf-8", "replace")
-                self._replies.append(Reply(int(code), text))
+                self._replies.append(Reply(int(code), self._scrub(text)))
                 self._lines = []
         if len(self._buffer) > _MAX_BUFFER:
             self._fail(SMTPResponseException(-1, "reply line too long"))

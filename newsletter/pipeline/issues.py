@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from newsletter import log
+from newsletter import log, named_fields
 from newsletter.compose.issue import IssueRules, make_issue, window_start
 from newsletter.compose.render import Masthead, Renderer, personalize, personalize_text
 from newsletter.config import Settings
@@ -28,7 +28,7 @@ def masthead(settings: Settings) -> Masthead:
     p, n = settings.publication, settings.newsletter
     return Masthead(name=p.name, base_url=settings.site_url, language=p.language,
                     direction=n.direction, postal_address=p.postal_address,
-                    reason=n.reason.replace("{publication}", p.name))
+                    reason=named_fields.fill(n.reason, {"publication": p.name}))
 
 
 def renderer(settings: Settings) -> Renderer:

@@ -42,10 +42,20 @@ def _on_missed(event: JobExecutionEvent) -> None:
     if event.job_id != "issue" or _RUNTIME is None:
         return
     from newsletter.pipeline.issues import build_issue
+    from newsletter.pipeline.outages import describe, unreachable
 
-    result = build_issue(_RUNTIME.settings, _RUNTIME.store)
-    log.event("schedule.missed", level=30, due=event.scheduled_run_time.isoformat(),
-              message=result.message, action="left as a draft for an operator")
+    due = event.scheduled_run_time.isoformat()
+    try:
+        result = build_issue(_RUNTIME.settings, _RUNTIME.store)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        log.event("schedule.missed", level=30, due=due,
+                  error=describe(exc, _RUNTIME.settings.storage.database_url),
+                  action="not built (the database is unreachable): build it by hand")
+        return
+    log.event("schedule.missed", level=30, due=due, message=result.message,
+              action="left as a draft for an operator")
 
 
 def _on_error(event: JobExecutionEvent) -> None:
@@ -104,6 +114,7 @@ class SingleScheduler:
 
     def _run(self) -> None:
         scheduler = make_scheduler(self.settings, self.store)
+        _survive_outages(scheduler, self.settings.storage.database_url)
         scheduler.add_listener(_on_missed, EVENT_JOB_MISSED)
         scheduler.add_listener(_on_error, EVENT_JOB_ERROR)
         scheduler.start(paused=True)
@@ -131,6 +142,29 @@ class SingleScheduler:
             self._watch.join()  # from here on only this thread changes the state
             self._watch = None
         self._stand_down()
+
+
+def _survive_outages(scheduler: BackgroundScheduler, url: str) -> None:
+    """APScheduler waits out a failed read of due jobs, but a failed write after a job was
+    handed to its executor (the next run time, the removal of a one-off job) ends its loop
+    thread: no job would run again in this process. Such a round is tried again later (the
+    job whose write failed may then run once more: every job is safe to repeat)."""
+    from newsletter.pipeline.outages import describe, unreachable
+
+    process = scheduler._process_jobs
+
+    def process_jobs() -> float | None:
+        try:
+            wait: float | None = process()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            log.event("schedule.store_unreachable", level=30, error=describe(exc, url),
+                      action=f"tried again in {scheduler.jobstore_retry_interval:g} s")
+            return float(scheduler.jobstore_retry_interval)
+        return wait
+
+    scheduler._process_jobs = process_jobs
 
 
 def start_scheduler(settings: Settings, store: Store) -> tuple[SingleScheduler, bool]:

@@ -28,6 +28,7 @@ from newsletter.deliver.mail import (
 )
 from newsletter.errors import NewsletterError
 from newsletter.models import Claimed, Issue, IssueSection, now_utc
+from newsletter.pipeline.outages import patiently, unreachable
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
 
@@ -43,7 +44,8 @@ def policy(settings: Settings) -> Policy:
                   give_up_after=timedelta(seconds=d.give_up_after),
                   max_hard_bounces=d.max_hard_bounces, concurrency=settings.smtp.concurrency,
                   rate=settings.smtp.rate / max(d.workers, 1),
-                  ledger_inline=settings.storage.database_url.startswith("sqlite"))
+                  ledger_inline=settings.storage.database_url.startswith("sqlite"),
+                  transient=unreachable)
 
 
 class Variants:
@@ -198,13 +200,16 @@ def run_worker(settings: Settings, store: Store, issue: Issue, *,
                stop: threading.Event | None = None) -> Summary:
     """Deliver every due row of the issue from this process, then mark it sent if done.
     Setting `stop` (SIGTERM) ends the run within a few seconds: messages in flight finish
-    and every row still held is given back at once."""
-    release_dead_local_workers(store, issue)
+    and every row still held is given back at once. A database outage is waited out (the
+    delivery pauses, its outcomes kept until recorded), unless `stop` is set meanwhile."""
+    url = settings.storage.database_url
+    patiently(lambda: release_dead_local_workers(store, issue), what="sending", stop=stop,
+              url=url)
     pool = pool_from_settings(settings)
     summary = run_loop(deliver(store, make_plan(settings, store, issue, stop=stop), pool,
                                   policy(settings),
                                   owner=worker_id(), on_progress=on_progress))
-    finish_if_done(store, issue)
+    patiently(lambda: finish_if_done(store, issue), what="sending", stop=stop, url=url)
     log.event("issue.delivered", number=issue.number, sent=summary.sent,
               deferred=summary.deferred, failed=summary.failed, skipped=summary.skipped)
     return summary
@@ -239,10 +244,12 @@ def dry_run(settings: Settings, store: Store, issue: Issue) -> DryRun:
 
 
 def send_test_copy(settings: Settings, issue: Issue, address: str) -> str:
-    """One copy to `address`, outside the ledger; links point at the generic site pages."""
+    """One copy to `address`, outside the ledger; links point at the generic site pages.
+    Built like every reader's copy (the identity carries the DKIM signer), so it shows what
+    receivers will make of the real thing."""
     identity = identity_from_settings(settings)
     template = MessageTemplate.build(identity=identity, subject=issue.subject, html=issue.html,
-                                     text=issue.text, dkim=signer_from_settings(settings.mail))
+                                     text=issue.text)
     token = hashlib.sha256(address.encode()).hexdigest()[:10]
     message = template.render(
         to_address=address, to_name="", date=now_utc(),
@@ -288,12 +295,15 @@ def _child(config_path: str, number: int, level: str = "WARNING",
 
         threading.Thread(target=relay, name="halt-relay", daemon=True).start()
     settings = load_settings(config_path)
-    store = Store(settings.storage.database_url)
+    url = settings.storage.database_url
+    store = Store(url, migrate=False)  # the parent migrated it; this one connects when used
     try:
-        summary = run_worker(settings, store, get_sendable(store, number), stop=stop)
+        issue = patiently(lambda: get_sendable(store, number), what="sending", stop=stop,
+                          url=url)
+        summary = run_worker(settings, store, issue, stop=stop) if issue else None
     finally:
         store.close()
-    if summary.stopped and not summary.halted:
+    if summary is not None and summary.stopped and not summary.halted:
         raise SystemExit(CHILD_STOPPED_EARLY)
 
 
@@ -331,12 +341,22 @@ def run_workers(settings: Settings, store: Store, issue: Issue, *,
             told = True
             halt_all.set()  # each finishes what is in flight and frees its rows
         if on_counts:
-            on_counts(store.delivery_counts(issue.id))
+            try:
+                on_counts(store.delivery_counts(issue.id))
+            except Exception as exc:  # the workers wait out an outage; the display with them
+                if not unreachable(exc):
+                    raise
         for proc in procs:
             proc.join(timeout=0.5 / len(procs))
-    finish_if_done(store, issue)
-    counts = store.delivery_counts(issue.id)
-    if on_counts:
+    issue_id = issue.id
+
+    def finish() -> dict[str, int]:
+        finish_if_done(store, issue)
+        return store.delivery_counts(issue_id)
+
+    counts = patiently(finish, what="sending", stop=stop,
+                       url=settings.storage.database_url) or {}
+    if on_counts and counts:
         on_counts(counts)
     early = [p for p in procs if p.exitcode == CHILD_STOPPED_EARLY]
     if early and on_stopped:

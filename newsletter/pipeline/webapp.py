@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from newsletter.config import Settings
 from newsletter.store.database import Store
@@ -19,9 +20,11 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     from newsletter.audience.tokens import load_or_create_secret
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.notices import confirmation_sender, preferences_link_sender
+    from newsletter.pipeline.outages import database_check, unreachable
     from newsletter.pipeline.schedule import next_issue_line
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
+    from newsletter.web.health import OutageResponses
     from newsletter.web.manage import manage_routes
     from newsletter.web.subscribe import SubscribeDeps, subscribe_routes
 
@@ -38,11 +41,27 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
     routes += _webhook_routes(settings, store)
-    return create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
-                      publication_name=settings.publication.name,
-                      feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                      extra_routes=routes, next_issue=lambda: next_issue_line(settings),
-                      templates_dir=Path(folder) if folder else None)
+    app = create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
+                     publication_name=settings.publication.name,
+                     feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
+                     extra_routes=routes, next_issue=lambda: next_issue_line(settings),
+                     templates_dir=Path(folder) if folder else None,
+                     allowed_hosts=allowed_hosts(settings), health=database_check(store))
+    app.add_middleware(OutageResponses, when=unreachable)  # 503, not a 500 and a traceback
+    return app
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The Host names the app answers: base_url's, feeds.public_url's, [server] allowed_hosts."""
+    named = [urlsplit(url).hostname or "" for url in (settings.site_url, settings.feeds.public_url)]
+    hosts: list[str] = []
+    for host in [*named, *settings.server.allowed_hosts]:
+        host = host.lower().removeprefix("[").removesuffix("]")
+        # Starlette compares an IPv6 Host with its brackets: "[::1]:8000" is "[::1]".
+        host = f"[{host}]" if ":" in host else host
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
 
 
 def _admin_routes(settings: Settings, store: Store, scheduler: Any,
@@ -100,6 +119,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         preview_html=preview_html, next_issue=lambda: next_issue_line(settings),
         import_subscribers=lambda p, actor="": import_csv(
             store, p, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
+        sessions=store.sessions,  # in the database: logout holds in every process
         send_confirmation=notices.subscriber_confirmation(settings, secret),
         publication_name=settings.publication.name,
         smtputf8=settings.mail.smtputf8, timezone=settings.schedule.timezone,

@@ -14,6 +14,7 @@ from newsletter.store.bounces import BounceQueries
 from newsletter.store.engine import connect, make_engine, open_engine
 from newsletter.store.issues import IssueQueries
 from newsletter.store.ledger import LedgerQueries
+from newsletter.store.sessions import SessionQueries
 from newsletter.store.subscribers import SubscriberQueries
 
 __all__ = ["FileRecord", "Store", "connect", "make_engine", "open_engine"]
@@ -45,9 +46,9 @@ class _Via(Generic[P, R]):
 class Store:
     """One database: created and migrated on open, shared by every entry point.
 
-    The queries live in five groups over the one engine (`articles`, `issues`, `subscribers`,
-    `ledger`, `bounces`); each group's methods are reachable on the Store too, so a stage's Protocol
-    is satisfied by the Store or by the group alone.
+    The queries live in six groups over the one engine (`articles`, `issues`, `subscribers`,
+    `ledger`, `bounces`, `sessions`); each group's methods are reachable on the Store too, so a
+    stage's Protocol is satisfied by the Store or by the group alone.
     """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
@@ -68,6 +69,7 @@ class Store:
         self.subscribers = SubscriberQueries(self.engine)
         self.ledger = LedgerQueries(self.engine)
         self.bounces = BounceQueries(self.engine)
+        self.sessions = SessionQueries(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -140,3 +142,11 @@ class Store:
     bounce_counts_by_issue = _Via("bounces", BounceQueries.bounce_counts_by_issue)
     bounce_totals = _Via("bounces", BounceQueries.bounce_totals)
     list_bounces = _Via("bounces", BounceQueries.list_bounces)
+
+    # -- dashboard sessions ---------------------------------------------------------------
+    create_session = _Via("sessions", SessionQueries.create_session)
+    session_alive = _Via("sessions", SessionQueries.session_alive)
+    revoke_session = _Via("sessions", SessionQueries.revoke_session)
+    revoke_all_sessions = _Via("sessions", SessionQueries.revoke_all_sessions)
+    count_sessions = _Via("sessions", SessionQueries.count_sessions)
+    prune_sessions = _Via("sessions", SessionQueries.prune_sessions)

@@ -163,7 +163,7 @@ class LedgerQueries:
                     # Refused at RCPT time: an event like any bounce that comes back later,
                     # so `bounces list` and the issue's bounce rate see it too.
                     found = _ENHANCED.search(r.reply)
-                    conn.execute(_insert_new(self.engine, s.bounce_events).from_select(
+                    event = conn.execute(_insert_new(self.engine, s.bounce_events).from_select(
                         ["subscriber_id", "issue_id", "kind", "status", "diagnostic", "source",
                          "recipient", "key", "received_at"],
                         sa.select(d.subscriber_id, d.issue_id, sa.literal("hard"),
@@ -174,7 +174,12 @@ class LedgerQueries:
                                   .scalar_subquery(),
                                   sa.literal(f"smtp:{r.delivery_id}"),
                                   sa.literal(now, s.UTCDateTime()))
-                        .where(d.id == r.delivery_id)).on_conflict_do_nothing())
+                        .where(d.id == r.delivery_id)).on_conflict_do_nothing(),
+                        execution_options={"preserve_rowcount": True})
+                    if event.rowcount != 1:
+                        # Recorded before: this settle is a replay (a commit whose reply was
+                        # lost, then retried), and the bounce is already counted.
+                        continue
                     conn.execute(s.subscribers.update().where(sub.id == r.subscriber_id)
                                  .values(hard_bounces=sub.hard_bounces + 1, updated_at=now))
                     conn.execute(s.subscribers.update()

@@ -71,12 +71,18 @@ def _v5(op: Operations) -> None:
     s.bounce_events.to_metadata(frozen).create(op.get_bind())
 
 
+def _v6(op: Operations) -> None:
+    """Dashboard sessions, kept in the database so logout holds across processes."""
+    s.admin_sessions.to_metadata(sa.MetaData()).create(op.get_bind())
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
     (3, "subscribers and the delivery ledger", _v3),
     (4, "consent history", _v4),
     (5, "bounce and complaint events", _v5),
+    (6, "dashboard sessions", _v6),
 ]
 
 

@@ -221,3 +221,17 @@ bounce_events = Table(
     Index("ix_bounce_events_issue", "issue_id", "kind"),
     Index("ix_bounce_events_received", "received_at"),
 )
+
+# Dashboard sessions, one per login. `id` is the SHA-256 of the random secret the signed
+# cookie carries, so a copy of this table opens no session; a row past `expires_at` or with
+# `revoked_at` set is refused by every web process, and pruned once expired.
+admin_sessions = Table(
+    "admin_sessions", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("ip", String(64), nullable=False, default=""),
+    Column("user_agent", Text, nullable=False, default=""),
+    Index("ix_admin_sessions_expires", "expires_at"),
+)

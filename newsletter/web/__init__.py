@@ -6,21 +6,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from newsletter.web.files import FeedFiles
+from newsletter.web.health import Health
 from newsletter.web.home import home_endpoint
+from newsletter.web.hosts import HostCheck, SlashRedirect
 from newsletter.web.sitefiles import SiteFiles
 from newsletter.web.static import StaticFiles, static_dirs
 
 __all__ = ["FeedFiles", "create_app"]
-
-
-def _healthz(request: Request) -> PlainTextResponse:
-    # no-store: a cached "ok" would hide an outage from the monitor.
-    return PlainTextResponse("ok", headers={"cache-control": "no-store"})
 
 
 def create_app(
@@ -33,14 +29,22 @@ def create_app(
     next_issue: Callable[[], str] | None = None,
     templates_dir: Path | None = None,
     site_dir: Path | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    health: Callable[[], str | None] | None = None,
 ) -> Starlette:
-    """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under."""
+    """Build the ASGI app; `feeds_url` is the public absolute URL the feeds are served under.
+
+    `allowed_hosts`: the only Host names answered (400 otherwise; /healthz answers any);
+    None answers every name. `health`: None while the database answers, else why not
+    (/healthz then answers 503; feeds and pages are served all the same).
+    """
     feeds_dir = Path(feeds_dir)
     files = FeedFiles(feeds_dir, max_age=cache_max_age)
+    checker = Health(health)
     home = Route("/", home_endpoint(feeds_dir, publication_name, feeds_url, next_issue),
                  name="home")
     routes: list[BaseRoute] = [
-        Route("/healthz", _healthz, name="healthz"),
+        Route("/healthz", checker.endpoint, name="healthz"),
         Route("/feeds/{path:path}", files, name="feeds"),
         Route("/static/{path:path}", StaticFiles(static_dirs(templates_dir),
                                                  max_age=cache_max_age), name="static"),
@@ -48,10 +52,16 @@ def create_app(
     ]
     if site_dir is None:
         routes.insert(0, home)
-    app = Starlette(routes=routes)
+    checks = [] if allowed_hosts is None else [
+        Middleware(HostCheck, allowed_hosts=allowed_hosts)]
+    app = Starlette(routes=routes, middleware=checks)
     if site_dir is not None:
         # The published pages answer whatever no route does, `/` included; the generated
         # home above stands in until the first publish.
         app.router.default = SiteFiles(Path(site_dir), max_age=cache_max_age, home=home)
+    # Starlette's own slash redirect takes its host from the Host header; ours is a path.
+    app.router.redirect_slashes = False
+    app.router.default = SlashRedirect(app.router.routes, then=app.router.default)
     app.state.feed_files = files  # lets later routes and tests reach the same cache
+    app.state.health = checker
     return app

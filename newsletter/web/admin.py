@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,7 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from newsletter import log, templating
-from newsletter.audience import consent, tokens
+from newsletter.audience import consent
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
 from newsletter.web.admin_add import add_subscriber
@@ -33,15 +28,14 @@ from newsletter.web.admin_http import (
     parse_when,
 )
 from newsletter.web.admin_people import people_routes
+from newsletter.web.admin_sessions import CSRF_PURPOSE as CSRF_PURPOSE
+from newsletter.web.admin_sessions import FLASH_COOKIE, SESSION_COOKIE, Sessions
+from newsletter.web.admin_sessions import FLASH_PURPOSE as FLASH_PURPOSE
+from newsletter.web.admin_sessions import SESSION_PURPOSE as SESSION_PURPOSE
 from newsletter.web.limits import rate_key
 from newsletter.web.requests import BodyTooLarge, read_capped
 from newsletter.words import friendly_time, plural
 
-SESSION_COOKIE = "newsletter_admin"
-FLASH_COOKIE = "newsletter_admin_flash"
-SESSION_PURPOSE, CSRF_PURPOSE, FLASH_PURPOSE = "admin-session", "admin-csrf", "admin-flash"
-_FLASH_MAX_AGE = timedelta(seconds=60)  # the cookie's own lifetime: read on the next page
-_FLASH_BYTES = 650
 ACTIONS = ("send", "schedule", "pause", "resume", "cancel")
 _BASE_HEADERS = {"cache-control": "no-store", "referrer-policy": "same-origin",
                  "x-content-type-options": "nosniff", "x-robots-tag": "noindex"}
@@ -59,76 +53,6 @@ def _page_headers(nonce: str) -> dict[str, str]:
                 f"style-src 'self' 'nonce-{nonce}'; "
                 "connect-src 'self'; frame-src 'self'; img-src 'self' data:; "
                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")}
-
-
-class Sessions:
-    """Session cookies, CSRF tokens and flash messages, each signed by audience.tokens.
-
-    The key comes from the admin token, so changing the token ends every session; each
-    kind of value has its own purpose, so none is ever accepted as another. Logging out
-    revokes the session's nonce in this process.
-    """
-
-    def __init__(self, deps: AdminDeps) -> None:
-        self.deps = deps
-        self.key = hashlib.sha256(b"newsletter-admin-session-v2\0"
-                                  + deps.token.encode("utf-8")).digest()
-        self.max_age = timedelta(hours=deps.session_hours)
-        self.revoked: OrderedDict[str, float] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def create(self) -> str:
-        return tokens.sign(self.key, SESSION_PURPOSE, secrets.token_urlsafe(18), now_utc())
-
-    def nonce_of(self, cookie: str) -> str | None:
-        """The nonce of a valid, unexpired, unrevoked session cookie."""
-        try:
-            nonce = tokens.verify(self.key, cookie, SESSION_PURPOSE, self.max_age, now_utc())
-        except tokens.TokenError:
-            return None
-        with self.lock:
-            return None if nonce in self.revoked else nonce
-
-    def nonce(self, request: Request) -> str | None:
-        """The session's nonce when the request has a valid session cookie."""
-        if not self.deps.enabled:
-            return None
-        return self.nonce_of(request.cookies.get(SESSION_COOKIE, ""))
-
-    def revoke(self, nonce: str) -> None:
-        with self.lock:
-            self.revoked[nonce] = time.time()
-            while len(self.revoked) > 10_000:  # older ones have expired by now
-                self.revoked.popitem(last=False)
-
-    def csrf(self, nonce: str, purpose: str) -> str:
-        """A token for one form (`purpose`, e.g. "cancel:2") of one session."""
-        return tokens.sign(self.key, CSRF_PURPOSE, nonce, now_utc(), extra=purpose)
-
-    def csrf_ok(self, nonce: str, purpose: str, candidate: str) -> bool:
-        try:
-            return tokens.verify(self.key, candidate, CSRF_PURPOSE, self.max_age, now_utc(),
-                                 extra=purpose) == nonce
-        except tokens.TokenError:
-            return False
-
-    def flash(self, ok: bool, text: str) -> str:
-        text = text[:500]
-        while True:  # the signed token must stay within what tokens.verify reads
-            payload = json.dumps({"ok": ok, "text": text}, ensure_ascii=False)
-            if len(payload.encode("utf-8")) <= _FLASH_BYTES or not text:
-                return tokens.sign(self.key, FLASH_PURPOSE, payload, now_utc())
-            text = text[: len(text) * 3 // 4]
-
-    def read_flash(self, request: Request) -> dict[str, Any] | None:
-        # Signed, so nobody can make the dashboard show a message of their choosing.
-        try:
-            payload = tokens.verify(self.key, request.cookies.get(FLASH_COOKIE, ""),
-                                    FLASH_PURPOSE, _FLASH_MAX_AGE, now_utc())
-            data = json.loads(payload)
-        except ValueError:  # TokenError is one
-            return None
-        return data if isinstance(data, dict) else None
 
 
 def _when(value: datetime | None) -> str:
@@ -157,11 +81,11 @@ class _Dashboard:
     def disabled(self) -> Response:
         return self.page("message.html", 403, title="Admin disabled", text=DISABLED)
 
-    def logged_in(self, request: Request) -> Response | None:
+    async def logged_in(self, request: Request) -> Response | None:
         """None when the request has a session; else the answer to give instead."""
         if not self.deps.enabled:
             return self.disabled()
-        if self.sessions.nonce(request) is None:
+        if await self.sessions.nonce(request) is None:
             return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
         return None
 
@@ -171,7 +95,7 @@ class _Dashboard:
         if not self.deps.enabled:
             return self.disabled()
         if request.method != "POST":
-            if self.sessions.nonce(request):  # already logged in
+            if await self.sessions.nonce(request):  # already logged in
                 return RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
             return self.page("login.html")
         ip = self.deps.client_ip(request)
@@ -188,8 +112,13 @@ class _Dashboard:
             log.event("admin.login_refused", ip=ip)
             return self.page("login.html", 401, error="That is not the admin token.")
         log.event("admin.login", ip=ip)
+        # A new session at every login, never the one the request came with (which, if it
+        # was a session of this browser, ends now).
+        session = await run_in_threadpool(
+            self.sessions.create, ip, request.headers.get("user-agent", ""),
+            self.sessions.secret_of(request.cookies.get(SESSION_COOKIE, "")))
         response = RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
-        self.cookie(response, request, SESSION_COOKIE, self.sessions.create(),
+        self.cookie(response, request, SESSION_COOKIE, session,
                     int(self.deps.session_hours * 3600))
         return response
 
@@ -209,7 +138,7 @@ class _Dashboard:
     async def dashboard(self, request: Request) -> Response:
         if not self.deps.enabled:
             return self.disabled()
-        nonce = self.sessions.nonce(request)
+        nonce = await self.sessions.nonce(request)
         if nonce is None:
             return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
         view, jobs, subscribers, next_issue = await run_in_threadpool(
@@ -225,13 +154,14 @@ class _Dashboard:
         preview = next((row["issue"] for row in issues
                         if row["issue"].status not in ("sent", "cancelled")), None)
         recent = await run_in_threadpool(self.deps.store.list_bounces, limit=5)
+        live_sessions = await run_in_threadpool(self.sessions.count)
         response = self.page(
             "dashboard.html", view=view, jobs=jobs or view.jobs, issues=issues,
             recent_bounces=recent, rate_lines=self.deps.rate_lines,
             subscribers=subscribers, next_issue=next_issue,
             example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
-            flash=self.sessions.read_flash(request),
+            flash=self.sessions.read_flash(request), live_sessions=live_sessions,
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
         response.delete_cookie(FLASH_COOKIE, path="/admin")
         return response
@@ -239,7 +169,7 @@ class _Dashboard:
     async def progress(self, request: Request) -> Response:
         if not self.deps.enabled:
             return json_response({"error": DISABLED}, 403)
-        if self.sessions.nonce(request) is None:
+        if await self.sessions.nonce(request) is None:
             return json_response({"error": "not logged in"}, 401)
         view = await run_in_threadpool(self.deps.overview)
         return json_response({"issues": [
@@ -249,7 +179,7 @@ class _Dashboard:
     async def preview(self, request: Request) -> Response:
         if not self.deps.enabled:
             return self.disabled()
-        if self.sessions.nonce(request) is None:
+        if await self.sessions.nonce(request) is None:
             return Response("Log in at /admin/login first.", 401, headers=_BASE_HEADERS)
         number = int(request.path_params["number"])
         try:
@@ -262,8 +192,9 @@ class _Dashboard:
     # -- actions (POST, CSRF-checked, then back to the dashboard) ---------------------------
 
     async def checked(self, request: Request, purpose: str) -> dict[str, str] | Response:
-        """The form's fields if it comes with a session and this session's CSRF token."""
-        nonce = self.sessions.nonce(request)
+        """The form's fields if it comes with a live session and this session's CSRF token
+        (a token outlives no session: the session is looked up in the database first)."""
+        nonce = await self.sessions.nonce(request)
         try:
             fields = await self.form(request) if nonce else {}
         except HttpError as exc:
@@ -304,10 +235,24 @@ class _Dashboard:
         fields = await self.checked(request, "logout")
         if isinstance(fields, Response):
             return fields
-        nonce = self.sessions.nonce(request)
+        nonce = await self.sessions.nonce(request)
         if nonce:
-            self.sessions.revoke(nonce)
+            await run_in_threadpool(self.sessions.revoke, nonce)
         log.event("admin.logout", ip=self.deps.client_ip(request))
+        response = RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
+        response.delete_cookie(SESSION_COOKIE, path="/admin")
+        return response
+
+    async def logout_everywhere(self, request: Request) -> Response:
+        """End every session, in every browser and web process: a lost laptop, a shared
+        machine, a cookie that may have leaked."""
+        if not self.deps.enabled:
+            return self.disabled()
+        fields = await self.checked(request, "logout_everywhere")
+        if isinstance(fields, Response):
+            return fields
+        ended = await run_in_threadpool(self.sessions.revoke_all)
+        log.event("admin.logout_everywhere", ip=self.deps.client_ip(request), sessions=ended)
         response = RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
         response.delete_cookie(SESSION_COOKIE, path="/admin")
         return response
@@ -379,6 +324,7 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
         Route("/admin/", d.dashboard, methods=["GET"], name="admin"),
         Route("/admin/login", d.login, methods=["GET", "POST"], name="admin_login"),
         Route("/admin/logout", d.logout, methods=["POST"]),
+        Route("/admin/logout-everywhere", d.logout_everywhere, methods=["POST"]),
         Route("/admin/progress.json", d.progress, methods=["GET"]),
         Route("/admin/collect", d.action(lambda r: "collect", d.collect), methods=["POST"]),
         Route("/admin/build", d.action(lambda r: "build", d.build), methods=["POST"]),

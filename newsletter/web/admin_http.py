@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,6 +40,22 @@ def _no_jobs() -> Jobs:
     return []
 
 
+class SessionStore(Protocol):
+    """Where dashboard sessions live (store/sessions.py's SessionQueries, or the Store): in
+    the database, so logout and expiry hold in every web process and after a restart."""
+
+    def create_session(self, session_id: str, *, now: datetime, expires_at: datetime,
+                       ip: str = "", user_agent: str = "") -> None: ...
+
+    def session_alive(self, session_id: str, now: datetime) -> bool: ...
+
+    def revoke_session(self, session_id: str, now: datetime) -> bool: ...
+
+    def revoke_all_sessions(self, now: datetime) -> int: ...
+
+    def count_sessions(self, now: datetime) -> int: ...
+
+
 @dataclass(frozen=True)
 class AdminDeps:
     """What the admin API, dashboard and /metrics need, as plain callables.
@@ -59,6 +75,7 @@ class AdminDeps:
     overview: Callable[[], Overview]
     preview_html: Callable[[int], str]  # the issue as a reader sees it, sample values filled
     import_subscribers: Callable[..., ImportReport]  # (path, actor=who)
+    sessions: SessionStore  # dashboard logins, shared by every process over one database
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
     next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store

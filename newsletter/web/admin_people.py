@@ -23,7 +23,7 @@ class Pages(Protocol):
 
     deps: AdminDeps
 
-    def logged_in(self, request: Request) -> Response | None: ...
+    async def logged_in(self, request: Request) -> Response | None: ...
 
     def page(self, template: str, status: int = 200, **values: Any) -> Response: ...
 
@@ -37,7 +37,7 @@ def people_routes(d: Pages) -> list[BaseRoute]:
     """GET only: these pages show, they never change anything."""
 
     async def find(request: Request) -> Response:
-        refused = d.logged_in(request)
+        refused = await d.logged_in(request)
         if refused is not None:
             return refused
         email = request.query_params.get("email", "").strip()
@@ -53,7 +53,7 @@ def people_routes(d: Pages) -> list[BaseRoute]:
         return RedirectResponse(f"/admin/subscribers/{sub.id}", 303)
 
     async def record(request: Request) -> Response:
-        refused = d.logged_in(request)
+        refused = await d.logged_in(request)
         if refused is not None:
             return refused
         store = d.deps.store
@@ -72,7 +72,7 @@ def people_routes(d: Pages) -> list[BaseRoute]:
         return d.page("subscriber.html", **values)
 
     async def bounces(request: Request) -> Response:
-        refused = d.logged_in(request)
+        refused = await d.logged_in(request)
         if refused is not None:
             return refused
         kind = request.query_params.get("kind") or None

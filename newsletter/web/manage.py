@@ -58,7 +58,8 @@ class _Manage:
             return fields
         done = pages.message("Check your inbox", LINK_ON_ITS_WAY, 202, wants_json=wants_json)
         if first(fields, HONEYPOT):
-            return done
+            log.event("manage_honeypot", ip=deps.client_ip(request))
+            return done  # look like success, as the subscribe form does
         email = first(fields, "email")
         try:
             _address, key = subscriptions.normalise_address(email, smtputf8=deps.smtputf8)

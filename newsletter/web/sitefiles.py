@@ -7,6 +7,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from newsletter.web.files import FeedFiles
+from newsletter.web.hosts import local_location, redirect
 
 
 class SiteFiles:
@@ -33,17 +34,8 @@ class SiteFiles:
                 await self.home(scope, receive, send)
                 return
             if not path.endswith("/") and self.files.locate(rel + "/index.html") is not None:
-                await _redirect(send, path + "/")
+                # A path of our own folder plus "/", never a host: `//articles/x` once
+                # redirected to `//articles/x/`, which a browser reads as the host "articles".
+                await redirect(send, local_location(path + "/"), 301)
                 return
         await self.files({**scope, "path_params": {"path": rel}}, receive, send)
-
-
-async def _redirect(send: Send, location: str) -> None:
-    # Only ever a path of our own folder plus "/": never a client-supplied host.
-    body = b"Moved Permanently"
-    await send({"type": "http.response.start", "status": 301, "headers": [
-        (b"location", location.encode("utf-8")), (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-

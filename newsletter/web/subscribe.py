@@ -194,13 +194,23 @@ class _Pages:
     # -- /confirm -------------------------------------------------------------------------
 
     async def confirm(self, request: Request) -> Response:
+        """GET and HEAD show the address and a button; only the button's POST confirms.
+
+        Mail scanners (Microsoft Safe Links and the like) fetch every link in a message, and
+        some run the page's scripts and send what they POST, so the page never submits
+        itself: the person presses the button. The signed token in the form is the proof
+        (a forged cross-site POST has none), so no CSRF cookie is needed.
+        """
+        if request.method != "POST":
+            return await self._confirm_page(request)
         deps = self.deps
-        if request.method == "HEAD":  # link checkers probe with HEAD: that is not a click
-            return Response(headers=SECURITY_HEADERS)
+        fields = await self.read_fields(request)
+        if isinstance(fields, Response):
+            return fields
+        token = first(fields, "token") or request.query_params.get("token", "")
         try:
             outcome = await run_in_threadpool(
-                subscriptions.confirm, deps.store, deps.secret,
-                request.query_params.get("token", ""), now=deps.now(),
+                subscriptions.confirm, deps.store, deps.secret, token, now=deps.now(),
                 max_age=deps.confirm_max_age)
         except TokenError as exc:
             return self.bad_link("confirmation", exc, request)
@@ -209,8 +219,27 @@ class _Pages:
             return self.message("You are subscribed",
                                 f"Thank you: your subscription to {deps.publication_name} "
                                 f"is confirmed.")
-        return self.message("Already confirmed", "Your subscription was already confirmed; "
-                            "there is nothing more to do.")
+        return self._already_subscribed()
+
+    async def _confirm_page(self, request: Request) -> Response:
+        deps = self.deps
+        token = request.query_params.get("token", "")
+        try:  # reads only: a scanner's GET neither confirms nor uses the link up
+            sub = await run_in_threadpool(
+                subscriptions.resolve_token, deps.store, deps.secret, token, "confirm",
+                now=deps.now(), max_age=deps.confirm_max_age)
+            if sub.status == "complained":  # as subscriptions.confirm would refuse it
+                raise TokenError("expired")
+        except TokenError as exc:
+            return self.bad_link("confirmation", exc, request)
+        if sub.status == "active":  # the person's second visit, after pressing the button
+            return self._already_subscribed()
+        return self.html("confirm.html", token=token, email=sub.email)
+
+    def _already_subscribed(self) -> Response:
+        return self.message("You are already subscribed",
+                            f"This address already receives {self.deps.publication_name}: "
+                            f"there is nothing more to do.")
 
     # -- /unsubscribe ---------------------------------------------------------------------
 
@@ -321,7 +350,7 @@ def subscribe_routes(*, deps: SubscribeDeps,
     return [
         *(route for add in more for route in add(pages)),
         Route("/subscribe", pages.subscribe, methods=["GET", "POST"], name="subscribe"),
-        Route("/confirm", pages.confirm, methods=["GET"], name="confirm"),
+        Route("/confirm", pages.confirm, methods=["GET", "POST"], name="confirm"),
         Route("/unsubscribe", pages.unsubscribe, methods=["GET", "POST"], name="unsubscribe"),
         Route("/preferences", pages.preferences, methods=["GET", "POST"], name="preferences"),
     ]

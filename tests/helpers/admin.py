@@ -90,6 +90,7 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
         "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
         "import_subscribers": lambda path, actor="": import_csv(
             store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
+        "sessions": store.sessions,
         "send_confirmation": send_confirmation, "publication_name": settings.publication.name,
         "smtputf8": settings.mail.smtputf8}
     values.update(overrides)
