@@ -31,7 +31,7 @@ def make_pg_url() -> Iterator[Callable[[], str]]:
     """Fresh schemas in the test PostgreSQL database, each dropped afterwards."""
     if not PG_URL:
         pytest.skip("NEWSLETTER_TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
-    engine = sa.create_engine(PG_URL)
+    engine = sa.create_engine(PG_URL, pool_pre_ping=True)  # a chaos test may kill its session
     schemas: list[str] = []
 
     def make() -> str:

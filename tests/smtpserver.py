@@ -10,6 +10,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,8 +136,13 @@ class _Handler:
         rcpts = set(envelope.rcpt_tos)
         if self.o.hang_after_data is True or rcpts & set(self.o.hang_after_data or ()):
             await asyncio.sleep(_FOREVER)
-        if rcpts & self.o.drop_after_data:
+        fault = self.o.fault_after_data(rcpts) if self.o.fault_after_data else None
+        if rcpts & self.o.drop_after_data or fault == "drop":
             await self._drop(server)
+        if fault == "421":
+            assert server.transport is not None
+            server.loop.call_soon(server.transport.close)
+            return REPLIES[421]
         for rcpt in envelope.rcpt_tos:
             if rcpt in self.o.data_codes:
                 return REPLIES[self.o.data_codes[rcpt]]
@@ -198,6 +204,9 @@ class SmtpTestServer:
     data_codes: dict[str, int] = field(default_factory=dict)  # reply after the data
     drop_on_rcpt: set[str] = field(default_factory=set)  # close, no reply, at RCPT
     drop_after_data: set[str] = field(default_factory=set)  # close, no reply, after the dot
+    # Asked after each message's dot (with its recipients): "drop" closes without a reply,
+    # "421" answers 421 and closes, None replies as usual. For random faults (chaos tests).
+    fault_after_data: Callable[[set[str]], str | None] | None = None
     hang_after_data: bool | set[str] = False  # no reply after the dot (all, or these)
     delay: float = 0.0  # seconds before each MAIL / RCPT / DATA reply
     pipelining: bool = True  # offer PIPELINING (RFC 2920) in the EHLO reply

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from smtpserver import SmtpTestServer
 
-from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.models import Article
-from newsletter.pipeline import scheduling, sending
+from newsletter.pipeline import scheduling
 from newsletter.store import schema as s
 from newsletter.store.database import Store
 from tests.helpers.schedule import register_stopped, set_stored_next_run
@@ -47,58 +40,6 @@ def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-@pytest.mark.slow
-def test_four_workers_two_killed_every_address_once(
-        make_settings: Callable[..., Settings], pg_url: str, tmp_path: Path) -> None:
-    total, concurrency = 20_000, 4
-    with SmtpTestServer() as srv:
-        settings = make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = {concurrency}
-[delivery]
-batch_size = 100
-lease_seconds = 10
-""", database_url=pg_url)
-        store = Store(pg_url)
-        addresses = seed(store, total)
-        issue = pipeline.build_issue(settings, store).issue
-        assert issue is not None and issue.id is not None
-        sending.start_sending(settings, store, issue)
-        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
-               "--log-level", "WARNING", "worker", "--poll", "0.2"]
-        workers = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for _ in range(4)]
-        try:
-            wait_for(lambda: len(srv.messages) >= total // 4, 120, "a quarter sent")
-            for victim in workers[:2]:
-                os.kill(victim.pid, signal.SIGKILL)
-                victim.wait(timeout=10)
-            wait_for(lambda: store.delivery_counts(issue.id)["sent"] == total, 240,
-                     "every row sent")
-        finally:
-            for proc in workers[2:]:
-                proc.send_signal(signal.SIGTERM)
-            for proc in workers[2:]:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        received = Counter(m.rcpt_tos[0] for m in srv.messages)
-        assert set(received) == set(addresses)
-        duplicates = sum(n - 1 for n in received.values())
-        # Only what the two killed workers had in flight (one per connection) can repeat.
-        assert duplicates <= 2 * concurrency, duplicates
-        assert store.get_issue(issue.number).status in ("sending", "sent")
-        store.close()
 
 
 def test_two_schedulers_build_one_issue(make_settings: Callable[..., Settings],
