@@ -95,6 +95,9 @@ DELIVERY_STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped
 SETTLE_STATUSES = ("sent", "deferred", "failed", "skipped")  # how one attempt can end
 # Every grant of consent, kept beside the subscriber's latest one (see schema.consent_events).
 CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
+# What can happen to an issue, as its history records it (schema.issue_events).
+ISSUE_ACTIONS = ("build", "edit", "approve", "schedule", "send", "test_send", "pause",
+                 "resume", "cancel", "review_sent", "reminder")
 # What comes back after a send, and where it came from.
 BOUNCE_KINDS = ("hard", "soft", "complaint")
 BOUNCE_SOURCES = ("smtp", "file", "stdin", "imap", "ses", "mailgun", "postmark", "sendgrid")
@@ -124,9 +127,16 @@ class Issue:
     text: str = ""
     send_at: datetime | None = None
     id: int | None = None
+    intro: str = ""  # the editor's note, Markdown; "" uses the preheader as today
+    edited_at: datetime | None = None  # an editor changed it: a rebuild leaves it alone
+    approved_at: datetime | None = None
+    approved_by: str = ""
+    review_sent_at: datetime | None = None
+    reminded_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        for name in ("created", "window_start", "window_end", "send_at"):
+        for name in ("created", "window_start", "window_end", "send_at", "edited_at",
+                     "approved_at", "review_sent_at", "reminded_at"):
             _require_aware(name, getattr(self, name))
         if self.status not in ISSUE_STATUSES:
             raise ValueError(f"unknown issue status {self.status!r}")
@@ -279,3 +289,24 @@ class BounceEvent:
     source: str
     recipient: str
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssueEvent:
+    """One entry of an issue's history: who did what, when, and what changed."""
+
+    id: int
+    issue_number: int
+    at: datetime
+    actor: str
+    action: str  # one of ISSUE_ACTIONS
+    detail: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class IssueEventDraft:
+    """An entry to add to an issue's history (the store stamps the time)."""
+
+    actor: str
+    action: str  # one of ISSUE_ACTIONS
+    detail: dict[str, object] = field(default_factory=dict)

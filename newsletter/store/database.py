@@ -98,6 +98,10 @@ class Store:
     next_issue_number = _Via("issues", IssueQueries.next_issue_number)
     set_issue_status = _Via("issues", IssueQueries.set_issue_status)
     count_issues = _Via("issues", IssueQueries.count_issues)
+    replace_issue_if = _Via("issues", IssueQueries.replace_issue_if)
+    set_issue_fields = _Via("issues", IssueQueries.set_issue_fields)
+    record_issue_event = _Via("issues", IssueQueries.record_issue_event)
+    issue_history = _Via("issues", IssueQueries.issue_history)
 
     # -- subscribers ----------------------------------------------------------------------
     add_subscriber = _Via("subscribers", SubscriberQueries.add_subscriber)

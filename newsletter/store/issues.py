@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter.models import ISSUE_STATUSES, Article, Issue, IssueSection
+from newsletter.models import (
+    ISSUE_ACTIONS,
+    ISSUE_STATUSES,
+    Article,
+    Issue,
+    IssueEvent,
+    IssueEventDraft,
+    IssueSection,
+)
 from newsletter.store import schema as s
 from newsletter.store.rows import row_to_article
+
+_EDITORIAL = ("intro", "edited_at", "approved_at", "approved_by", "review_sent_at",
+              "reminded_at")
 
 
 def _issue_row(issue: Issue, now: datetime) -> dict[str, Any]:
     return {"number": issue.number, "status": issue.status, "subject": issue.subject,
             "preheader": issue.preheader, "created": issue.created,
             "window_start": issue.window_start, "window_end": issue.window_end,
-            "html": issue.html, "text": issue.text, "send_at": issue.send_at, "updated_at": now}
+            "html": issue.html, "text": issue.text, "send_at": issue.send_at, "updated_at": now,
+            "intro": issue.intro, "edited_at": issue.edited_at,
+            "approved_at": issue.approved_at, "approved_by": issue.approved_by or None,
+            "review_sent_at": issue.review_sent_at, "reminded_at": issue.reminded_at}
+
+
+def _article_links(issue: Issue) -> list[dict[str, Any]]:
+    return [{"issue_id": issue.id, "article_id": a.id, "section": sec.name, "position": i}
+            for i, (sec, a) in enumerate((sec, a) for sec in issue.sections
+                                         for a in sec.articles)]
+
+
+def _record_event(conn: Connection, issue_id: int, now: datetime,
+                  event: IssueEventDraft) -> None:
+    if event.action not in ISSUE_ACTIONS:
+        raise ValueError(f"unknown issue action {event.action!r}")
+    conn.execute(s.issue_events.insert().values(
+        issue_id=issue_id, at=now, actor=event.actor[:200], action=event.action,
+        detail=json.dumps(event.detail, ensure_ascii=False, default=str)))
 
 
 class IssueQueries:
@@ -42,7 +72,10 @@ class IssueQueries:
         return Issue(id=m["id"], number=m["number"], status=m["status"], subject=m["subject"],
                      preheader=m["preheader"], created=m["created"],
                      window_start=m["window_start"], window_end=m["window_end"],
-                     html=m["html"], text=m["text"], send_at=m["send_at"], sections=sections)
+                     html=m["html"], text=m["text"], send_at=m["send_at"], sections=sections,
+                     intro=m["intro"] or "", edited_at=m["edited_at"],
+                     approved_at=m["approved_at"], approved_by=m["approved_by"] or "",
+                     review_sent_at=m["review_sent_at"], reminded_at=m["reminded_at"])
 
     def save_issue(self, issue: Issue, now: datetime) -> Issue:
         """Insert, or replace in place when it has an id; its article list is rewritten."""
@@ -55,13 +88,66 @@ class IssueQueries:
                 conn.execute(s.issues.update().where(s.issues.c.id == issue.id).values(row))
                 conn.execute(s.issue_articles.delete()
                              .where(s.issue_articles.c.issue_id == issue.id))
-            links = [{"issue_id": issue.id, "article_id": a.id, "section": sec.name,
-                      "position": i}
-                     for i, (sec, a) in enumerate((sec, a) for sec in issue.sections
-                                                  for a in sec.articles)]
+            links = _article_links(issue)
             if links:
                 conn.execute(s.issue_articles.insert(), links)
         return issue
+
+    def replace_issue_if(self, issue: Issue, now: datetime, *, statuses: tuple[str, ...],
+                         event: IssueEventDraft | None = None) -> bool:
+        """Save an edited issue (fields, article list, and its history entry) in one
+        transaction, only while its status is one of `statuses` and no ledger row exists
+        for it: False, and nothing changed, when it has started sending meanwhile."""
+        assert issue.id is not None
+        row = _issue_row(issue, now)
+        del row["status"]
+        with self.engine.begin() as conn:
+            started = sa.exists().where(s.deliveries.c.issue_id == issue.id)
+            changed = conn.execute(
+                s.issues.update().where(s.issues.c.id == issue.id,
+                                        s.issues.c.status.in_(statuses), ~started)
+                .values(row)).rowcount == 1
+            if not changed:
+                return False
+            conn.execute(s.issue_articles.delete().where(s.issue_articles.c.issue_id == issue.id))
+            links = _article_links(issue)
+            if links:
+                conn.execute(s.issue_articles.insert(), links)
+            if event is not None:
+                _record_event(conn, issue.id, now, event)
+        return True
+
+    def set_issue_fields(self, /, number: int, now: datetime, *, expect: tuple[str, ...] = (),
+                         **values: Any) -> bool:
+        """Set editorial fields (approved_at, review_sent_at …) while in one of `expect`."""
+        unknown = set(values) - set(_EDITORIAL) - {"send_at"}
+        if unknown:
+            raise ValueError(f"not an editorial field: {sorted(unknown)}")
+        q = s.issues.update().where(s.issues.c.number == number).values(
+            updated_at=now, **values)
+        if expect:
+            q = q.where(s.issues.c.status.in_(expect))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount == 1
+
+    # -- history --------------------------------------------------------------------------
+
+    def record_issue_event(self, number: int, now: datetime, event: IssueEventDraft) -> None:
+        with self.engine.begin() as conn:
+            issue_id = conn.execute(sa.select(s.issues.c.id)
+                                    .where(s.issues.c.number == number)).scalar()
+            if issue_id is not None:
+                _record_event(conn, int(issue_id), now, event)
+
+    def issue_history(self, number: int) -> list[IssueEvent]:
+        """Who did what to the issue, oldest first."""
+        e, i = s.issue_events.c, s.issues.c
+        q = (sa.select(e.id, i.number, e.at, e.actor, e.action, e.detail)
+             .join(s.issues, i.id == e.issue_id).where(i.number == number)
+             .order_by(e.at, e.id))
+        with self.engine.connect() as conn:
+            return [IssueEvent(r.id, r.number, r.at, r.actor, r.action, json.loads(r.detail))
+                    for r in conn.execute(q)]
 
     def get_issue(self, number: int, *, with_articles: bool = True) -> Issue | None:
         with self.engine.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -26,12 +26,35 @@ def _v1(op: Operations) -> None:
         table.to_metadata(sa.MetaData()).create(op.get_bind())
 
 
+# Columns that steps after v2 add to `issues`: v2 creates the table without them, so an
+# empty database replays history exactly (the step that adds them comes later).
+_ISSUES_LATER = {7: ("intro", "edited_at", "approved_at", "approved_by", "review_sent_at",
+                     "reminded_at")}
+
+
+def _unbound(column: sa.Column[Any]) -> sa.Column[Any]:
+    """A fresh Column like `column` (name, type, nullability, server default), for a table
+    frozen as it stood at an earlier version or for add_column."""
+    default = column.server_default
+    return sa.Column(column.name, column.type, primary_key=column.primary_key,
+                     nullable=column.nullable, unique=column.unique,
+                     autoincrement=column.autoincrement,
+                     server_default=getattr(default, "arg", None))
+
+
+def _frozen_issues(frozen: sa.MetaData, version: int) -> sa.Table:
+    """The issues table as it stood after step `version`."""
+    later = {name for v, names in _ISSUES_LATER.items() if v > version for name in names}
+    return sa.Table(s.issues.name, frozen,
+                    *(_unbound(c) for c in s.issues.columns if c.name not in later))
+
+
 def _v2(op: Operations) -> None:
     """Newsletter issues and the articles each one holds."""
     frozen = sa.MetaData()
     s.articles.to_metadata(frozen)  # only so the foreign key resolves; it exists already
-    for table in (s.issues, s.issue_articles):
-        table.to_metadata(frozen).create(op.get_bind())
+    _frozen_issues(frozen, 2).create(op.get_bind())
+    s.issue_articles.to_metadata(frozen).create(op.get_bind())
 
 
 def _v3(op: Operations) -> None:
@@ -76,6 +99,15 @@ def _v6(op: Operations) -> None:
     s.admin_sessions.to_metadata(sa.MetaData()).create(op.get_bind())
 
 
+def _v7(op: Operations) -> None:
+    """Editors shape an issue: its intro, edits, review and approval, and who did what."""
+    for name in _ISSUES_LATER[7]:
+        op.add_column("issues", _unbound(s.issues.c[name]))
+    frozen = sa.MetaData()
+    s.issues.to_metadata(frozen)  # for the foreign key
+    s.issue_events.to_metadata(frozen).create(op.get_bind())
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
@@ -83,6 +115,7 @@ MIGRATIONS: list[tuple[int, str, Step]] = [
     (4, "consent history", _v4),
     (5, "bounce and complaint events", _v5),
     (6, "dashboard sessions", _v6),
+    (7, "issue intro, edits, review, approval and history", _v7),
 ]
 
 

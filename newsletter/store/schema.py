@@ -128,6 +128,13 @@ issues = Table(
     Column("text", Text, nullable=False),
     Column("send_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # v7: what editors add and decide (migrations._ISSUES_LATER names them).
+    Column("intro", Text, nullable=False, server_default="", default=""),  # Markdown
+    Column("edited_at", UTCDateTime, nullable=True),  # set by an edit: a rebuild keeps it
+    Column("approved_at", UTCDateTime, nullable=True),
+    Column("approved_by", Text, nullable=True),
+    Column("review_sent_at", UTCDateTime, nullable=True),  # editors mailed a preview
+    Column("reminded_at", UTCDateTime, nullable=True),
 )
 
 issue_articles = Table(
@@ -234,4 +241,19 @@ admin_sessions = Table(
     Column("ip", String(64), nullable=False, default=""),
     Column("user_agent", Text, nullable=False, default=""),
     Index("ix_admin_sessions_expires", "expires_at"),
+)
+
+# Who did what to an issue, when: builds, edits (with what changed), approvals, schedule
+# changes, sends, test sends. `actor` is "cli <user>", "api <ip>", "dashboard <ip>",
+# "editor link <ip>" or "scheduler"; `detail` is JSON.
+issue_events = Table(
+    "issue_events", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("issue_id", Integer, sa.ForeignKey("issues.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False, default=""),
+    Column("action", String(20), nullable=False),  # models.ISSUE_ACTIONS
+    Column("detail", Text, nullable=False, default="{}"),
+    Index("ix_issue_events_issue", "issue_id", "at"),
 )
