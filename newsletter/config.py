@@ -171,6 +171,7 @@ def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
         urls.append(("feeds.public_url", settings.feeds.public_url))
     _check_schedule(settings.schedule, where)
     _check_bounces(settings.bounces, where)
+    _check_review(settings.newsletter, where)
     for ip in settings.server.forwarded_allow_ips:
         try:
             if ip != "*":
@@ -254,6 +255,23 @@ def _check_bounces(bounces: Bounces, where: str) -> None:
     if bool(bounces.postmark_username) != bool(bounces.postmark_password):
         raise ConfigError(f"{where}: bounces.postmark_username and postmark_password: set both "
                           f"(the webhook URL's basic auth) or neither")
+
+
+def _check_review(newsletter: Newsletter, where: str) -> None:
+    """Editors and seed addresses are mailed as they stand: each must be a plain address."""
+    from newsletter.deliver.headers import HeaderError, check_address
+
+    for key in ("editors", "seed_list"):
+        for address in getattr(newsletter, key):
+            try:
+                check_address(address)
+            except HeaderError:
+                raise ConfigError(f"{where}: newsletter.{key}: expected email addresses such "
+                                  f"as editor@example.org (no name, no <>), got "
+                                  f"{address!r}") from None
+    if newsletter.review and not newsletter.editors:
+        raise ConfigError(f"{where}: newsletter.review: review = true needs newsletter.editors "
+                          f"(the addresses that approve each issue)")
 
 
 def _check_schedule(schedule: Schedule, where: str) -> None:

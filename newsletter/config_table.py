@@ -186,6 +186,10 @@ class Subscriptions:
                                       "window.", 60, minimum=1)
     rate_per_ip: int = opt("Subscribe requests accepted per IP address per hour.", 20,
                            minimum=1)
+    welcome: bool = opt("Mail a welcome (email/welcome.txt) when a person confirms their "
+                        "subscription, or confirms again after leaving: what they will get "
+                        "and how often, their preferences link and the latest issue. Not "
+                        "sent for operator adds or imports; false sends none.", True)
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,18 @@ class Newsletter:
                       "{publication}.", fields={"publication": str})
     direction: str = opt("Text direction of the email.", "ltr", choices=("ltr", "rtl"))
     untitled_section: str = opt("Heading for articles that have no section.", "More")
+    review: bool = opt("Review mode: the scheduled issue is built as a draft and mailed to the "
+                       "editors for approval instead of being sent; the scheduler never sends "
+                       "an issue nobody approved (`newsletter issue approve N`).", False)
+    editors: list[str] = opt("Addresses that get the review mail (a preview with a signed "
+                             "link to the issue's editor page); required with review = true.",
+                             [])
+    review_reminder_hours: int = opt("Remind the editors once when a draft has waited this "
+                                     "many hours unapproved; 0 sends no reminder.", 24,
+                                     minimum=0)
+    seed_list: list[str] = opt("Addresses that get one test copy each with `newsletter issue "
+                               "send N --seed` (and the dashboard's Send test), subject "
+                               "prefixed [TEST].", [])
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ def job_collect() -> None:
 
 
 def job_issue() -> None:
-    """The cron's issue: built from what is new, then sent."""
+    """The cron's issue: built from what is new, then sent; in review mode mailed to the
+    editors instead, to be sent once approved."""
     from newsletter import pipeline
+    from newsletter.pipeline import review
 
     rt = runtime()
     result = _patiently(rt, "issue", lambda: pipeline.build_issue(rt.settings, rt.store))
@@ -42,7 +44,12 @@ def job_issue() -> None:
         return
     log.event("schedule.issue", message=result.message)
     if result.issue is not None and result.issue.status == "draft":
-        _send(rt, result.issue.number, start=True)
+        number = result.issue.number
+        if rt.settings.newsletter.review:
+            _patiently(rt, "review", lambda: review.request_review(rt.settings, rt.store,
+                                                                   number))
+        else:
+            _send(rt, number, start=True)
     _republish(rt)
 
 
@@ -54,7 +61,8 @@ def _republish(rt: Runtime) -> None:
 
 
 def job_send(number: int) -> None:
-    """An operator's 'send now', run by the scheduler so the web request returns at once."""
+    """An operator's 'send now', run by the scheduler so the web request returns at once
+    (the request already started it, as its operator)."""
     _send(runtime(), number, start=True)
 
 
@@ -64,7 +72,7 @@ def _send(rt: Runtime, number: int, *, start: bool) -> None:
     def send() -> None:
         issue = sending.get_sendable(rt.store, number)
         if start and issue.status != "sent":
-            sending.start_sending(rt.settings, rt.store, issue)
+            sending.start_sending(rt.settings, rt.store, issue, actor="scheduler")
             issue = sending.get_sendable(rt.store, number)
         if issue.status == "sending":
             sending.run_worker(rt.settings, rt.store, issue, stop=rt.stopping)
@@ -74,12 +82,13 @@ def _send(rt: Runtime, number: int, *, start: bool) -> None:
 
 
 def job_sweep() -> None:
-    """Send scheduled issues that are due (unless long overdue) and retry deferred rows."""
+    """Send scheduled issues that are due (unless long overdue, or awaiting approval in
+    review mode), retry deferred rows, and remind editors of drafts left waiting."""
     _patiently(runtime(), "sweep", _sweep)
 
 
 def _sweep() -> None:
-    from newsletter.pipeline import collecting, control
+    from newsletter.pipeline import collecting, control, review
 
     rt = runtime()
     now = collecting.now_utc()
@@ -88,16 +97,19 @@ def _sweep() -> None:
         if issue.send_at is None or issue.send_at > now:
             continue
         if now - issue.send_at > late:
-            control.pause_issue(rt.store, issue.number)
+            control.pause_issue(rt.store, issue.number, actor="scheduler")
             log.event("schedule.overdue", level=30, number=issue.number,
                       send_at=issue.send_at.isoformat(),
                       action="paused: resume or send it by hand")
             continue
+        if rt.settings.newsletter.review and issue.approved_at is None:
+            continue  # waits for its approval, which sends it (its reminder goes below)
         _send(rt, issue.number, start=True)
     due = set(rt.store.issues_with_due_rows(now))
     for issue in rt.store.list_issues(limit=50, statuses=("sending",)):
         if issue.id in due:
             _send(rt, issue.number, start=False)
+    review.remind_editors(rt.settings, rt.store, now)
 
 
 def job_bounces() -> None:

@@ -338,6 +338,7 @@ def _fresh(store: Subscribers, sub: Subscriber) -> Subscriber:
 class TokenOutcome:
     subscriber: Subscriber
     changed: bool  # False: it was already so (a replayed link is harmless)
+    previous_status: str | None = None  # confirm: what it was before ("unsubscribed": back)
 
 
 def confirm(store: Subscribers, secret: bytes, token: str, *, now: datetime,
@@ -350,7 +351,7 @@ def confirm(store: Subscribers, secret: bytes, token: str, *, now: datetime,
         raise TokenError("expired")  # only an admin brings back someone who complained
     changed = store.activate_subscriber(sub.id, now, expect=("pending", "unsubscribed", "bounced"),
                                         consent=Consent("confirm", previous_status=sub.status))
-    return TokenOutcome(_fresh(store, sub), changed)
+    return TokenOutcome(_fresh(store, sub), changed, sub.status)
 
 
 def unsubscribe(store: Subscribers, secret: bytes, token: str, *, now: datetime,

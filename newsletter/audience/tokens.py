@@ -19,7 +19,8 @@ from newsletter.errors import ConfigError
 
 # Every kind of signed value the service makes; a token of one is refused as another.
 PURPOSES = ("confirm", "unsubscribe", "preferences", "preferences-form",
-            "admin-session", "admin-csrf", "admin-flash", "verp")
+            "admin-session", "admin-csrf", "admin-flash", "verp", "draft-preview",
+            "issue-editor")
 MIN_SECRET_CHARS = 16
 _MAC_BYTES = 32
 _SEP = "\n"  # cannot occur in a purpose or subject (checked), so the payload parses one way

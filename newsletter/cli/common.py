@@ -76,6 +76,17 @@ def with_store(ctx: click.Context) -> tuple[Settings, Store]:
     return settings, store
 
 
+def cli_actor() -> str:
+    """Who ran the command, as consent records and issue histories name them."""
+    import getpass
+    import os
+
+    try:
+        return f"cli {getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return f"cli uid {os.getuid()}"
+
+
 def get_issue(store: Store, number: int) -> Issue:
     found = store.get_issue(number)
     if found is None:

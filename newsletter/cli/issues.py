@@ -7,12 +7,17 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from newsletter.cli.common import fail_cleanly, get_issue, with_store
+from newsletter.cli.common import cli_actor, fail_cleanly, get_issue, with_store
+from newsletter.cli.issue_edit import issue_edit, issue_history
 from newsletter.words import plural
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.store.database import Store
 
 # `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
 # error; 128 + the signal (130 for Ctrl-C) when interrupted, rows given back at once.
@@ -33,7 +38,7 @@ def issue_build(ctx: click.Context, force: bool) -> None:
     from newsletter import pipeline
 
     settings, store = with_store(ctx)
-    result = pipeline.build_issue(settings, store, force=force)
+    result = pipeline.build_issue(settings, store, force=force, actor=cli_actor())
     click.echo(result.message + (" (--force builds one anyway)" if result.nothing_new else ""))
 
 
@@ -62,10 +67,16 @@ def issue_show(ctx: click.Context, number: int) -> None:
     click.echo(f"Issue {it.number} — {it.status}\nSubject:   {it.subject}\n"
                f"Preheader: {it.preheader}\nWindow:    {it.window_start:%Y-%m-%d %H:%M} → "
                f"{it.window_end:%Y-%m-%d %H:%M} UTC\nHTML:      {len(it.html.encode())} bytes")
-    for section in it.sections:
+    if it.intro:
+        click.echo(f"Intro:     {plural(len(it.intro.splitlines()), 'line')} of Markdown")
+    if it.edited_at:
+        click.echo(f"Edited:    {it.edited_at:%Y-%m-%d %H:%M} UTC (`issue history "
+                   f"{it.number}` says who and what)")
+    for section in it.sections:  # ids first: `issue edit` takes them
         click.echo(f"\n{section.name}")
         for a in section.articles:
-            click.echo(f"  {a.published:%Y-%m-%d}  {a.title}\n              {a.link}")
+            click.echo(f"  {a.id}  {a.published:%Y-%m-%d}  {a.title}\n"
+                       f"{'':24}{a.link}")
 
 
 @issue.command("preview")
@@ -97,18 +108,22 @@ def _print_counts(number: int, counts: dict[str, int]) -> None:
 @issue.command("send")
 @click.argument("number", type=int)
 @click.option("--dry-run", is_flag=True, help="Build every message, send none.")
-@click.option("--to", "to", default=None, metavar="ADDRESS",
-              help="Send one test copy to ADDRESS, outside the ledger.")
+@click.option("--to", "to", multiple=True, metavar="ADDRESS",
+              help="Send one test copy to ADDRESS (repeatable), outside the ledger, subject "
+                   "prefixed [TEST].")
+@click.option("--seed", is_flag=True, help="Send one test copy to each address of "
+                                           "[newsletter] seed_list.")
 @click.pass_context
 @fail_cleanly
-def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -> None:
+def issue_send(ctx: click.Context, number: int, dry_run: bool, to: tuple[str, ...],
+               seed: bool = False) -> None:
     """Send issue N to every active subscriber (resumes where a previous run stopped)."""
     from newsletter.pipeline import sending
 
     settings, store = with_store(ctx)
     it = sending.get_sendable(store, number)
-    if to:
-        click.echo(f"test copy sent to {to}: {sending.send_test_copy(settings, it, to)}")
+    if to or seed:
+        _test_copies(settings, store, number, list(to))
         return
     if dry_run:
         report = sending.dry_run(settings, store, it)
@@ -128,7 +143,7 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     early: list[str] = []  # why the run stopped before the end, if it did
     try:
-        sending.start_sending(settings, store, it)
+        sending.start_sending(settings, store, it, actor=cli_actor())
         issue_id = it.id
         with _progress(lambda: store.delivery_counts(issue_id)) as update:
             if settings.delivery.workers > 1:
@@ -159,6 +174,38 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: str | None) -
     elif counts["deferred"]:
         click.echo(f"{counts['deferred']} deferred: retried automatically by `newsletter run`, "
                    f"or run this command again")
+
+
+def _test_copies(settings: Settings, store: Store, number: int, to: list[str]) -> None:
+    """[TEST] copies to `to`, else to the seed list; exit status 1 if any was refused."""
+    from newsletter.pipeline import review
+
+    outcomes = review.send_test_copies(settings, store, number, to, actor=cli_actor())
+    for o in outcomes:
+        click.echo(f"test copy sent to {o.address}: {o.reply}" if o.sent else
+                   f"test copy to {o.address} not sent: {o.reply}", err=not o.sent)
+    if not all(o.sent for o in outcomes):
+        sys.exit(SEND_STOPPED_EARLY)
+
+
+@issue.command("approve")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_approve(ctx: click.Context, number: int) -> None:
+    """Approve issue N: it is sent now, or at its scheduled time if that is still ahead."""
+    from newsletter.pipeline import review
+
+    _settings, store = with_store(ctx)
+    approval = review.approve_issue(store, number, actor=cli_actor())
+    it = approval.issue
+    if not approval.send_now:
+        assert it.send_at is not None
+        click.echo(f"issue {number} approved by {it.approved_by}: scheduled for "
+                   f"{it.send_at:%Y-%m-%d %H:%M %Z}")
+        return
+    click.echo(f"issue {number} approved by {it.approved_by}: sending now")
+    ctx.invoke(issue_send, number=number)  # the same delivery as `issue send N`
 
 
 class _progress:  # noqa: N801 - used as a context manager like a function
@@ -218,3 +265,7 @@ def issue_status(ctx: click.Context, number: int) -> None:
     b = settings.bounces
     for warning in rates.warnings(b.complaint_rate_warning, b.hard_bounce_rate_warning):
         click.echo(f"warning: {warning}", err=True)
+
+
+issue.add_command(issue_edit)
+issue.add_command(issue_history)

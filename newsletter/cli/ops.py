@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from newsletter.cli.common import fail_cleanly, with_store
+from newsletter.cli.common import cli_actor, fail_cleanly, with_store
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
@@ -43,8 +43,12 @@ def schedule(ctx: click.Context, number: int, at: str) -> None:
     from newsletter.pipeline import control
 
     settings, store = with_store(ctx)
-    it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone))
+    it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone),
+                                actor=cli_actor())
     click.echo(f"issue {number} scheduled for {it.send_at:%Y-%m-%d %H:%M %Z}")
+    if settings.newsletter.review and it.approved_at is None:
+        click.echo(f"review mode: it goes out once approved (`newsletter issue approve "
+                   f"{number}`)")
 
 def _transition(verb: str) -> click.Command:
     @click.command(verb, help=f"{verb.capitalize()} issue N.")
@@ -55,7 +59,7 @@ def _transition(verb: str) -> click.Command:
         from newsletter.pipeline import control
 
         _settings, store = with_store(ctx)
-        it = getattr(control, f"{verb}_issue")(store, number)
+        it = getattr(control, f"{verb}_issue")(store, number, actor=cli_actor())
         click.echo(f"issue {number}: {it.status}")
 
     return action

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 import shutil
 import sys
 import tempfile
@@ -13,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 import click
 
-from newsletter.cli.common import fail_cleanly, find_subscriber, settings_of
+from newsletter.cli.common import cli_actor, fail_cleanly, find_subscriber, settings_of
 from newsletter.errors import NewsletterError
 from newsletter.words import plural
 
@@ -41,12 +39,7 @@ def subscribers() -> None:
     """Manage subscribers: add, import, export, list, remove."""
 
 
-def _actor() -> str:
-    """Who ran the command, for the consent record."""
-    try:
-        return f"cli {getpass.getuser()}"
-    except (KeyError, OSError):  # no user name for this uid (a bare container)
-        return f"cli uid {os.getuid()}"
+_actor = cli_actor  # who ran the command, for the consent record
 
 
 @subscribers.command("add")

@@ -17,6 +17,7 @@ from premailer import Premailer
 
 from newsletter import __version__, templating
 from newsletter.collect.sanitize import first_paragraph, one_line, shorten
+from newsletter.compose.intro import intro_html, intro_text
 from newsletter.compose.text import (
     ArticleView,
     IssueView,
@@ -284,10 +285,11 @@ def issue_view(issue: Issue, masthead: Masthead, *, summary_limit: int | None,
         if views:
             sections.append(SectionView(_inert(one_line(section.name)), tuple(views)))
     shown = sum(len(s.articles) for s in sections)
+    note = _inert(intro_html(issue.intro, masthead.base_url))
     return IssueView(number=issue.number, subject=_inert(one_line(issue.subject)),
                      preheader=_inert(one_line(issue.preheader)), date=long_date(issue.created),
                      sections=tuple(sections), omitted=len(issue.articles) - shown,
-                     shortened=shortened)
+                     shortened=shortened, intro_html=note, intro_text=intro_text(note))
 
 
 # -- personalisation (runs once per recipient: one regex pass, no parsing) ------------------

@@ -43,6 +43,10 @@ class IssueView:
     sections: tuple[SectionView, ...]
     omitted: int = 0  # articles left out of the email to stay under the size limit
     shortened: bool = False  # summaries were cut to stay under the size limit
+    # The editor's note (compose/intro.py): sanitised HTML, and the same as plain text.
+    # Empty: the preheader stands in for it, as before notes existed.
+    intro_html: str = ""
+    intro_text: str = ""
 
 
 def long_date(value: datetime) -> str:
@@ -89,7 +93,9 @@ def issue_text(view: IssueView, *, publication: str, postal_address: str, reason
     out: list[str] = [*_wrap(publication), f"Issue {view.number} · {view.date}", ""]
     out += _labelled("View in browser", archive_url)
     out += ["", "Hello %%NAME%%,", ""]
-    if view.preheader:
+    if view.intro_text:
+        out += [*view.intro_text.split("\n"), ""]
+    elif view.preheader:
         out += [*_wrap(view.preheader), ""]
     for section in view.sections:
         out += ["", *_heading(section.name), ""]

@@ -47,9 +47,9 @@ def _date_field(date: datetime) -> bytes:
 ListFields = Literal["unsubscribe", "id", "none"]
 """The list header fields a message carries (RFC 2369, 2919, 8058):
 "unsubscribe": List-Id, List-Unsubscribe and List-Unsubscribe-Post, for mail to a subscriber
-(an issue, the link to manage a subscription); "id": List-Id alone, for mail about the list to
-someone not on it (a confirmation request: there is nothing to unsubscribe from yet); "none":
-for mail that is not about the list (a notification to the editor)."""
+(an issue, the link to manage a subscription, the welcome); "id": List-Id alone, for mail
+about the list to someone not on it (a confirmation request: there is nothing to unsubscribe
+from yet); "none": for mail that is not about the list (a notification to the editor)."""
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,8 @@ class MessageTemplate:
 def notice_message(*, identity: MailIdentity, to_address: str, to_name: str, subject: str,
                    text: str, message_id: str, date: datetime, list_fields: ListFields = "none",
                    unsubscribe_url: str = "", html: str | None = None) -> WireMessage:
-    """A message sent once (a confirmation request, a preferences link, later a welcome or an
-    editor's notification): built, headed and signed by MessageTemplate like every issue, its
+    """A message sent once (a confirmation request, a preferences link, a welcome, an editor's
+    notification): built, headed and signed by MessageTemplate like every issue, its
     text sent as written. See ListFields for which list fields fit which message."""
     return MessageTemplate.build(
         identity=identity, subject=subject, html=html, text=text, list_fields=list_fields,

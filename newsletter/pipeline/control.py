@@ -9,7 +9,7 @@ from typing import Any
 from newsletter import log
 from newsletter.audience.rates import IssueRates
 from newsletter.errors import BadValue, NewsletterError
-from newsletter.models import Issue
+from newsletter.models import Issue, IssueEventDraft
 from newsletter.pipeline.collecting import now_utc
 from newsletter.store.database import Store
 
@@ -21,15 +21,29 @@ def _issue(store: Store, number: int) -> Issue:
     return found
 
 
+# Who acted, as the history names them: "cli <user>", "api <ip>", "dashboard <ip>",
+# "scheduler"; a caller that says nothing is recorded as this.
+UNKNOWN_ACTOR = "unknown"
+
+
 def _move(store: Store, number: int, to: str, allowed: tuple[str, ...], verb: str,
-          **kw: Any) -> Issue:
+          actor: str, **kw: Any) -> Issue:
     issue = _issue(store, number)
+    now = now_utc()
     if issue.status not in allowed or not store.set_issue_status(
-            number, to, now_utc(), expect=allowed, **kw):
+            number, to, now, expect=allowed, **kw):
         raise NewsletterError(f"issue {number} is {issue.status}: cannot {verb} it "
                               f"(only when {' or '.join(allowed)})")
-    log.event(f"issue.{verb}", number=number, status=to)
+    detail: dict[str, object] = {"status": {"from": issue.status, "to": to}}
+    if "send_at" in kw:
+        detail["send_at"] = {"from": _iso(issue.send_at), "to": _iso(kw["send_at"])}
+    store.record_issue_event(number, now, IssueEventDraft(actor, verb, detail))
+    log.event(f"issue.{verb}", number=number, status=to, actor=actor)
     return _issue(store, number)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
 
 
 # A time typed as "now" is a few seconds old when it arrives: within this it means "at once".
@@ -47,28 +61,30 @@ def check_send_time(at: datetime, now: datetime) -> None:
 
 
 def schedule_issue(store: Store, number: int, at: datetime, *,
-                   now: datetime | None = None) -> Issue:
+                   now: datetime | None = None, actor: str = UNKNOWN_ACTOR) -> Issue:
+    """In review mode a scheduled issue still waits for its approval (the sweep sends only
+    approved ones); approving it keeps the time."""
     check_send_time(at, now or now_utc())
     return _move(store, number, "scheduled", ("draft", "scheduled", "paused"), "schedule",
-                 send_at=at)
+                 actor, send_at=at)
 
 
-def pause_issue(store: Store, number: int) -> Issue:
+def pause_issue(store: Store, number: int, *, actor: str = UNKNOWN_ACTOR) -> Issue:
     """Workers stop before their next batch; rows in hand finish, nothing is lost."""
-    return _move(store, number, "paused", ("scheduled", "sending"), "pause")
+    return _move(store, number, "paused", ("scheduled", "sending"), "pause", actor)
 
 
-def resume_issue(store: Store, number: int) -> Issue:
+def resume_issue(store: Store, number: int, *, actor: str = UNKNOWN_ACTOR) -> Issue:
     issue = _issue(store, number)
     assert issue.id is not None
     started = sum(store.delivery_counts(issue.id).values()) > 0
     to = "sending" if started else ("scheduled" if issue.send_at else "draft")
-    return _move(store, number, to, ("paused",), "resume")
+    return _move(store, number, to, ("paused",), "resume", actor)
 
 
-def cancel_issue(store: Store, number: int) -> Issue:
+def cancel_issue(store: Store, number: int, *, actor: str = UNKNOWN_ACTOR) -> Issue:
     issue = _move(store, number, "cancelled", ("draft", "scheduled", "paused", "sending"),
-                  "cancel")
+                  "cancel", actor)
     assert issue.id is not None
     store.cancel_rows(issue.id, now_utc())
     return issue

@@ -8,9 +8,15 @@ from pathlib import Path
 
 from newsletter import log, named_fields
 from newsletter.compose.issue import IssueRules, make_issue, window_start
-from newsletter.compose.render import Masthead, Renderer, personalize, personalize_text
+from newsletter.compose.render import (
+    Masthead,
+    RenderedIssue,
+    Renderer,
+    personalize,
+    personalize_text,
+)
 from newsletter.config import Settings
-from newsletter.models import Issue
+from newsletter.models import Issue, IssueEventDraft
 from newsletter.pipeline.collecting import now_utc
 from newsletter.store.database import Store
 from newsletter.words import plural
@@ -42,10 +48,31 @@ def archive_url(settings: Settings, number: int | None = None) -> str:
 
 
 def render_into(settings: Settings, issue: Issue) -> Issue:
+    render_counted(settings, issue)
+    return issue
+
+
+def render_counted(settings: Settings, issue: Issue) -> RenderedIssue:
+    """Render both parts into the issue; the record says what gave way to fit the budget
+    (`omitted` articles left to the archive, summaries cut to `summary_limit`)."""
     rendered = renderer(settings).render_issue(issue, masthead(settings),
                                                archive_url(settings, issue.number))
     issue.html, issue.text = rendered.html, rendered.text
-    return issue
+    return rendered
+
+
+def fit_line(total: int, sections: int, omitted: int) -> str:
+    """'60 articles selected in 4 sections; 46 fit in the email, the other 14 are in the
+    archive', or '5 articles in 2 sections' when every one fits."""
+    where = plural(sections, "section")
+    if not omitted:
+        return f"{plural(total, 'article')} in {where}"
+    return (f"{plural(total, 'article')} selected in {where}; {total - omitted} fit in the "
+            f"email, the other {omitted} {'is' if omitted == 1 else 'are'} in the archive")
+
+
+_EDITED = ("issue {number} was edited: not rebuilt (add articles to it with an edit, or "
+           "cancel it and build again)")
 
 
 @dataclass(slots=True)
@@ -59,16 +86,20 @@ class BuildResult:
 
 
 def build_issue(settings: Settings, store: Store, *, force: bool = False,
-                now: datetime | None = None) -> BuildResult:
-    """Build the next issue; rebuilding while the last one is a draft refreshes that draft.
+                now: datetime | None = None, actor: str = "scheduler") -> BuildResult:
+    """Build the next issue; rebuilding while the last one is a draft refreshes that draft,
+    unless an editor has changed it (pipeline/editing.py): an edited draft is left alone.
 
     The first issue (none sent or being sent before it) takes the newest articles up to
     [newsletter] max_articles, however old they are, so a fresh install has something to
-    show; later issues take what was published since the previous one."""
+    show; later issues take what was published since the previous one. `actor` (who asked:
+    "scheduler", "cli <user>", "api <ip>", "dashboard <ip>") goes into the issue's history."""
     now = now or now_utc()
     rules = issue_rules(settings)
     latest = store.latest_issue()
     draft = latest if latest and latest.status == "draft" else None
+    if draft is not None and draft.edited_at is not None:
+        return BuildResult(draft, _EDITED.format(number=draft.number))
     previous = store.latest_issue(exclude=("cancelled", "draft")) if draft else latest
     if previous is None:
         articles = store.latest_articles(rules.max_articles, until=now)  # future ones wait
@@ -94,14 +125,35 @@ def build_issue(settings: Settings, store: Store, *, force: bool = False,
         return BuildResult(draft, f"issue {draft.number} is up to date (draft, "
                                   f"{plural(len(draft.articles), 'article')})")
     issue.id = draft.id if draft else None
-    render_into(settings, issue)
-    store.save_issue(issue, now)
+    rendered = render_counted(settings, issue)
+    total = len(issue.articles)
+    event = IssueEventDraft(actor, "build", {"articles": total,
+                                             "in_email": total - rendered.omitted,
+                                             "rebuilt": bool(draft)})
+    if draft is None:
+        store.save_issue(issue, now)
+        store.record_issue_event(issue.number, now, event)
+    else:
+        # Only while it is still an unedited draft: an editor's save or a send that began
+        # since it was read wins, and the rebuild is dropped.
+        if not store.replace_issue_if(issue, now, statuses=("draft",), event=event,
+                                      unedited=True):
+            current = store.get_issue(draft.number) or draft
+            if current.edited_at is not None:
+                return BuildResult(current, _EDITED.format(number=draft.number))
+            return BuildResult(current, f"issue {draft.number} is {current.status} now: not "
+                                        f"rebuilt")
+        for name in ("send_at", "review_sent_at", "reminded_at"):
+            setattr(issue, name, getattr(draft, name))  # as stored: a rebuild keeps them
+        if draft.approved_at is not None:  # approved was what it held before: not this
+            store.set_issue_fields(issue.number, now, expect=("draft",), approved_at=None,
+                                   approved_by=None)
     verb = "rebuilt" if draft else "built"
-    log.event("issue.built", number=issue.number, articles=len(issue.articles), rebuilt=bool(draft))
+    log.event("issue.built", number=issue.number, articles=total, omitted=rendered.omitted,
+              rebuilt=bool(draft))
     return BuildResult(issue, f"{verb} issue {issue.number}: "
-                              f"{plural(len(issue.articles), 'article')} in "
-                              f"{plural(len(issue.sections), 'section')} — {issue.subject}",
-                       created=not draft)
+                              f"{fit_line(total, len(issue.sections), rendered.omitted)} — "
+                              f"{issue.subject}", created=not draft)
 
 
 def write_preview(settings: Settings, issue: Issue, folder: Path) -> tuple[Path, Path]:

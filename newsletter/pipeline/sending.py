@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import socket
@@ -27,7 +26,7 @@ from newsletter.deliver.mail import (
     identity_from_settings,
 )
 from newsletter.errors import NewsletterError
-from newsletter.models import Claimed, Issue, IssueSection, now_utc
+from newsletter.models import Claimed, Issue, IssueEventDraft, IssueSection, now_utc
 from newsletter.pipeline.outages import patiently, unreachable
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
@@ -140,17 +139,27 @@ def get_sendable(store: Store, number: int) -> Issue:
     return issue
 
 
-def start_sending(settings: Settings, store: Store, issue: Issue) -> int:
-    """Mark the issue as sending and fill its ledger (one row per active subscriber)."""
+def start_sending(settings: Settings, store: Store, issue: Issue, *,
+                  actor: str = "unknown") -> int:
+    """Mark the issue as sending and fill its ledger (one row per active subscriber). In
+    review mode ([newsletter] review) an issue nobody approved is refused: whoever calls,
+    nothing unapproved goes out."""
     now = now_utc()
     assert issue.id is not None
     # The first start records when the issue went out (the archive feed dates entries by it);
     # resuming a paused send keeps that time.
     first = not any(store.delivery_counts(issue.id).values())
+    if first and settings.newsletter.review and issue.approved_at is None:
+        raise NewsletterError(f"issue {issue.number} awaits approval (review mode): "
+                              f"`newsletter issue approve {issue.number}` sends it")
     store.set_issue_status(issue.number, "sending", now, expect=SENDABLE,
                            send_at=now if first else False)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
+    if issue.status != "sending":  # started or resumed now, not a worker joining in
+        store.record_issue_event(issue.number, now, IssueEventDraft(actor, "send", {
+            "status": {"from": issue.status, "to": "sending"}, "rows": added,
+            "resumed": not first}))
     from newsletter.pipeline.publishing import publish_site
 
     try:  # the home page names the latest issue; a full disk or a broken template of the
@@ -241,23 +250,6 @@ def dry_run(settings: Settings, store: Store, issue: Issue) -> DryRun:
         report.recipients += 1
     report.variants = len(plan.variant_for.cache)  # type: ignore[attr-defined]
     return report
-
-
-def send_test_copy(settings: Settings, issue: Issue, address: str) -> str:
-    """One copy to `address`, outside the ledger; links point at the generic site pages.
-    Built like every reader's copy (the identity carries the DKIM signer), so it shows what
-    receivers will make of the real thing."""
-    identity = identity_from_settings(settings)
-    template = MessageTemplate.build(identity=identity, subject=issue.subject, html=issue.html,
-                                     text=issue.text)
-    token = hashlib.sha256(address.encode()).hexdigest()[:10]
-    message = template.render(
-        to_address=address, to_name="", date=now_utc(),
-        message_id=message_id(issue.number, f"test-{token}", identity.message_id_domain),
-        unsubscribe_url=settings.site_url + "unsubscribe",
-        preferences_url=settings.site_url + "preferences")
-
-    return send_one(settings, address, message, what="test copy")
 
 
 def send_one(settings: Settings, address: str, message: bytes, *, what: str) -> str:

@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
     from newsletter.audience.tokens import load_or_create_secret
+    from newsletter.pipeline.issue_links import IssueLinks
     from newsletter.pipeline.issues import archive_url, masthead, renderer
     from newsletter.pipeline.notices import confirmation_sender, preferences_link_sender
     from newsletter.pipeline.outages import database_check, unreachable
     from newsletter.pipeline.schedule import next_issue_line
+    from newsletter.pipeline.welcome import welcome_sender
     from newsletter.web import create_app
     from newsletter.web.archive import archive_routes
     from newsletter.web.health import OutageResponses
@@ -35,10 +37,12 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
         list_issues=lambda: store.list_issues(limit=50, statuses=("sending", "sent"),
                                               with_articles=True),
         get_issue=store.get_issue, renderer=renderer(settings), masthead=masthead(settings),
-        archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age)]
+        archive_base_url=archive_url(settings), cache_max_age=settings.feeds.cache_max_age,
+        preview=IssueLinks.from_settings(settings, store).preview_issue)]
     routes += subscribe_routes(deps=SubscribeDeps.from_settings(
         settings, store=store, secret=secret, send_confirmation=confirm_mail,
-        send_preferences_link=preferences_link_sender(settings)), more=[manage_routes])
+        send_preferences_link=preferences_link_sender(settings),
+        send_welcome=welcome_sender(settings, store, secret)), more=[manage_routes])
     routes += _admin_routes(settings, store, scheduler, secret)
     routes += _webhook_routes(settings, store)
     app = create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
@@ -68,10 +72,13 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                   secret: bytes) -> list[BaseRoute]:
     import newsletter.pipeline.control as control
     import newsletter.pipeline.notices as notices
+    import newsletter.pipeline.review as review
     import newsletter.pipeline.sending as sending
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
+    from newsletter.pipeline.editing import edit_issue, issue_history
+    from newsletter.pipeline.issue_links import IssueLinks
     from newsletter.pipeline.issues import build_issue
     from newsletter.pipeline.publishing import collect_and_publish
     from newsletter.pipeline.schedule import next_issue_line, next_runs
@@ -94,10 +101,10 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
                            preferences_url=site + "preferences?preview", name="Reader")
 
-    def send_issue(number: int) -> None:
+    def send_issue(number: int, actor: str) -> None:
         """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere."""
         issue = sending.get_sendable(store, number)
-        sending.start_sending(settings, store, issue)
+        sending.start_sending(settings, store, issue, actor=actor)
         if scheduler is not None and scheduler.scheduler is not None:
             scheduler.send_now(number)
         else:  # `newsletter serve`, or a standby process: this process delivers it
@@ -106,12 +113,20 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
 
     deps = AdminDeps(
         token=settings.secrets.admin_token, store=store, collect_now=collect_now,
-        build_issue=lambda force: build_issue(settings, store, force=force),
+        build_issue=lambda force, actor="api": build_issue(settings, store, force=force,
+                                                           actor=actor),
+        edit_issue=lambda n, changes, actor: edit_issue(settings, store, n, changes, actor),
+        issue_history=lambda n: issue_history(store, n),
         send_issue=send_issue,
-        schedule_issue=lambda n, at: control.schedule_issue(store, n, at),
-        pause_issue=lambda n: control.pause_issue(store, n),
-        resume_issue=lambda n: control.resume_issue(store, n),
-        cancel_issue=lambda n: control.cancel_issue(store, n),
+        schedule_issue=lambda n, at, actor: control.schedule_issue(store, n, at, actor=actor),
+        pause_issue=lambda n, actor: control.pause_issue(store, n, actor=actor),
+        resume_issue=lambda n, actor: control.resume_issue(store, n, actor=actor),
+        cancel_issue=lambda n, actor: control.cancel_issue(store, n, actor=actor),
+        approve_issue=lambda n, actor: review.approve_and_send(store, n, actor, send_issue),
+        send_tests=lambda n, to, actor: review.send_test_copies(settings, store, n, to,
+                                                                actor=actor),
+        editor_of=IssueLinks.from_settings(settings, store).editor_of,
+        review=settings.newsletter.review,
         overview=lambda: control.overview(store, limit=10),
         jobs=lambda: next_runs(settings, store) if scheduler is None or
         scheduler.scheduler is None else [(j.id, j.next_run_time)

@@ -76,6 +76,16 @@ class ArticleQueries:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(s.articles)).scalar_one()
 
+    def articles_by_ids(self, ids: Iterable[str]) -> dict[str, Article]:
+        """id → article for the ids stored; ids not stored are left out."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, Article] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = sa.select(s.articles).where(s.articles.c.id.in_(ids[i:i + 500]))
+                out.update((a.id, a) for a in map(row_to_article, conn.execute(q)))
+        return out
+
     def articles_between(self, start: datetime, end: datetime) -> list[Article]:
         q = (sa.select(s.articles).where(s.articles.c.published > start)
              .where(s.articles.c.published <= end)

@@ -81,6 +81,7 @@ class Store:
     sections = _Via("articles", ArticleQueries.sections)
     count_articles = _Via("articles", ArticleQueries.count_articles)
     articles_between = _Via("articles", ArticleQueries.articles_between)
+    articles_by_ids = _Via("articles", ArticleQueries.articles_by_ids)
     file_records = _Via("articles", ArticleQueries.file_records)
     save_file_records = _Via("articles", ArticleQueries.save_file_records)
     remove_articles = _Via("articles", ArticleQueries.remove_articles)

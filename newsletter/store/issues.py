@@ -94,19 +94,27 @@ class IssueQueries:
         return issue
 
     def replace_issue_if(self, issue: Issue, now: datetime, *, statuses: tuple[str, ...],
-                         event: IssueEventDraft | None = None) -> bool:
+                         event: IssueEventDraft | None = None, unedited: bool = False) -> bool:
         """Save an edited issue (fields, article list, and its history entry) in one
         transaction, only while its status is one of `statuses` and no ledger row exists
-        for it: False, and nothing changed, when it has started sending meanwhile."""
+        for it (and, with `unedited`, no editor has changed it): False, and nothing changed,
+        when it has started sending (or was edited) meanwhile.
+
+        Its content is saved; the status, send time, approval and review fields are left as
+        stored: the operations that own them change them, and a copy read before they did
+        must not undo it."""
         assert issue.id is not None
         row = _issue_row(issue, now)
-        del row["status"]
+        for name in ("status", "send_at", "approved_at", "approved_by", "review_sent_at",
+                     "reminded_at"):
+            del row[name]
         with self.engine.begin() as conn:
             started = sa.exists().where(s.deliveries.c.issue_id == issue.id)
+            where = [s.issues.c.id == issue.id, s.issues.c.status.in_(statuses), ~started]
+            if unedited:
+                where.append(s.issues.c.edited_at.is_(None))
             changed = conn.execute(
-                s.issues.update().where(s.issues.c.id == issue.id,
-                                        s.issues.c.status.in_(statuses), ~started)
-                .values(row)).rowcount == 1
+                s.issues.update().where(*where).values(row)).rowcount == 1
             if not changed:
                 return False
             conn.execute(s.issue_articles.delete().where(s.issue_articles.c.issue_id == issue.id))

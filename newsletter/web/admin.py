@@ -32,11 +32,12 @@ from newsletter.web.admin_sessions import CSRF_PURPOSE as CSRF_PURPOSE
 from newsletter.web.admin_sessions import FLASH_COOKIE, SESSION_COOKIE, Sessions
 from newsletter.web.admin_sessions import FLASH_PURPOSE as FLASH_PURPOSE
 from newsletter.web.admin_sessions import SESSION_PURPOSE as SESSION_PURPOSE
+from newsletter.web.issue_editor import editor_routes, link_access
 from newsletter.web.limits import rate_key
 from newsletter.web.requests import BodyTooLarge, read_capped
 from newsletter.words import friendly_time, plural
 
-ACTIONS = ("send", "schedule", "pause", "resume", "cancel")
+ACTIONS = ("send", "schedule", "pause", "resume", "cancel", "approve", "test")
 _BASE_HEADERS = {"cache-control": "no-store", "referrer-policy": "same-origin",
                  "x-content-type-options": "nosniff", "x-robots-tag": "noindex"}
 # The issue preview is the newsletter's own HTML: shown sandboxed (no scripts, no forms, an
@@ -162,6 +163,7 @@ class _Dashboard:
             example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request), live_sessions=live_sessions,
+            review=self.deps.review,
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
         response.delete_cookie(FLASH_COOKIE, path="/admin")
         return response
@@ -179,9 +181,10 @@ class _Dashboard:
     async def preview(self, request: Request) -> Response:
         if not self.deps.enabled:
             return self.disabled()
-        if await self.sessions.nonce(request) is None:
-            return Response("Log in at /admin/login first.", 401, headers=_BASE_HEADERS)
         number = int(request.path_params["number"])
+        if await self.sessions.nonce(request) is None and await link_access(
+                self.deps, request, f"preview:{number}") is None:
+            return Response("Log in at /admin/login first.", 401, headers=_BASE_HEADERS)
         try:
             await run_in_threadpool(load_issue, self.deps, number)
             html = await run_in_threadpool(self.deps.preview_html, number)
@@ -193,8 +196,15 @@ class _Dashboard:
 
     async def checked(self, request: Request, purpose: str) -> dict[str, str] | Response:
         """The form's fields if it comes with a live session and this session's CSRF token
-        (a token outlives no session: the session is looked up in the database first)."""
+        (a token outlives no session: the session is looked up in the database first).
+        Without a session, an issue's editor link may do what it allows to its own issue
+        (issue_editor.LINK_ACTIONS); request.state.actor names who acts either way."""
         nonce = await self.sessions.nonce(request)
+        ip = self.deps.client_ip(request)
+        request.state.actor, request.state.back = f"dashboard {ip}", "/admin/"
+        if nonce is None and (link := await link_access(self.deps, request, purpose)):
+            nonce, request.state.actor = link.nonce, link.actor(ip)
+            request.state.back = f"/admin/issues/{link.number}/edit"
         try:
             fields = await self.form(request) if nonce else {}
         except HttpError as exc:
@@ -223,7 +233,7 @@ class _Dashboard:
             except (HttpError, NewsletterError) as exc:
                 ok, text = False, getattr(exc, "text", str(exc))
             log.event("admin.action", ip=self.deps.client_ip(request), action=purpose, ok=ok)
-            response = RedirectResponse("/admin/", 303, headers=_BASE_HEADERS)
+            response = RedirectResponse(request.state.back, 303, headers=_BASE_HEADERS)
             self.cookie(response, request, FLASH_COOKIE, self.sessions.flash(ok, text), 60)
             return response
 
@@ -267,7 +277,8 @@ class _Dashboard:
         return text + "."
 
     async def build(self, request: Request, fields: dict[str, str]) -> str:
-        result = await run_in_threadpool(self.deps.build_issue, fields.get("force") == "1")
+        result = await run_in_threadpool(self.deps.build_issue, fields.get("force") == "1",
+                                         actor=f"dashboard {self.deps.client_ip(request)}")
         hint = " Tick “even if nothing is new” to build one anyway." if result.nothing_new \
             else ""
         return result.message[:1].upper() + result.message[1:] + "." + hint
@@ -290,16 +301,35 @@ class _Dashboard:
 
     async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
         number, verb = int(request.path_params["number"]), request.path_params["action"]
+        actor = request.state.actor
         await run_in_threadpool(load_issue, self.deps, number)
         if verb == "send":
-            await run_in_threadpool(self.deps.send_issue, number)
+            await run_in_threadpool(self.deps.send_issue, number, actor)
             return f"Issue {number}: sending started."
+        if verb == "test":
+            return await self.send_test(number, fields.get("to", ""), actor)
+        if verb == "approve":
+            issue = await run_in_threadpool(self.deps.approve_issue, number, actor)
+            return (f"Issue {number} approved: " + ("sending started." if issue.status ==
+                    "sending" else f"it goes at {_when(issue.send_at)}."))
         args: tuple[Any, ...] = (number,)
         if verb == "schedule":
             args += (parse_when(fields.get("at", "")),)
-        await run_in_threadpool(getattr(self.deps, f"{verb}_issue"), *args)
+        act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")
+        await run_in_threadpool(act, *args, actor)
         issue = await run_in_threadpool(load_issue, self.deps, number)
         return f"Issue {number} is now {issue.status}."
+
+
+    async def send_test(self, number: int, to: str, actor: str) -> str:
+        addresses = [a for a in to.replace(",", " ").split() if a] or None  # None: seed list
+        outcomes = await run_in_threadpool(self.deps.send_tests, number, addresses, actor)
+        sent = ", ".join(o.address for o in outcomes if o.sent)
+        failed = "; ".join(f"{o.address}: {o.reply}" for o in outcomes if not o.sent)
+        if failed:
+            raise NewsletterError(f"Test copies of issue {number}: sent to {sent or 'none'}; "
+                                  f"not sent to {failed}")
+        return f"Test copy of issue {number} sent to {sent}."
 
 
 def _issue_purpose(request: Request) -> str:
@@ -331,6 +361,7 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
         Route("/admin/subscribers", d.action(lambda r: "subscriber_add", d.add_subscriber),
               methods=["POST"]),
         Route("/admin/issues/{number:int}/preview", d.preview, methods=["GET"]),
+        *editor_routes(d),
         Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
         *people_routes(d),
     ]

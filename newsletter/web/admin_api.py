@@ -85,7 +85,8 @@ class _Api:
         force = (await self.body(request)).get("force", False)
         if not isinstance(force, bool):
             raise HttpError(400, '"force" must be true or false')
-        result = await run_in_threadpool(self.deps.build_issue, force)
+        result = await run_in_threadpool(self.deps.build_issue, force,
+                                         actor=f"api {self.ip(request)}")
         issue = None
         if result.issue is not None:
             issue = await run_in_threadpool(counted, self.deps, result.issue)
@@ -102,15 +103,42 @@ class _Api:
 
         return json_response({"issues": await run_in_threadpool(run)})
 
+    def detail(self, number: int) -> dict[str, Any]:
+        """The issue with its articles (ids in order), note and editorial times."""
+        issue = load_issue(self.deps, number, with_articles=True)
+        data = counted(self.deps, issue)
+        data["sections"] = [{"name": s.name, "articles": [
+            {"id": a.id, "title": a.title, "link": a.link, "published": a.published}
+            for a in s.articles]} for s in issue.sections]
+        data["articles"] = [{"id": a.id, "title": a.title, "section": s.name, "link": a.link,
+                             "published": a.published}
+                            for s in issue.sections for a in s.articles]
+        data.update(intro=issue.intro, edited_at=issue.edited_at,
+                    approved_at=issue.approved_at,
+                    preview_url=f"/admin/issues/{issue.number}/preview")
+        return data
+
     async def get_issue(self, request: Request) -> Response:
+        return json_response(await run_in_threadpool(self.detail, self.number(request)))
+
+    async def edit_issue(self, request: Request) -> Response:
+        number = self.number(request)
+        changes = await self.body(request)
+        await run_in_threadpool(load_issue, self.deps, number)  # 404 before anything else
+        result = await run_in_threadpool(self.deps.edit_issue, number, changes,
+                                         f"api {self.ip(request)}")
+        log.event("admin.edit", ip=self.ip(request), number=number, changed=result.changed)
+        data = await run_in_threadpool(self.detail, number)
+        data.update(changes=list(result.changes), message=result.message)
+        return json_response(data)
+
+    async def issue_history(self, request: Request) -> Response:
         def run() -> dict[str, Any]:
-            issue = load_issue(self.deps, self.number(request), with_articles=True)
-            data = counted(self.deps, issue)
-            data["sections"] = [{"name": s.name, "articles": [
-                {"title": a.title, "link": a.link, "published": a.published}
-                for a in s.articles]} for s in issue.sections]
-            data["preview_url"] = f"/admin/issues/{issue.number}/preview"
-            return data
+            number = self.number(request)
+            load_issue(self.deps, number)
+            return {"number": number, "history": [
+                {"at": e.at, "actor": e.actor, "action": e.action, "summary": e.summary,
+                 "detail": e.detail} for e in self.deps.issue_history(number)]}
 
         return json_response(await run_in_threadpool(run))
 
@@ -121,14 +149,36 @@ class _Api:
             if verb == "schedule":
                 args += (parse_when((await self.body(request)).get("at")),)
             await run_in_threadpool(load_issue, self.deps, number)
-            # send_issue returns at once, the delivery goes on: 202, poll the issue.
-            await run_in_threadpool(getattr(self.deps, f"{verb}_issue"), *args)
+            # send_issue returns at once, the delivery goes on: 202, poll the issue. So does
+            # approve when the issue is due now (else it is scheduled: 200).
+            act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")
+            await run_in_threadpool(act, *args, f"api {self.ip(request)}")
             log.event(f"admin.{verb}", ip=self.ip(request), number=number)
             issue = await run_in_threadpool(load_issue, self.deps, number)
-            return json_response(await run_in_threadpool(counted, self.deps, issue),
-                                 202 if verb == "send" else 200)
+            data = await run_in_threadpool(counted, self.deps, issue)
+            if verb == "approve":
+                data.update(approved_at=issue.approved_at, approved_by=issue.approved_by)
+            started = verb == "send" or (verb == "approve" and issue.status == "sending")
+            return json_response(data, 202 if started else 200)
 
         return handler
+
+    async def send_test(self, request: Request) -> Response:
+        """[TEST] copies to {"to": [addresses]}, or to [newsletter] seed_list without it."""
+        number = self.number(request)
+        to = (await self.body(request)).get("to")
+        if to is not None and (not isinstance(to, list) or not to
+                               or not all(isinstance(a, str) for a in to)):
+            raise HttpError(400, '"to" must be a list of addresses (leave it out to use '
+                                 '[newsletter] seed_list)')
+        await run_in_threadpool(load_issue, self.deps, number)
+        outcomes = await run_in_threadpool(self.deps.send_tests, number, to,
+                                           f"api {self.ip(request)}")
+        log.event("admin.test", ip=self.ip(request), number=number, copies=len(outcomes))
+        body = {"sent": [{"to": o.address, "reply": o.reply} for o in outcomes if o.sent],
+                "failed": [{"to": o.address, "error": o.reply} for o in outcomes
+                           if not o.sent]}
+        return json_response(body, 502 if body["failed"] else 200)
 
     async def status(self, request: Request) -> Response:
         def run() -> dict[str, Any]:
@@ -275,8 +325,11 @@ def admin_api_routes(deps: AdminDeps) -> list[BaseRoute]:
         ("/admin/api/issues", ["GET"], api.list_issues),
         ("/admin/api/issues", ["POST"], api.build),
         ("/admin/api/issues/{number:int}", ["GET"], api.get_issue),
+        ("/admin/api/issues/{number:int}", ["PATCH"], api.edit_issue),
+        ("/admin/api/issues/{number:int}/history", ["GET"], api.issue_history),
         *((f"/admin/api/issues/{{number:int}}/{verb}", ["POST"], api.transition(verb))
-          for verb in ("send", "schedule", "pause", "resume", "cancel")),
+          for verb in ("send", "schedule", "pause", "resume", "cancel", "approve")),
+        ("/admin/api/issues/{number:int}/test", ["POST"], api.send_test),
         ("/admin/api/status", ["GET"], api.status),
         ("/admin/api/subscribers", ["GET"], api.list_subscribers),
         ("/admin/api/subscribers", ["POST"], api.add_subscriber),

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from newsletter.audience.subscribers_csv import ImportReport
     from newsletter.models import BounceEvent, Issue, Subscriber
     from newsletter.pipeline.control import Overview
+    from newsletter.pipeline.editing import EditResult, HistoryEntry
     from newsletter.pipeline.issues import BuildResult
+    from newsletter.pipeline.review import CopyOutcome
     from newsletter.store.database import Store
 
 Jobs = list[tuple[str, datetime | None]]
@@ -66,16 +68,24 @@ class AdminDeps:
     token: str = field(repr=False)  # never in a repr, so never in a log line by accident
     store: Store
     collect_now: Callable[[], dict[str, Any]]  # {"new", "updated", "errors": [...], ...}
-    build_issue: Callable[[bool], BuildResult]  # (force)
-    send_issue: Callable[[int], None]  # starts in the background and returns at once
-    schedule_issue: Callable[[int, datetime], Any]  # these four raise NewsletterError
-    pause_issue: Callable[[int], Any]
-    resume_issue: Callable[[int], Any]
-    cancel_issue: Callable[[int], Any]
+    build_issue: Callable[..., BuildResult]  # (force, actor=who)
+    # The last argument of these is who acts ("api <ip>", "dashboard <ip>"), for the history.
+    send_issue: Callable[[int, str], None]  # starts in the background and returns at once
+    schedule_issue: Callable[[int, datetime, str], Any]  # these four raise NewsletterError
+    pause_issue: Callable[[int, str], Any]
+    resume_issue: Callable[[int, str], Any]
+    cancel_issue: Callable[[int, str], Any]
     overview: Callable[[], Overview]
     preview_html: Callable[[int], str]  # the issue as a reader sees it, sample values filled
     import_subscribers: Callable[..., ImportReport]  # (path, actor=who)
     sessions: SessionStore  # dashboard logins, shared by every process over one database
+    # (number, changes, actor): raises EditRefused (400) or IssueLocked (409)
+    edit_issue: Callable[[int, dict[str, Any], str], EditResult]
+    issue_history: Callable[[int], list[HistoryEntry]]  # oldest first
+    # (number, actor): the issue after; sent now (started in the background) or scheduled
+    approve_issue: Callable[[int, str], Issue]
+    # (number, addresses or None for the seed list, actor): one [TEST] copy each
+    send_tests: Callable[[int, list[str] | None, str], list[CopyOutcome]]
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
     next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
@@ -92,6 +102,9 @@ class AdminDeps:
     rate_lines: tuple[float, float] = (0.001, 0.02)
     # [server] forwarded_allow_ips: whose X-Forwarded-For names the visitor.
     client_ip: ClientAddress = field(default_factory=ClientAddress.from_setting)
+    # (number, token) → the editor a valid editor link of that issue was mailed to, or None
+    editor_of: Callable[[int, str], str | None] = lambda number, token: None
+    review: bool = False  # [newsletter] review: the dashboard offers Approve, not Send
     failures: SlidingWindow = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,10 @@ PUBLIC_STATUSES = ("sending", "sent")
 # (the integer overflows SQLite's and PostgreSQL's); no issue can have such a number.
 MAX_ISSUE_NUMBER = 2**31 - 1
 _CACHE = {"cache-control": "public, max-age=300"}
+# A draft shown through its signed preview link: kept out of caches and search engines, and
+# the link (its token) is never sent on as a Referer when a reader follows an article link.
+_PREVIEW = {"cache-control": "no-store", "x-robots-tag": "noindex, nofollow",
+            "referrer-policy": "no-referrer"}
 
 
 def is_public(issue: Issue | None) -> bool:
@@ -35,11 +39,14 @@ def archive_routes(
     masthead: Masthead,
     archive_base_url: str,
     cache_max_age: int = 300,
+    preview: Callable[[int, str], Issue | None] | None = None,
 ) -> list[Route]:
     """Routes for /issues/, /issues/{number} and /issues/feed.xml.
 
     `archive_base_url` is the public absolute URL of /issues/; the callables may block (they
     query the store), so they run in Starlette's thread pool, as does the rendering.
+    `preview(number, token)` gives the issue a signed draft-preview token opens (None for
+    any other token): /issues/N?preview=<token> shows a draft that is otherwise a 404.
     """
     base = archive_base_url if archive_base_url.endswith("/") else archive_base_url + "/"
 
@@ -64,7 +71,18 @@ def archive_routes(
     async def list_endpoint(request: Request) -> Response:
         return HTMLResponse(await run_in_threadpool(list_page), headers=_CACHE)
 
+    def preview_page(number: int, token: str) -> str | None:
+        issue = preview(number, token) if preview and number <= MAX_ISSUE_NUMBER else None
+        if issue is None:
+            return None
+        return renderer.render_archive_page(issue, masthead, f"{base}{number}")
+
     async def issue_endpoint(request: Request) -> Response:
+        token = request.query_params.get("preview")
+        if token:
+            page = await run_in_threadpool(preview_page, request.path_params["number"], token)
+            if page is not None:
+                return HTMLResponse(page, headers=_PREVIEW)
         page = await run_in_threadpool(issue_page, request.path_params["number"])
         if page is None:
             # The same answer for a draft as for a number never used: drafts stay unseen.

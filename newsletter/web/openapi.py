@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from newsletter import __version__
-from newsletter.models import BOUNCE_KINDS, BOUNCE_SOURCES, ISSUE_STATUSES
+from newsletter.models import BOUNCE_KINDS, BOUNCE_SOURCES, ISSUE_ACTIONS, ISSUE_STATUSES
 from newsletter.store.schema import DELIVERY_STATUSES, SUBSCRIBER_STATUSES
 
 JSON = "application/json"
@@ -84,11 +84,45 @@ def _schemas() -> dict[str, Any]:
         "Issue": issue,
         "IssueDetail": {"allOf": [_ref("Issue"), {"type": "object", "properties": {
             "preview_url": {"type": "string"},
+            "intro": {"type": "string", "description": "The editor's note (Markdown); "
+                      "empty: the preheader stands in for it"},
+            "edited_at": _TIME, "approved_at": _TIME,
+            "articles": {"type": "array", "description": "Every article in the order the "
+                         "email shows them", "items": {"allOf": [_ref("IssueArticle"), {
+                             "type": "object",
+                             "properties": {"section": {"type": "string"}}}]}},
             "sections": {"type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "articles": {"type": "array", "items": {
-                    "type": "object", "properties": {"title": {"type": "string"},
-                                                     "link": {"type": "string"},
-                                                     "published": _TIME}}}}}}}}]},
+                "name": {"type": "string"},
+                "articles": {"type": "array", "items": _ref("IssueArticle")}}}}}}]},
+        "IssueArticle": {"type": "object", "properties": {
+            "id": {"type": "string"}, "title": {"type": "string"}, "link": {"type": "string"},
+            "published": _TIME}},
+        "IssueEdit": {"type": "object", "additionalProperties": False, "properties": {
+            "subject": {"type": "string", "description": "One line, not empty, at most 200 "
+                        "characters"},
+            "preheader": {"type": "string", "description": "One line, at most 300 characters"},
+            "intro": {"type": "string", "description": "The editor's note in Markdown (at "
+                      "most 20 KB; raw HTML shows as text; links http, https, mailto); "
+                      "\"\" removes it"},
+            "articles": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                         "description": "Article ids in the new order: ids left out are "
+                         "removed, stored articles not in the issue are added. Sections "
+                         "follow the order of their first article; within a section the "
+                         "articles keep the order given. Refused (400) when the email "
+                         "would not hold them all within the size limit"}}},
+        "HistoryEntry": {"type": "object", "properties": {
+            "at": _TIME, "actor": {"type": "string", "description": "scheduler, cli <user>, "
+                                   "api <address>, dashboard <address>"},
+            "action": {"enum": list(ISSUE_ACTIONS)},
+            "summary": {"type": "string", "description": "What changed, in words"},
+            "detail": {"type": "object"}}},
+        "Approval": {"allOf": [_ref("Issue"), {"type": "object", "properties": {
+            "approved_at": _TIME, "approved_by": {"type": "string"}}}]},
+        "TestCopies": {"type": "object", "properties": {
+            "sent": {"type": "array", "items": {"type": "object", "properties": {
+                "to": {"type": "string"}, "reply": {"type": "string"}}}},
+            "failed": {"type": "array", "items": {"type": "object", "properties": {
+                "to": {"type": "string"}, "error": {"type": "string"}}}}}},
         "Subscriber": subscriber,
         "CameBack": {"type": "object", "description": "Bounces and complaints of the issue; "
                      "rates are of messages sent", "properties": {
@@ -159,9 +193,25 @@ def _paths() -> dict[str, Any]:
                             "type": "object", "properties": {"force": {
                                 "type": "boolean", "default": False,
                                 "description": "Build even when nothing is new"}}}}}})},
-        "/admin/api/issues/{number}": {"get": _op(
-            "One issue with its sections, articles and delivery counts",
-            _ok("The issue", _ref("IssueDetail")), "404", params=[NUMBER])},
+        "/admin/api/issues/{number}": {
+            "get": _op("One issue with its articles (ids in order), sections, note and "
+                       "delivery counts", _ok("The issue", _ref("IssueDetail")), "404",
+                       params=[NUMBER]),
+            "patch": _op("Edit an issue that has not started sending: any of subject, "
+                         "preheader, intro, articles; re-rendered once. 409 (and unchanged) "
+                         "when it is sending, sent or cancelled",
+                         _ok("The issue as edited, with what changed", {"allOf": [
+                             _ref("IssueDetail"), {"type": "object", "properties": {
+                                 "changes": {"type": "array", "items": {"type": "string"}},
+                                 "message": {"type": "string"}}}]}),
+                         "400", "404", "409", "413", body=_body(_ref("IssueEdit")),
+                         params=[NUMBER])},
+        "/admin/api/issues/{number}/history": {"get": _op(
+            "Who did what to the issue (builds, edits, …), oldest first",
+            _ok("The history", {"type": "object", "properties": {
+                "number": {"type": "integer"},
+                "history": {"type": "array", "items": _ref("HistoryEntry")}}}), "404",
+            params=[NUMBER])},
         "/admin/api/issues/{number}/send": {"post": _op(
             "Start sending the issue in the background; poll GET /admin/api/issues/{number}",
             _ok("Sending started", {"type": "object", "properties": {
@@ -171,6 +221,25 @@ def _paths() -> dict[str, Any]:
             "Schedule the issue for a time", issue, "400", "404", "409", "413",
             body=_body(at), params=[NUMBER])},
         **{f"/admin/api/issues/{{number}}/{verb}": op for verb, op in moves.items()},
+        "/admin/api/issues/{number}/approve": {"post": _op(
+            "Approve the issue (recorded with who): sent now, or at its send time if that is "
+            "still ahead (then scheduled). In review mode nothing unapproved is ever sent",
+            {**_ok("Approved and scheduled", _ref("Approval")),
+             **_ok("Approved; sending started: poll GET /admin/api/issues/{number}",
+                   _ref("Approval"), "202")}, "404", "409", params=[NUMBER])},
+        "/admin/api/issues/{number}/test": {"post": _op(
+            "Send one test copy to each address (or to [newsletter] seed_list): the issue as "
+            "built, subject prefixed [TEST], View in browser a signed draft preview while "
+            "it is unpublished, unsubscribe and preferences links the generic manage page",
+            {**_ok("Every copy accepted", _ref("TestCopies")),
+             "502": {"description": "Some copy was refused by the mail server",
+                     "content": {JSON: {"schema": _ref("TestCopies")}}}},
+            "400", "404", "409", "413", body={"required": False, "content": {JSON: {
+                "schema": {"type": "object", "properties": {"to": {
+                    "type": "array", "minItems": 1, "maxItems": 20,
+                    "items": {"type": "string", "format": "email"},
+                    "description": "Leave out to use [newsletter] seed_list"}}}}}},
+            params=[NUMBER])},
         "/admin/api/status": {"get": _op(
             "Last collect, article count, recent issues, subscriber counts and the schedule",
             _ok("Status", _ref("Status")))},

@@ -26,6 +26,7 @@ from newsletter.web.requests import BodyTooLarge, ClientAddress, read_capped
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.models import Subscriber
     from newsletter.store.database import Store as SubscriberStore
 
 CSRF_COOKIE = "newsletter_csrf"
@@ -56,6 +57,8 @@ class SubscribeDeps:
     base_url: str
     send_confirmation: Callable[[str, str, str], None]  # (email, name, confirm_url)
     send_preferences_link: Callable[[str, str, str], None] | None = None  # for /manage
+    # (subscriber, status before) after the person's own confirm press; None: no welcome.
+    send_welcome: Callable[[Subscriber, str | None], None] | None = None
     confirm_max_age: timedelta = timedelta(hours=72)
     token_max_age: timedelta = timedelta(days=400)  # unsubscribe and preferences links
     resend_window: timedelta = timedelta(minutes=60)
@@ -72,12 +75,13 @@ class SubscribeDeps:
     def from_settings(cls, settings: Settings, *, store: SubscriberStore, secret: bytes,
                       send_confirmation: Callable[[str, str, str], None],
                       send_preferences_link: Callable[[str, str, str], None] | None = None,
+                      send_welcome: Callable[[Subscriber, str | None], None] | None = None,
                       ) -> SubscribeDeps:
         sub = settings.subscriptions
         folder = settings.newsletter.templates_dir
         return cls(store=store, secret=secret, publication_name=settings.publication.name,
                    base_url=settings.site_url, send_confirmation=send_confirmation,
-                   send_preferences_link=send_preferences_link,
+                   send_preferences_link=send_preferences_link, send_welcome=send_welcome,
                    confirm_max_age=timedelta(hours=sub.confirm_hours),
                    token_max_age=timedelta(days=sub.unsubscribe_days),
                    resend_window=timedelta(minutes=sub.confirm_resend_minutes),
@@ -216,10 +220,24 @@ class _Pages:
             return self.bad_link("confirmation", exc, request)
         if outcome.changed:
             log.event("subscriber_confirmed", subscriber=outcome.subscriber.id)
-            return self.message("You are subscribed",
+            done = self.message("You are subscribed",
                                 f"Thank you: your subscription to {deps.publication_name} "
                                 f"is confirmed.")
+            # Only the POST that moved the row to active gets here (a replay, or a second
+            # press racing it, finds it active): one welcome per confirmation, after the page.
+            if deps.send_welcome is not None:
+                done.background = BackgroundTask(self._welcome, outcome.subscriber,
+                                                 outcome.previous_status)
+            return done
         return self._already_subscribed()
+
+    def _welcome(self, sub: Subscriber, previous_status: str | None) -> None:
+        assert self.deps.send_welcome is not None
+        try:
+            self.deps.send_welcome(sub, previous_status)
+        except Exception as exc:  # the person is subscribed all the same: log it, once
+            log.event("welcome_send_failed", level=logging.ERROR, subscriber=sub.id,
+                      error=f"{type(exc).__name__}: {exc}")
 
     async def _confirm_page(self, request: Request) -> Response:
         deps = self.deps

@@ -23,7 +23,8 @@ from newsletter.compose.render import personalize
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.models import Subscriber
-from newsletter.pipeline import control, notices, sending
+from newsletter.pipeline import control, editing, notices, review, sending
+from newsletter.pipeline.issue_links import IssueLinks
 from newsletter.store.database import Store
 from newsletter.web import create_app
 from newsletter.web.admin import admin_routes
@@ -35,7 +36,7 @@ TOKEN = "admin-test-token-0123456789abcdef"
 WRONG = "admin-test-token-0123456789abcdeX"
 
 
-def thread_sender(settings: Settings, store: Store) -> Callable[[int], None]:
+def thread_sender(settings: Settings, store: Store) -> Callable[[int, str], None]:
     """Fill the ledger now, deliver in a daemon thread; one thread per issue at a time."""
     threads: dict[int, threading.Thread] = {}
     lock = threading.Lock()
@@ -46,12 +47,12 @@ def thread_sender(settings: Settings, store: Store) -> Callable[[int], None]:
         except Exception as exc:  # a thread has nobody to raise to: log it
             log.event("admin.send_failed", number=number, error=f"{type(exc).__name__}: {exc}")
 
-    def send(number: int) -> None:
+    def send(number: int, actor: str = "api") -> None:
         issue = sending.get_sendable(store, number)  # NewsletterError: the API's 409
         with lock:
             if number in threads and threads[number].is_alive():
                 return
-            sending.start_sending(settings, store, issue)
+            sending.start_sending(settings, store, issue, actor=actor)
             threads[number] = threading.Thread(target=work, args=(number,), daemon=True)
             threads[number].start()
 
@@ -79,14 +80,24 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
         token = subscriptions.confirm_token(secret, sub, datetime.now(UTC))
         mail(sub.email, sub.name, subscriptions.confirm_url(settings.site_url, token))
 
+    sender = thread_sender(settings, store)
     values: dict[str, Any] = {
         "token": settings.secrets.admin_token, "store": store, "collect_now": collect_now,
-        "build_issue": lambda force: pipeline.build_issue(settings, store, force=force),
-        "send_issue": thread_sender(settings, store),
-        "schedule_issue": lambda n, at: control.schedule_issue(store, n, at),
-        "pause_issue": lambda n: control.pause_issue(store, n),
-        "resume_issue": lambda n: control.resume_issue(store, n),
-        "cancel_issue": lambda n: control.cancel_issue(store, n),
+        "build_issue": lambda force, actor="api": pipeline.build_issue(
+            settings, store, force=force, actor=actor),
+        "edit_issue": lambda n, changes, actor: editing.edit_issue(settings, store, n,
+                                                                   changes, actor),
+        "issue_history": lambda n: editing.issue_history(store, n),
+        "send_issue": sender,
+        "schedule_issue": lambda n, at, actor: control.schedule_issue(store, n, at, actor=actor),
+        "pause_issue": lambda n, actor: control.pause_issue(store, n, actor=actor),
+        "resume_issue": lambda n, actor: control.resume_issue(store, n, actor=actor),
+        "cancel_issue": lambda n, actor: control.cancel_issue(store, n, actor=actor),
+        "approve_issue": lambda n, actor: review.approve_and_send(store, n, actor, sender),
+        "send_tests": lambda n, to, actor: review.send_test_copies(settings, store, n, to,
+                                                                   actor=actor),
+        "editor_of": IssueLinks.from_settings(settings, store).editor_of,
+        "review": settings.newsletter.review,
         "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
         "import_subscribers": lambda path, actor="": import_csv(
             store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),

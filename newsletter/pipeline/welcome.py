@@ -1,0 +1,156 @@
+"""The welcome a person gets once, on confirming: what comes, how often, and their own links."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+
+from newsletter.config import Settings
+from newsletter.models import Subscriber, now_utc
+from newsletter.pipeline.schedule import next_issue_time
+from newsletter.store.database import Store
+from newsletter.words import friendly_time, joined
+
+WelcomeSender = Callable[[Subscriber, str | None], None]
+"""(the subscriber just confirmed, their status before it) → the welcome sent, or raises."""
+
+# What the web archive shows (web/archive.py PUBLIC_STATUSES): the latest of these is linked.
+_PUBLIC = ("sending", "sent")
+# The statuses of someone who was on the list before: they get "Welcome back".
+_RETURNING = ("unsubscribed", "bounced")
+# Fixed English names, as words.py's: strftime follows the process locale.
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_HORIZON = 364  # whole days of runs read to name the rhythm: 52 weeks, 11 full months
+WHENEVER = "an issue whenever the editors send one"
+
+
+def welcome_sender(settings: Settings, store: Store, secret: bytes) -> WelcomeSender | None:
+    """The welcome, sent at once through the configured transport like the confirmation
+    before it; None when [subscriptions] welcome = false.
+
+    It goes to someone now on the list, so it is built like an issue by deliver/mail.py:
+    List-Id, one-click List-Unsubscribe, Message-ID, Date and the DKIM signature. Its
+    envelope sender is [mail] from_address, as for every one-off mail: there is no issue
+    delivery for a VERP bounce to be recorded against.
+    """
+    if not settings.subscriptions.welcome:
+        return None
+    from newsletter.audience.emails import welcome_email
+    from newsletter.audience.subscriptions import subscriber_links
+    from newsletter.deliver.mail import identity_from_settings, notice_message
+    from newsletter.pipeline.sending import send_one
+
+    folder = settings.newsletter.templates_dir
+
+    def send(sub: Subscriber, previous_status: str | None) -> None:
+        now = now_utc()
+        identity = identity_from_settings(settings)  # per message, as notices.py says why
+        unsubscribe, preferences = subscriber_links(settings.site_url, secret, sub.id,
+                                                    sub.email, now)
+        subject, text = welcome_email(
+            publication=settings.publication.name, name=sub.name,
+            returning=previous_status in _RETURNING,
+            values={**welcome_values(settings, store, sub, now),
+                    "preferences_url": preferences, "unsubscribe_url": unsubscribe},
+            templates_dir=Path(folder) if folder else None)
+        token = hashlib.sha256(f"{sub.email}:{now.isoformat()}".encode()).hexdigest()[:16]
+        message = notice_message(identity=identity, to_address=sub.email, to_name=sub.name,
+                                 subject=subject, text=text, date=now,
+                                 message_id=f"<welcome.{token}@{identity.message_id_domain}>",
+                                 list_fields="unsubscribe", unsubscribe_url=unsubscribe)
+        send_one(settings, sub.email, message, what="welcome mail")
+
+    return send
+
+
+def welcome_values(settings: Settings, store: Store, sub: Subscriber,
+                   now: datetime) -> dict[str, object]:
+    """What email/welcome.txt says besides the person's links: the publication, its rhythm
+    and next issue, the sections they get, the latest issue in the archive."""
+    latest = store.list_issues(limit=1, statuses=_PUBLIC)
+    chosen = list(sub.sections)
+    sections = chosen or store.sections()  # none chosen: every section, as preferences say
+    when = next_issue_time(settings, now)
+    return {"description": settings.publication.description,
+            "rhythm": issue_rhythm(settings, now),
+            "next_issue": friendly_time(when, now) if when else "",
+            "sections": sections, "sections_text": joined(sections, limit=len(sections)),
+            "every_section": not chosen,
+            "latest_issue_url": f"{settings.site_url}issues/{latest[0].number}"
+            if latest else "",
+            "latest_issue_subject": latest[0].subject if latest else "",
+            "home_url": settings.site_url,
+            "postal_address": settings.publication.postal_address}
+
+
+def issue_rhythm(settings: Settings, now: datetime | None = None) -> str:
+    """How often issues come, in words: "an issue every Monday at 07:00 UTC", "… every
+    weekday (Monday to Friday) …", "… on the 1st and 15th of every month …", WHENEVER
+    without a cron, "issues on a set schedule" for a pattern it cannot name.
+
+    Read from the trigger's own runs over the next year, not from the cron's text, so the
+    words say what the scheduler will do, however the line is spelt.
+    """
+    zone = ZoneInfo(settings.schedule.timezone)
+    now = (now or datetime.now(zone)).astimezone(zone)
+    first = now.date() + timedelta(days=1)  # whole days only: today is partly gone
+    days = [first + timedelta(days=i) for i in range(_HORIZON)]
+    runs = _runs(settings, now, until=days[-1])
+    if not runs:
+        return WHENEVER
+    times: dict[date, set[tuple[int, int]]] = {}
+    for run in runs:
+        times.setdefault(run.date(), set()).add((run.hour, run.minute))
+    fired = set(times) & set(days)
+    if not fired or any(len(at) > 1 for at in times.values()):
+        return "issues on a set schedule"  # several a day: no one time to name
+    # The time most days have: a run a clock change moved (02:30 on the night there is
+    # none) does not change the rhythm.
+    (hour, minute), _ = Counter(min(at) for at in times.values()).most_common(1)[0]
+    zone_name = settings.schedule.timezone
+    at = f"at {hour:02d}:{minute:02d} {zone_name}{'' if zone_name == 'UTC' else ' time'}"
+    weekdays = sorted({day.weekday() for day in fired})
+    if fired == {day for day in days if day.weekday() in weekdays}:
+        if len(weekdays) == 7:
+            return f"an issue every day {at}"
+        if weekdays == [0, 1, 2, 3, 4]:
+            return f"an issue every weekday (Monday to Friday) {at}"
+        return f"an issue every {joined([_DAYS[d] for d in weekdays], limit=7)} {at}"
+    dates = sorted({day.day for day in fired})
+    if dates[-1] <= 28 and fired == {day for day in days if day.day in dates}:
+        return f"an issue on the {joined([_ordinal(d) for d in dates], limit=31)} " \
+               f"of every month {at}"
+    return "issues on a set schedule"
+
+
+def _runs(settings: Settings, now: datetime, *, until: date,
+          limit: int = 1000) -> list[datetime]:
+    """The cron's next runs from `now`, in the schedule's zone: none on a day after `until`,
+    at most `limit` (a cron firing every minute needs no year of them to be told apart)."""
+    cron = settings.schedule.issue_cron
+    if not cron:
+        return []
+    zone = ZoneInfo(settings.schedule.timezone)
+    trigger = CronTrigger.from_crontab(cron, timezone=zone)
+    runs: list[datetime] = []
+    previous, after = None, now.astimezone(zone)
+    while len(runs) < limit:
+        run = trigger.get_next_fire_time(previous, after)
+        if run is None or run.date() > until:
+            break
+        runs.append(run)
+        # In UTC: a wall-clock second after 02:00 on the night 02:00 comes twice is the
+        # first 02:00 again, and the trigger would give the second one for ever.
+        previous, after = run, (run.astimezone(UTC) + timedelta(seconds=1)).astimezone(zone)
+    return runs
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -1,0 +1,84 @@
+"""Review-mode settings over a real SMTP server, and the links found in a received message."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from smtpserver import Received, SmtpTestServer
+
+from newsletter.config import Settings
+from tests.helpers.admin import TOKEN
+
+DOMAIN = "ledger.example.org"
+SELECTOR = "mail2024"
+EDITORS = ("editor@ledger.example.org", "second.editor@example.com")
+SEEDS = ("seed-gmail@example.net", "seed-outlook@example.com")
+
+
+def review_settings(make_settings: Callable[..., Settings], tmp_path: Path,
+                    srv: SmtpTestServer, key_pem: bytes, *, review: bool = True,
+                    database_url: str = "") -> Settings:
+    """SMTP to `srv`, DKIM-signed, review mode on (or off), two editors, two seed
+    addresses, and the admin token set (as NEWSLETTER_SECRETS_ADMIN_TOKEN would)."""
+    (tmp_path / "dkim.pem").write_bytes(key_pem)
+    editors = ", ".join(f'"{e}"' for e in EDITORS)
+    seeds = ", ".join(f'"{s}"' for s in SEEDS)
+    settings = make_settings(f"""
+[newsletter]
+review = {str(review).lower()}
+editors = [{editors}]
+review_reminder_hours = 24
+seed_list = [{seeds}]
+[mail]
+transport = "smtp"
+from_address = "news@{DOMAIN}"
+from_name = "The Ledger"
+list_id = "The Ledger <ledger.example.org>"
+dkim_key_path = "{tmp_path / 'dkim.pem'}"
+dkim_selector = "{SELECTOR}"
+[smtp]
+host = "{srv.host}"
+port = {srv.port}
+security = "none"
+timeout = 5
+""", database_url=database_url)
+    return replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
+
+
+def parsed(got: Received) -> EmailMessage:
+    msg = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def parts(got: Received) -> tuple[str, str]:
+    """(HTML, text) of a received message, decoded."""
+    msg = parsed(got)
+    html, text = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html is not None and text is not None
+    return str(html.get_content()), str(text.get_content())
+
+
+def link(text: str, pattern: str) -> str:
+    """The one distinct URL in `text` matching `pattern` (a regex on the whole URL)."""
+    found = {m for m in re.findall(r"https?://[^\s\"'<>]+", text) if re.fullmatch(pattern, m)}
+    assert len(found) == 1, (pattern, found)
+    return found.pop().replace("&amp;", "&")
+
+
+def local(url: str) -> str:
+    """A mailed absolute link as a path on the test server."""
+    parts_ = urlsplit(url)
+    assert parts_.netloc == DOMAIN, url
+    return parts_.path + (f"?{parts_.query}" if parts_.query else "")
+
+
+PREVIEW_LINK = rf"https://{re.escape(DOMAIN)}/issues/\d+\?preview=[A-Za-z0-9_-]+"
+EDITOR_LINK = rf"https://{re.escape(DOMAIN)}/admin/issues/\d+/edit\?token=[A-Za-z0-9_-]+"
