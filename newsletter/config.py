@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, get_origin
 from urllib.parse import urlsplit
 
-from newsletter import named_fields
+from newsletter import crontab, named_fields
 from newsletter.config_env import check_env_names
 from newsletter.config_table import (
     DEFAULT_CONFIG,
@@ -286,7 +286,7 @@ def _check_schedule(schedule: Schedule, where: str) -> None:
                           f"Europe/Oslo, got {schedule.timezone!r}") from None
     if schedule.issue_cron:
         try:
-            trigger = CronTrigger.from_crontab(schedule.issue_cron, timezone=zone)
+            trigger = CronTrigger.from_crontab(crontab.standard(schedule.issue_cron), timezone=zone)
             # Hardening: "0 0 31 2 *" parses but never fires; no issue would ever go out.
             if trigger.get_next_fire_time(None, datetime.now(zone)) is None:
                 raise ValueError("it never matches a date")

@@ -102,7 +102,8 @@ class Schedule:
     collect_minutes: int = opt("Collect every N minutes (and publish feeds when something is "
                                "new); 0 turns it off.", 15, minimum=0)
     issue_cron: str = opt("When to build and send an issue, as a crontab line "
-                          "(minute hour day month weekday), e.g. '0 9 * * fri'; empty turns "
+                          "(minute hour day month weekday), e.g. '0 9 * * fri'; weekdays "
+                          "count as cron counts them (0 and 7 Sunday, 1 Monday); empty turns "
                           "it off.", "")
     late_limit_minutes: int = opt("An issue whose send time passed longer ago than this is not "
                                   "sent automatically; it waits for an operator.", 360,

@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from newsletter import crontab
 from newsletter.config import Settings
 from newsletter.store.database import Store
 
@@ -40,7 +41,7 @@ def job_specs(settings: Settings) -> dict[str, tuple[str, Any, int | None]]:
             minutes=settings.bounces.imap_poll_minutes, timezone=zone), None)
     if sch.issue_cron:
         specs["issue"] = (JOB_FUNCTIONS["issue"], CronTrigger.from_crontab(
-            sch.issue_cron, timezone=zone), sch.late_limit_minutes * 60)
+            crontab.standard(sch.issue_cron), timezone=zone), sch.late_limit_minutes * 60)
     return specs
 
 
@@ -116,7 +117,7 @@ def next_issue_time(settings: Settings, now: datetime | None = None) -> datetime
     if not sch.issue_cron:
         return None
     zone = ZoneInfo(sch.timezone)
-    trigger = CronTrigger.from_crontab(sch.issue_cron, timezone=zone)
+    trigger = CronTrigger.from_crontab(crontab.standard(sch.issue_cron), timezone=zone)
     fire: datetime | None = trigger.get_next_fire_time(None, (now or datetime.now(zone))
                                                         .astimezone(zone))
     return fire

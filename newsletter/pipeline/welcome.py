@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
+from newsletter import crontab
 from newsletter.config import Settings
 from newsletter.models import Subscriber, now_utc
 from newsletter.pipeline.schedule import next_issue_time
@@ -137,7 +138,7 @@ def _runs(settings: Settings, now: datetime, *, until: date,
     if not cron:
         return []
     zone = ZoneInfo(settings.schedule.timezone)
-    trigger = CronTrigger.from_crontab(cron, timezone=zone)
+    trigger = CronTrigger.from_crontab(crontab.standard(cron), timezone=zone)
     runs: list[datetime] = []
     previous, after = None, now.astimezone(zone)
     while len(runs) < limit:
