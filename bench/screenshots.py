@@ -9,6 +9,11 @@ docs/screenshots/site-<family>-<width>-<scheme>.png with Debian's chromium:
 The article and section pages are found by following the home page's links (the first
 link under [publication] article_path, the first section page); a family the site does not
 serve yet is reported and skipped.
+
+The `editor` family is the dashboard's issue editor: a site of its own where issue 1 is a
+draft with an editor's note, logged in with the admin token, saved as
+docs/screenshots/editor-1280-light.png, editor-1280-dark.png and editor-375-light.png
+(the whole page: the preview beside the form at 1280 px, below it at 375 px).
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 WIDTHS = {375: 812, 1280: 900}  # width → window height
 FIXED = {"home": "/", "archive": "/issues/", "issue": "/issues/1", "subscribe": "/subscribe",
          "manage": "/manage", "login": "/admin/login"}
-FAMILIES = ("home", "article", "section", *list(FIXED)[1:])
+FAMILIES = ("home", "article", "section", *list(FIXED)[1:], "editor")
+EDITOR_SHOTS = ((1280, "light"), (1280, "dark"), (375, "light"))
+EDITOR_INTRO = ("A short week, and a *busy* one: the grid, the dollar and the Arctic.\n\n"
+                "Tell us what you think: [write to the editors](mailto:editors@example.org).")
+ADMIN_TOKEN = "s" * 32
 
 
 def free_port() -> int:
@@ -64,7 +73,7 @@ def make_settings(folder: Path, port: int) -> Settings:
     (folder / "n.toml").write_text(text, encoding="utf-8")
     settings = load_settings(folder / "n.toml", environ={})
     # As NEWSLETTER_SECRETS_ADMIN_TOKEN would: the login page is only offered with a token.
-    return replace(settings, secrets=replace(settings.secrets, admin_token="s" * 32))
+    return replace(settings, secrets=replace(settings.secrets, admin_token=ADMIN_TOKEN))
 
 
 def publish(settings: Settings) -> None:
@@ -149,6 +158,63 @@ def shoot(base: str, pages: dict[str, str], only: list[str], out: Path, full: bo
     return missing
 
 
+def draft_issue(settings: Settings) -> None:
+    """Issue 1 built from the example articles and left a draft, with an editor's note and
+    without its oldest article (which "add an article" then offers)."""
+    from newsletter.pipeline.editing import edit_issue
+
+    store = pipeline.open_store(settings)
+    try:
+        pipeline.collect(settings, store)
+        issue = pipeline.build_issue(settings, store, actor="scheduler").issue
+        if issue is None:
+            raise SystemExit("no issue could be built from examples/articles")
+        oldest = min(issue.articles, key=lambda a: a.published)
+        edit_issue(settings, store, 1, {
+            "intro": EDITOR_INTRO, "preheader": "The grid, the dollar, the Arctic",
+            "articles": [a.id for a in issue.articles if a is not oldest]},
+            "dashboard 127.0.0.1")
+    finally:
+        store.close()
+
+
+def shoot_editor(folder: Path, out: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    folder.mkdir()
+    port = free_port()
+    settings = make_settings(folder, port)
+    draft_issue(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with serving(settings, port) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for width, scheme in EDITOR_SHOTS:
+                context = browser.new_context(viewport={"width": width, "height": WIDTHS[width]},
+                                              color_scheme=scheme)
+                page = context.new_page()
+                page.goto(base + "/admin/login")
+                page.get_by_label("Admin token").fill(ADMIN_TOKEN)
+                page.get_by_role("button", name="Log in").click()
+                page.wait_for_url(base + "/admin/")
+                page.goto(base + "/admin/issues/1/edit")
+                page.frame_locator("#preview").get_by_text("write to the editors").wait_for()
+                page.locator("#found button").first.wait_for()  # "add an article" answered
+                name = out / f"editor-{width}-{scheme}.png"
+                if width < 1000:
+                    # The preview is below the form: chromium paints no sandboxed iframe
+                    # outside the window in a full-page capture, so the window is the page.
+                    height = page.evaluate("() => document.documentElement.scrollHeight")
+                    page.set_viewport_size({"width": width, "height": height})
+                    page.frame_locator("#preview").get_by_text("write to the editors").wait_for()
+                page.screenshot(path=str(name), full_page=True)
+                context.close()
+                shown = name.relative_to(ROOT) if name.is_relative_to(ROOT) else name
+                print(f"editor: /admin/issues/1/edit → {shown}")
+        finally:
+            browser.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,12 +230,17 @@ def main() -> int:
                      f"{', '.join(FAMILIES)})")
     if not Path(CHROMIUM).exists():
         sys.exit(f"{CHROMIUM} is not installed (apt install chromium)")
-    port = free_port()
+    port, missing = free_port(), 0
+    site = [f for f in only if f != "editor"]
     with tempfile.TemporaryDirectory(prefix="newsletter-shots-") as tmp:
-        settings = make_settings(Path(tmp), port)
-        publish(settings)
-        with serving(settings, port) as base:
-            missing = shoot(base, find_pages(base, settings), only, args.out, args.full_page)
+        if site:
+            settings = make_settings(Path(tmp), port)
+            publish(settings)
+            with serving(settings, port) as base:
+                missing = shoot(base, find_pages(base, settings), site, args.out,
+                                args.full_page)
+        if "editor" in only:
+            shoot_editor(Path(tmp) / "editor", args.out)
     return 1 if missing else 0
 
 

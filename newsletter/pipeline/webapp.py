@@ -127,6 +127,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                                                                 actor=actor),
         editor_of=IssueLinks.from_settings(settings, store).editor_of,
         review=settings.newsletter.review,
+        untitled_section=settings.newsletter.untitled_section,
         overview=lambda: control.overview(store, limit=10),
         jobs=lambda: next_runs(settings, store) if scheduler is None or
         scheduler.scheduler is None else [(j.id, j.next_run_time)

@@ -67,6 +67,17 @@ class ArticleQueries:
         with self.engine.connect() as conn:
             return [row_to_article(r) for r in conn.execute(q)]
 
+    def search_articles(self, text: str, limit: int) -> list[Article]:
+        """The newest `limit` articles whose title or section holds `text` (any case; `%`
+        and `_` are plain characters); the newest articles when `text` is empty."""
+        q = sa.select(s.articles)
+        if text:
+            q = q.where(sa.or_(s.articles.c.title.icontains(text, autoescape=True),
+                               s.articles.c.section.icontains(text, autoescape=True)))
+        q = q.order_by(s.articles.c.published.desc(), s.articles.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [row_to_article(r) for r in conn.execute(q)]
+
     def sections(self) -> list[str]:
         q = sa.select(s.articles.c.section).where(s.articles.c.section != "").distinct()
         with self.engine.connect() as conn:

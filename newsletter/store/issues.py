@@ -141,7 +141,9 @@ class IssueQueries:
     # -- history --------------------------------------------------------------------------
 
     def record_issue_event(self, number: int, now: datetime, event: IssueEventDraft) -> None:
-        with self.engine.begin() as conn:
+        # Reads, then writes: on SQLite the write lock first, or a send's commit in between
+        # fails the insert at once with "database is locked" (no busy wait for an upgrade).
+        with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
             issue_id = conn.execute(sa.select(s.issues.c.id)
                                     .where(s.issues.c.number == number)).scalar()
             if issue_id is not None:

@@ -194,11 +194,15 @@ class _Dashboard:
 
     # -- actions (POST, CSRF-checked, then back to the dashboard) ---------------------------
 
-    async def checked(self, request: Request, purpose: str) -> dict[str, str] | Response:
+    async def checked(self, request: Request, purpose: str,
+                      read: Callable[[Request], Awaitable[dict[str, Any]]] | None = None
+                      ) -> dict[str, Any] | Response:
         """The form's fields if it comes with a live session and this session's CSRF token
         (a token outlives no session: the session is looked up in the database first).
         Without a session, an issue's editor link may do what it allows to its own issue
-        (issue_editor.LINK_ACTIONS); request.state.actor names who acts either way."""
+        (issue_editor.LINK_ACTIONS); request.state.actor names who acts either way. `read`
+        parses another kind of body (its "csrf" the token); request.state.refused says why
+        a refusal was given."""
         nonce = await self.sessions.nonce(request)
         ip = self.deps.client_ip(request)
         request.state.actor, request.state.back = f"dashboard {ip}", "/admin/"
@@ -206,15 +210,16 @@ class _Dashboard:
             nonce, request.state.actor = link.nonce, link.actor(ip)
             request.state.back = f"/admin/issues/{link.number}/edit"
         try:
-            fields = await self.form(request) if nonce else {}
+            fields = await (read or self.form)(request) if nonce else {}
         except HttpError as exc:
+            request.state.refused = exc.text
             return self.page("message.html", exc.code, title="Refused", text=exc.text)
         if not nonce or not self.sessions.csrf_ok(nonce, purpose, fields.get("csrf", "")):
             # No session, or a form this session did not render: a forged request.
             log.event("admin.csrf_refused", ip=self.deps.client_ip(request), action=purpose)
-            return self.page("message.html", 403, title="Refused",
-                             text="This form has expired or was not sent from the "
-                                  "dashboard. Reload the dashboard and try again.")
+            request.state.refused = ("This form has expired or was not sent from the "
+                                     "dashboard. Reload the dashboard and try again.")
+            return self.page("message.html", 403, title="Refused", text=request.state.refused)
         return fields
 
     def action(self, purpose_of: Callable[[Request], str],

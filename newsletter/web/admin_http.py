@@ -105,6 +105,7 @@ class AdminDeps:
     # (number, token) → the editor a valid editor link of that issue was mailed to, or None
     editor_of: Callable[[int, str], str | None] = lambda number, token: None
     review: bool = False  # [newsletter] review: the dashboard offers Approve, not Send
+    untitled_section: str = "More"  # [newsletter] untitled_section: articles without one
     failures: SlidingWindow = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -46,15 +46,19 @@ class MetricsSnapshot:
 
 
 def metrics_snapshot(store: Store, now: datetime | None = None) -> MetricsSnapshot:
-    """The counts, through the store's own queries: the one place here that reads it."""
+    """The counts, through the store's own queries: the one place here that reads it. The
+    delivery counts and the send rate come from what the ledger's triggers and settle keep
+    (store/counting.py), never from the ledger's rows: a scrape costs the same however long
+    the ledger grows."""
     now = now or datetime.now(UTC)
     last = store.last_collect()
     recent = [i for i in store.list_issues(limit=RECENT_ISSUES, statuses=("sending", "sent"),
                                            with_articles=False) if i.id is not None]
-    bounced = store.bounce_counts_by_issue([i.id for i in recent if i.id is not None])
+    ids = [i.id for i in recent if i.id is not None]
+    bounced, counted = store.bounce_counts_by_issue(ids), store.delivery_counts_by_issue(ids)
     return MetricsSnapshot(
         bounces=store.bounce_totals(),
-        recent_issues={i.number: (store.delivery_counts(i.id)["sent"], bounced[i.id])
+        recent_issues={i.number: (counted[i.id]["sent"], bounced[i.id])
                        for i in recent if i.id is not None},
         articles=store.count_articles(),
         issues=store.count_issues(),  # every status present, so a series never vanishes

@@ -98,6 +98,7 @@ def admin_deps(settings: Settings, store: Store, **overrides: Any) -> AdminDeps:
                                                                    actor=actor),
         "editor_of": IssueLinks.from_settings(settings, store).editor_of,
         "review": settings.newsletter.review,
+        "untitled_section": settings.newsletter.untitled_section,
         "overview": lambda: control.overview(store, limit=10), "preview_html": preview_html,
         "import_subscribers": lambda path, actor="": import_csv(
             store, path, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),

@@ -1,0 +1,249 @@
+"""The issue editor page in real chromium: reorder by button, key and drag, remove, add, edit,
+save, the preview follows; refusals shown and nothing saved; axe-core light and dark."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from newsletter import pipeline
+from newsletter.audience import subscriptions as subs
+from newsletter.config import Settings
+from newsletter.models import Article
+from newsletter.pipeline import control, review, sending
+from tests.helpers.admin import TOKEN, Admin, serve
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+AXE = Path(os.environ.get("NEWSLETTER_AXE") or ROOT / "node_modules/axe-core/axe.min.js")
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
+if not AXE.is_file():
+    pytest.skip(f"axe-core is not installed ({AXE} is missing: run `npm install --no-save "
+                f"axe-core` in the checkout)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install playwright)")
+
+# The preview iframe holds the email, sandboxed without scripts (axe cannot run in it): axe
+# checks the page around it.
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {iframes: false,
+                                          runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}});
+  return result.violations.map(v => `${v.id} (${v.impact}): ` + v.nodes.slice(0, 3)
+    .map(n => n.target.join(' ') + ' — ' + (n.failureSummary || '').replace(/\\s+/g, ' '))
+    .join(' | '));
+}"""
+NOW = datetime.now(UTC)
+SUBJECT = "Harbour week: the editor's pick"
+INTRO = ("This week *the port* reopens after three years.\n\n"
+         "Read [our guide to the quay](https://ledger.example.org/guide/) before you go.")
+
+
+def piece(key: str, title: str, section: str, hours: float) -> Article:
+    when = NOW - timedelta(hours=hours)
+    return Article(key=f"link:https://ledger.example.org/{key}/", title=title,
+                   link=f"https://ledger.example.org/{key}/", published=when, updated=when,
+                   content_html=f"<p>{title}.</p>", content_hash=key, section=section,
+                   summary=f"All about {title.lower()}.")
+
+
+CRANES = piece("cranes", "Harbour cranes return", "World", 2)
+FERRY = piece("ferry", "Night ferry resumes", "World", 3)
+BREAD = piece("bread", "Bread prices fall", "Economy", 2.5)
+RENTS = piece("rents", "Rents rise again", "Economy", 4)
+TRAM = piece("tram", "Tram line opens", "World", 30)  # stored after the build: not in it
+
+
+@pytest.fixture
+def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Admin]:
+    settings = make_settings(f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
+    settings = replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
+    store = pipeline.open_store(settings)
+    try:
+        subs.subscribe(store, "reader@example.org", "Reader", method="admin", ip=None,
+                       user_agent=None, now=NOW, confirmed=True)
+        store.save_articles([CRANES, FERRY, BREAD, RENTS], [], NOW)
+        built = pipeline.build_issue(settings, store, actor="test")
+        assert built.issue is not None and len(built.issue.articles) == 4
+        store.save_articles([TRAM], [], NOW)
+        # Scheduled and approved: the edit below withdraws the approval.
+        control.schedule_issue(store, 1, NOW + timedelta(days=1), actor="test")
+        review.approve_issue(store, 1, actor="cli alice")
+        with serve(settings, store, tmp_path) as admin:
+            yield admin
+    finally:
+        store.close()
+
+
+def axe(page: Any, what: str) -> list[str]:
+    """axe-core's WCAG 2 A/AA violations, and sideways scrolling. axe comes in as the
+    context's init script: the page's CSP (nonce'd scripts only) would refuse a script tag,
+    and stays on for everything else the test does."""
+    found = [f"{what}: {v}" for v in page.evaluate(AXE_RUN)]
+    if page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth + 1"):
+        found.append(f"{what}: wider than the {page.viewport_size['width']} px window")
+    return found
+
+
+def shown_order(page: Any) -> list[str]:
+    return page.locator("#sections li.article .title").all_inner_texts()  # type: ignore[no-any-return]
+
+
+def focused(page: Any) -> str:
+    return page.evaluate("() => document.activeElement.textContent.trim()")  # type: ignore[no-any-return]
+
+
+def in_order(text: str, titles: list[str]) -> bool:
+    places = [text.find(t) for t in titles]
+    return -1 not in places and places == sorted(places)
+
+
+def test_edit_an_issue_in_the_browser(site: Admin) -> None:
+    store = site.store
+    built = store.get_issue(1)
+    assert built is not None
+    assert [s.name for s in built.sections] == ["Economy", "World"]
+    assert [a.title for a in built.articles] == [BREAD.title, RENTS.title, CRANES.title,
+                                                  FERRY.title]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.add_init_script(path=str(AXE))
+            page = context.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: m.type == "error" and not m.text.startswith(
+                "Failed to load resource") and problems.append(m.text))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("dialog", lambda d: d.accept())  # "leave with unsaved changes?"
+
+            page.goto(f"{site.base}/admin/login")
+            page.get_by_label("Admin token").fill(TOKEN)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(f"{site.base}/admin/")
+            page.get_by_role("link", name="Edit issue 1").click()
+            page.wait_for_url(f"{site.base}/admin/issues/1/edit")
+            preview = page.frame_locator("#preview")
+            preview.get_by_text(CRANES.title).first.wait_for()
+            page.get_by_role("button", name=f"Add “{TRAM.title}”").wait_for()
+            assert shown_order(page) == [a.title for a in built.articles]
+            assert page.locator("#approval").inner_text().startswith("approved by cli alice")
+            assert page.get_by_role("button", name="Approve and send").is_hidden()
+            assert axe(page, "editor, light") == []
+
+            # A section moves whole, by a click.
+            page.get_by_role("button", name="Move section “World” up").click()
+            assert shown_order(page) == [CRANES.title, FERRY.title, BREAD.title, RENTS.title]
+            # From the keyboard: the focus stays on the moved article's buttons.
+            page.get_by_role("button", name=f"Move “{FERRY.title}” up").focus()
+            page.keyboard.press("Enter")
+            assert shown_order(page) == [FERRY.title, CRANES.title, BREAD.title, RENTS.title]
+            # First in its section now, it cannot go up: the focus went to "down".
+            assert focused(page) == f"↓Move “{FERRY.title}” down"
+            assert page.get_by_role("button", name=f"Move “{FERRY.title}” up").is_disabled()
+            status = page.get_by_role("status").filter(has_text="Save to keep it")
+            assert "now 1 of 2 in World" in status.inner_text()
+            # By drag and drop: Rents above Bread, within Economy.
+            rents = page.locator("li.article", has_text=RENTS.title)
+            bread = page.locator("li.article", has_text=BREAD.title)
+            rents.drag_to(bread, source_position={"x": 10, "y": 12},
+                          target_position={"x": 10, "y": 4})
+            assert shown_order(page) == [FERRY.title, CRANES.title, RENTS.title, BREAD.title]
+            # An article dragged onto another section stays in its own.
+            rents.drag_to(page.locator("li.article", has_text=FERRY.title),
+                          source_position={"x": 10, "y": 12}, target_position={"x": 10, "y": 4})
+            assert shown_order(page) == [FERRY.title, CRANES.title, RENTS.title, BREAD.title]
+            # Remove one, add one from the search.
+            page.get_by_role("button", name=f"Remove “{CRANES.title}”").click()
+            page.get_by_label("Add an article").fill("tram")
+            page.get_by_role("button", name=f"Add “{TRAM.title}”").click()
+            assert shown_order(page) == [FERRY.title, TRAM.title, RENTS.title, BREAD.title]
+            page.get_by_label("Subject").fill(SUBJECT)
+            page.get_by_label("Intro (Markdown)").fill(INTRO)
+
+            page.get_by_role("button", name="Save").click()
+            saved = page.get_by_role("status").filter(has_text="Saved:")
+            saved.wait_for()
+            assert f"“{SUBJECT}”" in saved.inner_text()
+            assert "intro added" in saved.inner_text()
+            assert f"removed “{CRANES.title}”" in saved.inner_text()
+            # The preview reloads with what was saved: the note, then the new order.
+            preview.get_by_text("reopens after three years").wait_for()
+            assert preview.locator("em", has_text="the port").count() == 1
+            assert preview.get_by_role("link", name="our guide to the quay").get_attribute(
+                "href") == "https://ledger.example.org/guide/"
+            text = preview.locator("body").inner_text()
+            assert in_order(text, ["reopens after three years", FERRY.title, TRAM.title,
+                                   RENTS.title, BREAD.title])
+            assert CRANES.title not in text
+            assert page.locator("#title-subject").inner_text() == SUBJECT
+            assert "approval withdrawn (approved by cli alice)" in saved.inner_text()
+            assert page.locator("#approval").inner_text() == "not approved"
+            assert page.get_by_role("button", name="Approve and send").is_visible()
+
+            # Stored: exactly that, and who did it.
+            issue = store.get_issue(1)
+            assert issue is not None and issue.status == "scheduled"
+            assert issue.approved_at is None
+            assert issue.subject == SUBJECT and issue.intro == INTRO
+            assert [s.name for s in issue.sections] == ["World", "Economy"]
+            assert [a.id for a in issue.articles] == [FERRY.id, TRAM.id, RENTS.id, BREAD.id]
+            last = store.issue_history(1)[-1]
+            assert (last.action, last.actor) == ("edit", "dashboard 127.0.0.1")
+            assert last.detail["articles"] == [FERRY.id, TRAM.id, RENTS.id, BREAD.id]
+            newest = page.locator("#history li").first.inner_text()
+            assert "dashboard 127.0.0.1" in newest and "articles reordered" in newest
+
+            # A refusal: every article removed. One line says why; nothing is saved.
+            while page.locator("#sections li.article").count():
+                title = page.locator("#sections li.article .title").first.inner_text()
+                page.get_by_role("button", name=f"Remove “{title}”").click()
+            assert page.get_by_text("No articles left").is_visible()
+            page.get_by_role("button", name="Save").click()
+            refused = page.get_by_role("status").filter(has_text="Not saved:")
+            refused.wait_for()
+            assert refused.inner_text() == ("Not saved: articles is empty: an issue needs at "
+                                            "least one article (cancel the issue instead)")
+            again = store.get_issue(1)
+            assert again is not None and again.edited_at == issue.edited_at
+            assert [a.id for a in again.articles] == [a.id for a in issue.articles]
+            assert [e.action for e in store.issue_history(1)] == [
+                "build", "schedule", "approve", "edit"]  # the one edit
+
+            # Dark, and on a phone: still no violation, nothing wider than the window.
+            page.reload()  # the unsaved removals are dropped (the dialog is accepted)
+            assert shown_order(page) == [FERRY.title, TRAM.title, RENTS.title, BREAD.title]
+            page.emulate_media(color_scheme="dark")
+            assert axe(page, "editor, dark") == []
+            page.set_viewport_size({"width": 375, "height": 812})
+            assert axe(page, "editor, dark, 375 px") == []
+
+            # Sending begins: the next save is refused (409) and the page says so.
+            page.get_by_label("Subject").fill("Too late")
+            sending.start_sending(site.settings, store, sending.get_sendable(store, 1))
+            page.get_by_role("button", name="Save").click()
+            late = page.get_by_role("status").filter(has_text="Not saved:")
+            late.wait_for()
+            assert "issue 1 can no longer be edited: it is sending" in late.inner_text()
+            assert store.get_issue(1).subject == SUBJECT  # type: ignore[union-attr]
+            page.reload()
+            page.get_by_text("Issue 1 can no longer be edited: it is sending").wait_for()
+            assert page.locator("#editor").count() == 0  # read-only: no form, no buttons
+            assert page.get_by_role("button", name="Save").count() == 0
+            page.emulate_media(color_scheme="light")
+            page.set_viewport_size({"width": 1280, "height": 900})
+            assert axe(page, "read-only editor, light") == []
+            assert problems == []  # no CSP violation, no script error
+        finally:
+            browser.close()
