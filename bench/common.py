@@ -116,8 +116,9 @@ def seed(store: Store, count: int) -> float:
 
 
 def write_config(folder: Path, database_url: str, port: int, *, concurrency: int,
-                 batch_size: int, dkim_key: Path | None, workers: int = 1) -> Path:
-    """A config sending the example articles by SMTP to 127.0.0.1:`port`."""
+                 batch_size: int, dkim_key: Path | None, workers: int = 1,
+                 articles: Path = ARTICLES, max_articles: int = 30) -> Path:
+    """A config sending the example articles (or `articles`) by SMTP to 127.0.0.1:`port`."""
     folder.mkdir(parents=True, exist_ok=True)
     dkim = (f'dkim_key_path = "{dkim_key}"\ndkim_selector = "bench"\n'
             f'dkim_domain = "meridian.example.org"\n') if dkim_key else ""
@@ -133,9 +134,10 @@ database_url = "{database_url}"
 output_dir = "{folder / 'feeds'}"
 [[sources]]
 type = "folder"
-path = "{ARTICLES}"
+path = "{articles}"
 [newsletter]
 lookback_days = 36500
+max_articles = {max_articles}
 [secrets]
 secret_key = "bench-secret-key-bench-secret-key"
 [mail]

@@ -104,8 +104,7 @@ def main() -> None:
         return total
 
     view = issue_view(issue, MASTHEAD, summary_limit=rendered.summary_limit)
-    template_html = renderer._render("email/issue.html", masthead=MASTHEAD, issue=view,
-                                     archive_url=archive_url, email=True)
+    template_html = renderer.email_document(view, MASTHEAD, archive_url)
 
     def slow(count: int) -> int:
         # What the design avoids: fill in the values first, then inline each copy.

@@ -258,6 +258,11 @@ def issue_status(ctx: click.Context, number: int) -> None:
     click.echo(f"issue {number}: {it.status} — {it.subject}")
     assert it.id is not None
     _print_counts(number, store.delivery_counts(it.id))
+    # Why rows were skipped; "no chosen section here": the reader chose only sections this
+    # issue does not have, so there was nothing to send them.
+    if reasons := store.skipped_reasons(it.id):
+        click.echo("skipped: " + ", ".join(f"{n} {why or 'no reason recorded'}"
+                                           for why, n in reasons.items()))
     rates = issue_rates(store, it.id)
     click.echo(f"came back: {plural(rates.hard, 'hard bounce')} ({percent(rates.hard_rate)}), "
                f"{plural(rates.soft, 'soft bounce')}, {plural(rates.complaints, 'complaint')} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +48,9 @@ _NAME_ROOM = 100
 # Summary lengths tried in turn until the email fits: whole, then shorter, then none.
 SUMMARY_LIMITS: tuple[int | None, ...] = (None, 300, 160, 80, 0)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Where `email/_content.html` lets blocks be cut ({{ cut.section }} …): nothing, unless
+# compose/blocks.py renders with markers to cut a choice of sections from.
+NO_CUT: Mapping[str, str] = {"section": "", "article": "", "notice": "", "end": ""}
 _LINK_SCHEMES = ("http", "https")
 
 
@@ -126,9 +129,15 @@ def _encoded_size(document: str, base_url: str) -> int:
     parts = _PLACEHOLDER_RE.split(document.replace("\r\n", "\n").replace("\r", "\n"))
     pieces, names = parts[0::2], parts[1::2]
     size = sum(len(qp_piece(piece, soft_end=i < len(names))) for i, piece in enumerate(pieces))
+    room = value_room(base_url)
+    return size + sum(room[n] for n in names)
+
+
+def value_room(base_url: str) -> dict[str, int]:
+    """Encoded bytes to count for each placeholder: its value at its longest, as sent."""
     url = len(qp_value(html.escape(base_url + "x" * _URL_ROOM, quote=True)))
     name = len(qp_value("\U0001f600" * _NAME_ROOM))  # four UTF-8 bytes each: the longest
-    return size + sum(name if n == "NAME" else url for n in names)
+    return {"NAME": name, "UNSUBSCRIBE_URL": url, "PREFERENCES_URL": url}
 
 
 def _fits(document: str, base_url: str) -> bool:
@@ -200,9 +209,13 @@ class Renderer:
         return self._rendered(*best, masthead, archive_url, 0)
 
     def _email_html(self, view: IssueView, masthead: Masthead, archive_url: str) -> str:
-        document = self._render("email/issue.html", masthead=masthead, issue=view,
-                                archive_url=archive_url, email=True)
-        return _inline(document)
+        return _inline(self.email_document(view, masthead, archive_url))
+
+    def email_document(self, view: IssueView, masthead: Masthead, archive_url: str,
+                       cut: Mapping[str, str] = NO_CUT) -> str:
+        """The email's HTML before inlining; `cut` marks where blocks begin (compose/blocks.py)."""
+        return self._render("email/issue.html", masthead=masthead, issue=view,
+                            archive_url=archive_url, email=True, cut=cut)
 
     @staticmethod
     def _rendered(view: IssueView, document: str, masthead: Masthead, archive_url: str,
@@ -267,6 +280,14 @@ def _article_view(article: Article, base: str, summary: str) -> ArticleView:
     )
 
 
+def summary_at(article: Article, limit: int | None) -> tuple[str, bool]:
+    """The article's summary cut to `limit` (None: whole; 0: none), and whether it was cut."""
+    summary = _summary(article)
+    if limit is not None and len(summary) > limit:
+        return (shorten(summary, limit) if limit else ""), True
+    return summary, False
+
+
 def issue_view(issue: Issue, masthead: Masthead, *, summary_limit: int | None,
                keep: int | None = None) -> IssueView:
     """The issue's first `keep` articles (all by default) with summaries cut to the limit."""
@@ -277,10 +298,8 @@ def issue_view(issue: Issue, masthead: Masthead, *, summary_limit: int | None,
         chosen, left = section.articles[:left], max(left - len(section.articles), 0)
         views = []
         for article in chosen:
-            summary = _summary(article)
-            if summary_limit is not None and len(summary) > summary_limit:
-                summary = shorten(summary, summary_limit) if summary_limit else ""
-                shortened = True
+            summary, cut = summary_at(article, summary_limit)
+            shortened = shortened or cut
             views.append(_article_view(article, masthead.base_url, summary))
         if views:
             sections.append(SectionView(_inert(one_line(section.name)), tuple(views)))

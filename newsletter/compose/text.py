@@ -85,9 +85,52 @@ def _heading(name: str) -> list[str]:
     return [*lines, "=" * max(len(line) for line in lines)]
 
 
-def issue_text(view: IssueView, *, publication: str, postal_address: str, reason: str,
-               archive_url: str) -> str:
-    """The text/plain part, with the same articles and summaries as the HTML part."""
+@dataclass(frozen=True, slots=True)
+class TextParts:
+    """The text part cut where sections and articles begin: runs of whole lines ("\n" after
+    each), so that any choice of sections is their join (compose/blocks.py)."""
+
+    head: str
+    sections: tuple[tuple[str, tuple[str, ...]], ...]  # (heading, articles) per section
+    notice: str
+    foot: str
+
+    def joined(self) -> str:
+        return "".join((self.head, *(h + "".join(a) for h, a in self.sections), self.notice,
+                        self.foot))
+
+
+def _lines(out: list[str]) -> str:
+    return "".join(line.rstrip() + "\n" for line in out)
+
+
+def text_article(article: ArticleView) -> str:
+    """One article of the text part, ending in its blank line."""
+    out = _wrap(article.title)
+    if article.byline:
+        out += _wrap(article.byline)
+    if article.summary:
+        out += ["", *_wrap(article.summary)]
+    if article.link:
+        out += ["", article.link]  # alone on its line, never wrapped
+    out.append("")
+    return _lines(out)
+
+
+def text_notice(view: IssueView, archive_url: str) -> str:
+    """What the text part says when articles were left out or summaries cut ("" if neither)."""
+    if view.omitted:
+        more = "article" if view.omitted == 1 else "articles"
+        return _lines(["", *_labelled(f"{view.omitted} more {more} in the archive",
+                                      archive_url)])
+    if view.shortened:
+        return _lines(["", *_labelled("Read the full issue", archive_url)])
+    return ""
+
+
+def text_parts(view: IssueView, *, publication: str, postal_address: str, reason: str,
+               archive_url: str) -> TextParts:
+    """The text/plain part in its parts, with the same articles and summaries as the HTML."""
     # As the HTML masthead: the name, then number and date. The subject (which usually holds
     # the name too) is already the message's Subject header.
     out: list[str] = [*_wrap(publication), f"Issue {view.number} · {view.date}", ""]
@@ -97,28 +140,25 @@ def issue_text(view: IssueView, *, publication: str, postal_address: str, reason
         out += [*view.intro_text.split("\n"), ""]
     elif view.preheader:
         out += [*_wrap(view.preheader), ""]
-    for section in view.sections:
-        out += ["", *_heading(section.name), ""]
-        for article in section.articles:
-            out += _wrap(article.title)
-            if article.byline:
-                out += _wrap(article.byline)
-            if article.summary:
-                out += ["", *_wrap(article.summary)]
-            if article.link:
-                out += ["", article.link]  # alone on its line, never wrapped
-            out.append("")
-    if view.omitted:
-        more = "article" if view.omitted == 1 else "articles"
-        out += ["", *_labelled(f"{view.omitted} more {more} in the archive", archive_url)]
-    elif view.shortened:
-        out += ["", *_labelled("Read the full issue", archive_url)]
-    out += ["", "-" * 20]
+    # The part never starts with blank lines (an empty name); "Issue N" is never blank.
+    head = _lines(out).lstrip("\n")
+    sections = tuple((_lines(["", *_heading(section.name), ""]),
+                      tuple(text_article(a) for a in section.articles))
+                     for section in view.sections)
+    out = ["", "-" * 20]
     if not names_publication(postal_address, publication):
         out += _wrap(publication)
     for line in postal_address.splitlines():
         out += _wrap(line)
     if reason:
         out += ["", *_wrap(reason)]
+    # Ends in a line that is never blank, so nothing trails.
     out += ["", "Unsubscribe: %%UNSUBSCRIBE_URL%%", "Preferences: %%PREFERENCES_URL%%"]
-    return "\n".join(line.rstrip() for line in out).strip("\n") + "\n"
+    return TextParts(head, sections, text_notice(view, archive_url), _lines(out))
+
+
+def issue_text(view: IssueView, *, publication: str, postal_address: str, reason: str,
+               archive_url: str) -> str:
+    """The text/plain part, with the same articles and summaries as the HTML part."""
+    return text_parts(view, publication=publication, postal_address=postal_address,
+                      reason=reason, archive_url=archive_url).joined()

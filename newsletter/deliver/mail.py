@@ -6,6 +6,7 @@ import functools
 import hashlib
 import html as html_lib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
@@ -86,10 +87,45 @@ _PART_HEAD = (b'Content-Type: text/%s; charset="utf-8"\r\n'
               b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
 
 
+def _boundary(hexdigest: str) -> bytes:
+    return ("=_nl_" + hexdigest[:28]).encode()
+
+
+def _multipart(boundary: bytes) -> str:
+    return 'Content-Type: multipart/alternative;\r\n boundary="' + boundary.decode() + '"'
+
+
 def _split(doc: str) -> tuple[list[str], list[str]]:
     """Static pieces and the placeholder names between them (len(pieces) == len(names) + 1)."""
     parts = _PLACEHOLDER_RE.split(doc.replace("\r\n", "\n").replace("\r", "\n"))
     return parts[0::2], parts[1::2]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A run of whole lines of one part, encoded once to be joined into many bodies: its
+    UTF-8 (for the boundary) and its QP bytes with "kind:NAME" slots."""
+
+    raw: bytes
+    chunks: tuple[bytes | str, ...]
+
+
+def encode_piece(text: str, kind: Literal["text", "html"]) -> Piece:
+    """`text` as a Piece of the `kind` part; it must end in a line end unless it ends the part
+    (QP encodes line by line, so pieces that end lines join to the encoding of their join)."""
+    return Piece(text.encode("utf-8", "surrogatepass"), tuple(_encoded(text, kind, True)))
+
+
+def join_pieces(pieces: Sequence[Piece]) -> Piece:
+    """One Piece of several, as encode_piece would give for their joined text."""
+    chunks: list[bytes | str] = []
+    for piece in pieces:
+        for c in piece.chunks:
+            if chunks and isinstance(c, bytes) and isinstance(chunks[-1], bytes):
+                chunks[-1] += c
+            else:
+                chunks.append(c)
+    return Piece(b"".join(p.raw for p in pieces), tuple(chunks))
 
 
 def _encoded(doc: str, kind: str, placeholders: bool) -> list[bytes | str]:
@@ -123,6 +159,7 @@ class MessageTemplate:
         self._canonical = canonical  # the body is DKIM relaxed-canonical as built
         self._tail = [(k, v) for k, v in static.items()
                       if k in ("mime-version", "content-type", "content-transfer-encoding")]
+        self._subject = b""  # UTF-8, for the boundary of bodies joined by with_body()
 
     @classmethod
     def build(cls, *, identity: MailIdentity, subject: str, html: str | None, text: str,
@@ -163,9 +200,8 @@ class MessageTemplate:
         else:
             # Fixed per content, and "=_" never occurs in QP output, so it cannot clash.
             content = f"{subject}\0{text}\0{html}".encode("utf-8", "surrogatepass")
-            boundary = ("=_nl_" + hashlib.sha256(content).hexdigest()[:28]).encode()
-            static["content-type"] = ("Content-Type: multipart/alternative;\r\n boundary=\""
-                                      + boundary.decode() + '"')
+            boundary = _boundary(hashlib.sha256(content).hexdigest())
+            static["content-type"] = _multipart(boundary)
             chunks = [b"--%s\r\n" % boundary + _PART_HEAD % b"plain",
                       *_encoded(text, "text", placeholders),
                       b"\r\n--%s\r\n" % boundary + _PART_HEAD % b"html",
@@ -176,13 +212,45 @@ class MessageTemplate:
                 merged[-1] += c
             else:
                 merged.append(c)
-        return cls(chunks=merged, static={k: (v + "\r\n").encode("utf-8")
-                                          for k, v in static.items()},
-                   mailto=mailto, dkim=dkim or identity.dkim, default_name=default_name,
-                   placeholders=placeholders, unsubscribe=list_fields == "unsubscribe",
-                   # QP lines never hold repeated or trailing whitespace, and a multipart
-                   # body ends in its closing boundary: canonical by construction.
-                   canonical=html is not None)
+        template = cls(chunks=merged, static={k: (v + "\r\n").encode("utf-8")
+                                              for k, v in static.items()},
+                       mailto=mailto, dkim=dkim or identity.dkim, default_name=default_name,
+                       placeholders=placeholders, unsubscribe=list_fields == "unsubscribe",
+                       # QP lines never hold repeated or trailing whitespace, and a multipart
+                       # body ends in its closing boundary: canonical by construction.
+                       canonical=html is not None)
+        template._subject = subject.encode("utf-8", "surrogatepass")
+        return template
+
+    def with_body(self, *, text: Sequence[Piece], html: Sequence[Piece]) -> MessageTemplate:
+        """The same headers and signer around another body, joined from pieces encoded once:
+        the bytes build() gives for the pieces' joined text and HTML, at the cost of a join
+        (the pieces are shared, not copied). Only for a multipart template with placeholders."""
+        if not (self._canonical and self._placeholders):
+            raise ValueError("with_body needs a multipart template that fills placeholders")
+        digest = hashlib.sha256(self._subject)
+        digest.update(b"\0")
+        for piece in text:
+            digest.update(piece.raw)
+        digest.update(b"\0")
+        for piece in html:
+            digest.update(piece.raw)
+        boundary = _boundary(digest.hexdigest())
+        chunks: list[bytes | str] = [b"--%s\r\n" % boundary + _PART_HEAD % b"plain"]
+        for piece in text:
+            chunks += piece.chunks
+        chunks.append(b"\r\n--%s\r\n" % boundary + _PART_HEAD % b"html")
+        for piece in html:
+            chunks += piece.chunks
+        chunks.append(b"\r\n--%s--\r\n" % boundary)
+        static = {**self._static,
+                  "content-type": (_multipart(boundary) + "\r\n").encode("ascii")}
+        twin = MessageTemplate(chunks=chunks, static=static, mailto=self._mailto,
+                               dkim=self._dkim, default_name=self._default_name,
+                               placeholders=True, unsubscribe=self._unsubscribe,
+                               canonical=True)
+        twin._subject = self._subject
+        return twin
 
     def render(self, *, to_address: str, to_name: str, message_id: str, date: datetime,
                unsubscribe_url: str = "", preferences_url: str = "") -> WireMessage:

@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -17,18 +17,14 @@ from newsletter.audience.bounces import verp_address
 from newsletter.audience.subscriptions import issue_links
 from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
-from newsletter.deliver.dkim import signer_from_settings
 from newsletter.deliver.engine import Plan, Policy, Summary, deliver
 from newsletter.deliver.headers import message_id
-from newsletter.deliver.mail import (
-    MailIdentity,
-    MessageTemplate,
-    identity_from_settings,
-)
+from newsletter.deliver.mail import identity_from_settings
 from newsletter.errors import NewsletterError
-from newsletter.models import Claimed, Issue, IssueEventDraft, IssueSection, now_utc
+from newsletter.models import Claimed, Issue, IssueEventDraft, now_utc
 from newsletter.pipeline.outages import patiently, unreachable
 from newsletter.pipeline.transports import pool_from_settings
+from newsletter.pipeline.variants import Variants
 from newsletter.store.database import Store
 
 T = TypeVar("T")
@@ -45,40 +41,6 @@ def policy(settings: Settings) -> Policy:
                   rate=settings.smtp.rate / max(d.workers, 1),
                   ledger_inline=settings.storage.database_url.startswith("sqlite"),
                   transient=unreachable)
-
-
-class Variants:
-    """One MessageTemplate per distinct choice of sections, rendered and inlined once."""
-
-    def __init__(self, settings: Settings, issue: Issue, identity: MailIdentity) -> None:
-        self.settings, self.issue, self.identity = settings, issue, identity
-        self.dkim = signer_from_settings(settings.mail)
-        self.names = {s.name.casefold(): s.name for s in issue.sections}
-        self.cache: dict[frozenset[str], MessageTemplate | None] = {}
-
-    def __call__(self, chosen: tuple[str, ...]) -> MessageTemplate | None:
-        wanted = frozenset(self.names[c.casefold()] for c in chosen
-                           if c.casefold() in self.names)
-        if chosen and not wanted:
-            key: frozenset[str] = frozenset({"\0none"})
-        else:
-            key = frozenset() if not chosen or len(wanted) == len(self.names) else wanted
-        if key not in self.cache:
-            self.cache[key] = self._build(key)
-        return self.cache[key]
-
-    def _build(self, key: frozenset[str]) -> MessageTemplate | None:
-        if "\0none" in key:
-            return None  # none of this reader's sections is in this issue
-        issue = self.issue
-        if key:
-            from newsletter.pipeline.issues import render_into  # premailer: only if needed
-
-            sections = tuple(IssueSection(s.name, s.articles) for s in issue.sections
-                             if s.name in key)
-            issue = render_into(self.settings, replace(issue, sections=sections))
-        return MessageTemplate.build(identity=self.identity, subject=issue.subject,
-                                     html=issue.html, text=issue.text, dkim=self.dkim)
 
 
 def make_plan(settings: Settings, store: Store, issue: Issue, *,
@@ -146,6 +108,9 @@ def start_sending(settings: Settings, store: Store, issue: Issue, *,
     nothing unapproved goes out."""
     now = now_utc()
     assert issue.id is not None
+    from newsletter.pipeline.maintenance import check_resendable
+
+    check_resendable(settings, store, issue)  # its ledger may be pruned: all would get it
     # The first start records when the issue went out (the archive feed dates entries by it);
     # resuming a paused send keeps that time.
     first = not any(store.delivery_counts(issue.id).values())
@@ -248,7 +213,7 @@ def dry_run(settings: Settings, store: Store, issue: Issue) -> DryRun:
             to_address=row.email, to_name=row.name, message_id=plan.message_id_for(row),
             unsubscribe_url=unsubscribe, preferences_url=preferences, date=now))
         report.recipients += 1
-    report.variants = len(plan.variant_for.cache)  # type: ignore[attr-defined]
+    report.variants = len(plan.variant_for.seen)  # type: ignore[attr-defined]
     return report
 
 
