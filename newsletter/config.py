@@ -166,6 +166,12 @@ def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
                     else f"{where}: storage.database_url")
     except dburl.DatabaseError as exc:
         raise ConfigError(str(exc)) from None
+    retention, window = (settings.storage.ledger_retention_days,
+                         settings.bounces.unsigned_window_days)
+    if 0 < retention < window:  # an unsigned bounce is matched against the ledger's rows
+        raise ConfigError(f"{where}: storage.ledger_retention_days: expected 0 (keep for "
+                          f"ever) or at least bounces.unsigned_window_days ({window}), got "
+                          f"{retention}")
     urls = [("publication.base_url", settings.publication.base_url)]
     if settings.feeds.public_url:
         urls.append(("feeds.public_url", settings.feeds.public_url))

@@ -49,6 +49,12 @@ class Publication:
 class Storage:
     database_url: str = opt("SQLAlchemy URL: sqlite:///path (embedded) or "
                             "postgresql+psycopg://… (scale-out).", "sqlite:///var/newsletter.db")
+    ledger_retention_days: int = opt(
+        "Days a finished (sent or cancelled) issue keeps its per-recipient delivery rows; a "
+        "daily job (and `newsletter db prune`) then removes them, in short batches, keeping "
+        "the issue, its text and its delivery counts, and each subscriber's latest row. "
+        "0 keeps them for ever; otherwise at least bounces.unsigned_window_days.", 180,
+        minimum=0)
 
 
 @dataclass(frozen=True)

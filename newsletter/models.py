@@ -97,7 +97,7 @@ SETTLE_STATUSES = ("sent", "deferred", "failed", "skipped")  # how one attempt c
 CONSENT_ACTIONS = ("form", "confirm", "import", "admin", "resubscribe")
 # What can happen to an issue, as its history records it (schema.issue_events).
 ISSUE_ACTIONS = ("build", "edit", "approve", "schedule", "send", "test_send", "pause",
-                 "resume", "cancel", "review_sent", "reminder")
+                 "resume", "cancel", "review_sent", "reminder", "prune")
 # What comes back after a send, and where it came from.
 BOUNCE_KINDS = ("hard", "soft", "complaint")
 BOUNCE_SOURCES = ("smtp", "file", "stdin", "imap", "ses", "mailgun", "postmark", "sendgrid")

@@ -112,6 +112,15 @@ def _sweep() -> None:
     review.remind_editors(rt.settings, rt.store, now)
 
 
+def job_prune() -> None:
+    """Remove the delivery rows of issues finished longer ago than [storage]
+    ledger_retention_days, in short batches that let sends go first."""
+    from newsletter.pipeline.maintenance import prune_ledger
+
+    rt = runtime()
+    _patiently(rt, "prune", lambda: prune_ledger(rt.settings, rt.store, stop=rt.stopping))
+
+
 def job_bounces() -> None:
     """Read the bounce mailbox; an unreachable one is one warning, tried again next time."""
     from newsletter.errors import NewsletterError

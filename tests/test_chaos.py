@@ -138,6 +138,12 @@ retry_max = 2
                                 .where(s.deliveries.c.issue_id == issue.id)).all()
         assert len(rows) == TOTAL and len({r.subscriber_id for r in rows}) == TOTAL
         assert {r.status for r in rows} == {"sent"}
+        # The kept counts and sends ring (store/counting.py) say the same: nothing lost or
+        # counted twice by the kills, the terminated sessions or the replayed commits.
+        assert store.delivery_counts(issue.id) == {**dict.fromkeys(s.DELIVERY_STATUSES, 0),
+                                                   "sent": TOTAL}
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.sum(s.delivery_sends.c.n))).scalar() == TOTAL
         # Nobody skipped: every address got the issue. A 421 after the dot is a refusal, not
         # a delivery, so those copies are not counted as delivered.
         received = Counter(m.rcpt_tos[0] for m in srv.messages)

@@ -64,7 +64,7 @@ def test_jobs_follow_the_config_and_keep_missed_runs(
     scheduler.start(paused=True)
     schedule.register_jobs(scheduler, settings)
     issue_job = scheduler.get_job("issue")
-    assert {j.id for j in scheduler.get_jobs()} == {"issue", "sweep"}
+    assert {j.id for j in scheduler.get_jobs()} == {"issue", "sweep", "prune"}
     assert issue_job.next_run_time.weekday() == 4 and issue_job.next_run_time.hour == 9
     assert str(issue_job.next_run_time.tzinfo) == "Europe/Oslo"
     assert issue_job.misfire_grace_time == 3600

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from newsletter import log
-from newsletter.cli import ops, serve
+from newsletter.cli import maintenance, ops, serve
 from newsletter.cli.bounces import bounces
 from newsletter.cli.common import fail_cleanly, print_collect, settings_of
 from newsletter.cli.issues import issue
@@ -108,7 +108,8 @@ def feeds(ctx: click.Context) -> None:
 
 for command in ops.ISSUE_COMMANDS:
     issue.add_command(command)
-for command in (issue, subscribers, bounces, ops.status, ops.worker, serve.serve, serve.run):
+for command in (issue, subscribers, bounces, ops.status, ops.worker, serve.serve, serve.run,
+                maintenance.db, maintenance.backup):
     cli.add_command(command)
 
 

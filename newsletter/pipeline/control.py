@@ -100,10 +100,9 @@ class Overview:
 
 
 def overview(store: Store, *, limit: int = 5) -> Overview:
-    issues = []
-    for issue in store.list_issues(limit=limit):
-        assert issue.id is not None
-        issues.append((issue, store.delivery_counts(issue.id)))
+    listed = store.list_issues(limit=limit)
+    counted = store.delivery_counts_by_issue([i.id for i in listed if i.id is not None])
+    issues = [(i, counted[i.id]) for i in listed if i.id is not None]
     bounced = store.bounce_counts_by_issue([i.id for i, _ in issues if i.id is not None])
     came_back = {i.number: IssueRates.of(i.number, c.get("sent", 0), bounced[i.id])
                  for i, c in issues if i.id is not None}

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from newsletter import log, named_fields
+from newsletter.compose.blocks import IssueBlocks
 from newsletter.compose.issue import IssueRules, make_issue, window_start
 from newsletter.compose.render import (
     Masthead,
@@ -45,6 +46,12 @@ def renderer(settings: Settings) -> Renderer:
 def archive_url(settings: Settings, number: int | None = None) -> str:
     base = settings.site_url + "issues/"
     return base if number is None else f"{base}{number}"
+
+
+def issue_blocks(settings: Settings, issue: Issue) -> IssueBlocks:
+    """The issue's email in blocks inlined once, for joining readers' choices of sections."""
+    return IssueBlocks(renderer(settings), issue, masthead(settings),
+                       archive_url(settings, issue.number))
 
 
 def render_into(settings: Settings, issue: Issue) -> Issue:

@@ -18,11 +18,12 @@ from newsletter.config import Settings
 from newsletter.store.database import Store
 
 JOBS_TABLE = "apscheduler_jobs"
-FIXED_JOBS = ("collect", "issue", "sweep", "bounces")
+FIXED_JOBS = ("collect", "issue", "sweep", "bounces", "prune")
 # The functions the scheduler runs, by the textual reference APScheduler stores with each
 # job: a database written before stays valid, and this module needs no entry point.
 JOB_FUNCTIONS = {job_id: f"newsletter.scheduler:job_{job_id}" for job_id in FIXED_JOBS}
 SEND_FUNCTION = "newsletter.scheduler:job_send"
+PRUNE_AT = (3, 40)  # hour, minute of the daily ledger prune, in [schedule] timezone
 
 
 def job_specs(settings: Settings) -> dict[str, tuple[str, Any, int | None]]:
@@ -39,6 +40,10 @@ def job_specs(settings: Settings) -> dict[str, tuple[str, Any, int | None]]:
     if settings.bounces.imap_url:
         specs["bounces"] = (JOB_FUNCTIONS["bounces"], IntervalTrigger(
             minutes=settings.bounces.imap_poll_minutes, timezone=zone), None)
+    if settings.storage.ledger_retention_days:
+        # Daily, at an hour few send at; late runs still run (once: coalesced).
+        specs["prune"] = (JOB_FUNCTIONS["prune"], CronTrigger(
+            hour=PRUNE_AT[0], minute=PRUNE_AT[1], timezone=zone), None)
     if sch.issue_cron:
         specs["issue"] = (JOB_FUNCTIONS["issue"], CronTrigger.from_crontab(
             crontab.standard(sch.issue_cron), timezone=zone), sch.late_limit_minutes * 60)
@@ -56,7 +61,9 @@ class _SharedEngineJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # untype
 def make_scheduler(settings: Settings, store: Store) -> BackgroundScheduler:
     return BackgroundScheduler(
         jobstores={"default": _SharedEngineJobStore(engine=store.engine, tablename=JOBS_TABLE)},
-        executors={"default": ThreadPoolExecutor(3)},
+        # The daily prune can take a while on a large backlog: a thread of its own, so
+        # sends, collects and the sweep keep the three they had.
+        executors={"default": ThreadPoolExecutor(4)},
         # Coalesce: a week of downtime means one late run, not seven.
         job_defaults={"coalesce": True, "max_instances": 1},
         timezone=ZoneInfo(settings.schedule.timezone))

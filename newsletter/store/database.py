@@ -14,6 +14,7 @@ from newsletter.store.bounces import BounceQueries
 from newsletter.store.engine import connect, make_engine, open_engine
 from newsletter.store.issues import IssueQueries
 from newsletter.store.ledger import LedgerQueries
+from newsletter.store.retention import RetentionQueries
 from newsletter.store.sessions import SessionQueries
 from newsletter.store.subscribers import SubscriberQueries
 
@@ -46,9 +47,9 @@ class _Via(Generic[P, R]):
 class Store:
     """One database: created and migrated on open, shared by every entry point.
 
-    The queries live in six groups over the one engine (`articles`, `issues`, `subscribers`,
-    `ledger`, `bounces`, `sessions`); each group's methods are reachable on the Store too, so a
-    stage's Protocol is satisfied by the Store or by the group alone.
+    The queries live in seven groups over the one engine (`articles`, `issues`, `subscribers`,
+    `ledger`, `bounces`, `sessions`, `retention`); each group's methods are reachable on the
+    Store too, so a stage's Protocol is satisfied by the Store or by the group alone.
     """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
@@ -70,6 +71,7 @@ class Store:
         self.ledger = LedgerQueries(self.engine)
         self.bounces = BounceQueries(self.engine)
         self.sessions = SessionQueries(self.engine)
+        self.retention = RetentionQueries(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -78,6 +80,7 @@ class Store:
     article_hashes = _Via("articles", ArticleQueries.article_hashes)
     save_articles = _Via("articles", ArticleQueries.save_articles)
     latest_articles = _Via("articles", ArticleQueries.latest_articles)
+    search_articles = _Via("articles", ArticleQueries.search_articles)
     sections = _Via("articles", ArticleQueries.sections)
     count_articles = _Via("articles", ArticleQueries.count_articles)
     articles_between = _Via("articles", ArticleQueries.articles_between)
@@ -134,6 +137,8 @@ class Store:
     cancel_rows = _Via("ledger", LedgerQueries.cancel_rows)
     lease_owners = _Via("ledger", LedgerQueries.lease_owners)
     delivery_counts = _Via("ledger", LedgerQueries.delivery_counts)
+    delivery_counts_by_issue = _Via("ledger", LedgerQueries.delivery_counts_by_issue)
+    skipped_reasons = _Via("ledger", LedgerQueries.skipped_reasons)
     delivery_totals = _Via("ledger", LedgerQueries.delivery_totals)
     sent_between = _Via("ledger", LedgerQueries.sent_between)
     next_due = _Via("ledger", LedgerQueries.next_due)
@@ -155,3 +160,9 @@ class Store:
     revoke_all_sessions = _Via("sessions", SessionQueries.revoke_all_sessions)
     count_sessions = _Via("sessions", SessionQueries.count_sessions)
     prune_sessions = _Via("sessions", SessionQueries.prune_sessions)
+
+    # -- ledger retention and the SQLite file ---------------------------------------------
+    prunable_issues = _Via("retention", RetentionQueries.prunable_issues)
+    issue_pruned = _Via("retention", RetentionQueries.issue_pruned)
+    prune_batch = _Via("retention", RetentionQueries.prune_batch)
+    file_space = _Via("retention", RetentionQueries.file_space)

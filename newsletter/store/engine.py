@@ -17,6 +17,8 @@ CONNECT_TIMEOUT = 10
 # SQLSTATEs of a server going away or not there yet (admin shutdown — pg_terminate_backend —,
 # crash shutdown, cannot connect now) besides class 08, connection exception.
 _GONE = frozenset({"57P01", "57P02", "57P03"})
+# Bytes an SQLite WAL is cut back to once checkpointed (sending keeps it near 4 MB).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def make_engine(url: str) -> Engine:
@@ -33,7 +35,14 @@ def make_engine(url: str) -> Engine:
             # event below issues BEGIN itself. SQLAlchemy's recipe for pysqlite.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            # Before anything is written: a new database can then give pruned pages back
+            # to the file system (store/retention.py); an existing one needs one VACUUM
+            # (`newsletter db prune --vacuum`) and is otherwise unchanged by this.
+            cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
             cur.execute("PRAGMA journal_mode=WAL")
+            # The WAL is reused, not shrunk, after a checkpoint: one large prune or VACUUM
+            # would leave it at its peak size for good.
+            cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")

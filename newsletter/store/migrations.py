@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from newsletter.store import counting
 from newsletter.store import schema as s
 
 if TYPE_CHECKING:  # alembic is imported only when a step runs: every process start checks
@@ -108,6 +109,15 @@ def _v7(op: Operations) -> None:
     s.issue_events.to_metadata(frozen).create(op.get_bind())
 
 
+def _v8(op: Operations) -> None:
+    """Per-issue delivery counts and per-second sends, kept by triggers, counted once here."""
+    frozen = sa.MetaData()
+    s.issues.to_metadata(frozen)  # for the foreign key
+    for table in (s.delivery_counts, s.delivery_sends):  # still as v8 made them
+        table.to_metadata(frozen).create(op.get_bind())
+    counting.install_v8(op.get_bind(), datetime.now(UTC))
+
+
 MIGRATIONS: list[tuple[int, str, Step]] = [
     (1, "articles, source files, feed sources, collect runs", _v1),
     (2, "issues and issue articles", _v2),
@@ -116,6 +126,7 @@ MIGRATIONS: list[tuple[int, str, Step]] = [
     (5, "bounce and complaint events", _v5),
     (6, "dashboard sessions", _v6),
     (7, "issue intro, edits, review, approval and history", _v7),
+    (8, "delivery counts kept by triggers", _v8),
 ]
 
 

@@ -187,6 +187,32 @@ deliveries = Table(
     Index("ix_deliveries_claim", "issue_id", "status", "next_attempt_at"),
 )
 
+# Each issue's ledger rows by status, kept by triggers on `deliveries` in the transaction of
+# every change (store/counting.py), so status pages and /metrics never count the ledger.
+# Deleting ledger rows (retention) leaves these as they are: they are the record after it.
+# On PostgreSQL an issue's counts are spread over up to counting.SHARDS rows (by the writing
+# session), so workers settling at once do not queue on one row; readers sum them. A shard
+# may hold a negative count (a row counted into one shard, moved on by another session).
+delivery_counts = Table(
+    "delivery_counts", metadata,
+    Column("issue_id", Integer, sa.ForeignKey("issues.id", ondelete="CASCADE"),
+           primary_key=True, autoincrement=False),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    *(Column(status, Integer, nullable=False, server_default="0")
+      for status in ("queued", "sending", "sent", "deferred", "failed", "skipped")),
+)
+
+# Messages that became `sent`, per second of their sent_at: a ring of counting.SEND_SLOTS
+# slots (the second modulo that), each holding the latest second written to it. Kept by the
+# same triggers; the send rate reads a minute of it.
+delivery_sends = Table(
+    "delivery_sends", metadata,
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("second", BigInteger, nullable=False),  # Unix time, whole seconds
+    Column("n", Integer, nullable=False),
+)
+
 # Every grant of consent, kept beside the subscriber's latest one: who (actor: "cli <user>",
 # "api <ip>", "dashboard <ip>"; empty for the person themself), when, why, and from which
 # status an operator brought someone back (models.CONSENT_ACTIONS).

@@ -194,7 +194,9 @@ class SubscriberQueries:
 
         Delivery rows are the send history of past issues and point at the subscriber, so
         such a row stays, unsubscribed, with its name and consent IP/user agent blanked; the
-        address itself stays too, so no later import can quietly subscribe it again.
+        address itself stays too, so no later import can quietly subscribe it again. Ledger
+        retention (store/retention.py) never removes a subscriber's latest row, so this holds
+        for an address last mailed long ago too.
         """
         # Reads, then writes: on SQLite take the write lock first (see store.make_engine).
         with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
