@@ -320,3 +320,29 @@ def test_no_store_transaction_reads_then_writes_without_the_write_lock(store: St
         removed, _, _ = store.prune_batch(issue.id, later, 0, 100)
         assert removed > 0
     assert w.found == []
+
+
+def test_the_scheduler_drops_a_job_it_cannot_load_while_a_send_commits(
+        store: Store, rival: Rival, make_settings: Any) -> None:
+    # APScheduler's own _get_jobs read and then deleted in one deferred transaction: with
+    # the rival's commit in between, its DELETE failed with "database is locked".
+    from newsletter.pipeline.schedule import JOBS_TABLE, make_scheduler, register_jobs
+
+    settings = make_settings()
+    scheduler = make_scheduler(settings, store)
+    scheduler.start(paused=True)
+    try:
+        register_jobs(scheduler, settings)
+        loaded = {j.id for j in scheduler.get_jobs()}
+        assert loaded
+        with store.engine.begin() as conn:  # a job pickled by a version that is gone
+            conn.execute(sa.text(f"INSERT INTO {JOBS_TABLE} (id, next_run_time, job_state) "
+                                 "VALUES ('renamed', 0, :state)"), {"state": b"not a pickle"})
+        with rival_after_first_read(store, rival):
+            assert {j.id for j in scheduler.get_jobs()} == loaded
+        assert rival.committed == 1  # the commit landed between the read and the delete
+        with store.engine.connect() as conn:
+            ids = {r[0] for r in conn.execute(sa.text(f"SELECT id FROM {JOBS_TABLE}"))}
+        assert ids == loaded  # the broken job is gone, the others stay
+    finally:
+        scheduler.shutdown(wait=False)

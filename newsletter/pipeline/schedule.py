@@ -57,6 +57,28 @@ class _SharedEngineJobStore(SQLAlchemyJobStore):  # type: ignore[misc]  # untype
     def shutdown(self) -> None:
         pass
 
+    def _get_jobs(self, *conditions: Any) -> list[Any]:
+        # APScheduler reads the jobs and deletes those it cannot load in one deferred
+        # transaction: on SQLite a send's commit in between fails that delete at once
+        # ("database is locked"). Here the read is a transaction of its own and the delete
+        # (rare: after an upgrade renames a job function) takes the write lock first.
+        table = self.jobs_t
+        query = (table.select().with_only_columns(table.c.id, table.c.job_state)
+                 .order_by(table.c.next_run_time).where(*conditions))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        jobs, broken = [], []
+        for row in rows:
+            try:
+                jobs.append(self._reconstitute_job(row.job_state))
+            except BaseException:
+                self._logger.exception('Unable to restore job "%s" -- removing it', row.id)
+                broken.append(row.id)
+        if broken:
+            with self.engine.execution_options(sqlite_immediate=True).begin() as conn:
+                conn.execute(table.delete().where(table.c.id.in_(broken)))
+        return jobs
+
 
 def make_scheduler(settings: Settings, store: Store) -> BackgroundScheduler:
     return BackgroundScheduler(
