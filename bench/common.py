@@ -1,4 +1,5 @@
-"""What the delivery benchmarks share: smtp-sink, process CPU, the seed and the config."""
+"""What the delivery benchmarks share: smtp-sink, process CPU, the seed, a DKIM key and the
+config."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter.store import schema as s  # noqa: E402
 from newsletter.store.database import Store  # noqa: E402
@@ -113,6 +116,16 @@ def seed(store: Store, count: int) -> float:
     with store.engine.begin() as conn:
         conn.execute(stmt, {"count": count, "now": datetime.now(UTC)})
     return time.perf_counter() - start
+
+
+def write_dkim_key(folder: Path) -> Path:
+    """A fresh rsa-2048 key, PKCS#8 PEM, written to `folder`/dkim.pem (returned)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = folder / "dkim.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
 
 
 def write_config(folder: Path, database_url: str, port: int, *, concurrency: int,

@@ -40,9 +40,8 @@ from common import (  # noqa: E402
     smtp_sink,
     tool,
     write_config,
+    write_dkim_key,
 )
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter import log, pipeline  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
@@ -456,11 +455,7 @@ def main() -> None:
           f"SQLite {sqlite3.sqlite_version}")
     with tempfile.TemporaryDirectory(prefix="bench-deliver-") as tmp, smtp_sink() as sink:
         root = Path(tmp)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        dkim_key = root / "dkim.pem"
-        dkim_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        dkim_key = write_dkim_key(root)
         runs = 0
 
         def go(n: int, c: int, b: int, w: int, dkim: bool, reference: bool = True) -> Result:

@@ -41,9 +41,8 @@ from common import (  # noqa: E402
     seed,
     smtp_sink,
     write_config,
+    write_dkim_key,
 )
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from newsletter import log, pipeline  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
@@ -472,13 +471,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
                 smtp_sink() as sink:
             root = Path(tmp)
-            dkim_key = None
-            if args.dkim:
-                key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-                dkim_key = root / "dkim.pem"
-                dkim_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                       serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
+            dkim_key = write_dkim_key(root) if args.dkim else None
             for _ in range(args.repeat if args.cases else 0):
                 for case in cases:  # interleaved, so drift hits every case alike
                     run_case(case, root, admin, args.pg_url, sink.port, sink.pid,

@@ -28,9 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
-from common import Sink, proc_cpu, seed, smtp_sink, write_config  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from common import (  # noqa: E402
+    Sink,
+    proc_cpu,
+    seed,
+    smtp_sink,
+    write_config,
+    write_dkim_key,
+)
 
 from newsletter import log, pipeline  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
@@ -167,13 +172,7 @@ def main() -> None:
         root = Path(tmp)
         articles = root / "articles"
         count = write_articles(articles, args.per_section, random.Random(args.seed))
-        dkim_key = None
-        if args.dkim:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            dkim_key = root / "dkim.pem"
-            dkim_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                   serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+        dkim_key = write_dkim_key(root) if args.dkim else None
         runs = 0
         for round_ in range(args.repeat):
             for case in cases:

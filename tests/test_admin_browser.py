@@ -15,20 +15,15 @@ from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.web.admin import SESSION_COOKIE, Sessions
 from tests.helpers.admin import TOKEN, Admin, admin_settings, serve
+from tests.helpers.browser import ARGS, CHROMIUM, sync_api_or_skip
 from tests.helpers.sending import seed
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 READERS = 25
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
+sync_api = sync_api_or_skip()
 
 
 def forged_posts_are_refused(site: Admin, session: str, page: Any) -> None:

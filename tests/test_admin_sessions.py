@@ -26,6 +26,7 @@ from newsletter.store.schema import admin_sessions, metadata
 from newsletter.store.sessions import PRUNE_BATCH
 from newsletter.web.admin import SESSION_COOKIE, Sessions
 from tests.helpers.admin import TOKEN, admin_settings, csrf_of, login, serve
+from tests.helpers.browser import ARGS, CHROMIUM, sync_api_or_skip
 
 REFUSED = "not sent from the dashboard"
 
@@ -241,19 +242,11 @@ def test_the_sessions_table_arrives_by_migration(settings: Settings, db_url: str
         store.close()
 
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-
 @pytest.mark.browser
 def test_log_out_everywhere_in_chromium(settings: Settings, tmp_path: Path) -> None:
     """Two browsers on the dashboard; one ends every session; the other, left open, finds
     itself logged out on its own (its progress poll is refused) and stays so on reload."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
+    sync_api = sync_api_or_skip()
     store = pipeline.open_store(settings)
     try:
         with serve(settings, store, tmp_path) as site, sync_api.sync_playwright() as p:

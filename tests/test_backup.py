@@ -22,22 +22,13 @@ from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from tests.helpers.sending import seed
+from tests.helpers.sending import seed, smtp_toml
 
 READERS = 1500
-SMTP = """
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{host}"
-port = {port}
-security = "none"
-concurrency = 3
-timeout = 5
-[delivery]
-lease_seconds = 10
-"""
+
+
+def smtp(srv: SmtpTestServer) -> str:
+    return smtp_toml(srv, "concurrency = 3\ntimeout = 5", "lease_seconds = 10")
 
 
 def sent_ids(url: str, issue_id: int) -> set[int]:
@@ -58,7 +49,7 @@ def test_a_backup_taken_mid_send_restores_and_resumes(make_settings: Callable[..
     the copy did not know had it can get it twice."""
     # Each reply a little late: the send lasts long enough to be caught in the middle.
     with SmtpTestServer(delay=0.003) as srv:
-        settings = make_settings(SMTP.format(host=srv.host, port=srv.port))
+        settings = make_settings(smtp(srv))
         store = pipeline.open_store(settings)
         addresses = seed(store, READERS)
         issue = pipeline.build_issue(settings, store).issue
@@ -102,7 +93,7 @@ def test_a_backup_taken_mid_send_restores_and_resumes(make_settings: Callable[..
         known = sent_ids(url, issue.id)
         assert 0 < len(known) < READERS  # taken while the worker was writing the ledger
         before = len(srv.messages)
-        settings = make_settings(SMTP.format(host=srv.host, port=srv.port), database_url=url)
+        settings = make_settings(smtp(srv), database_url=url)
         store = pipeline.open_store(settings)
         resumed = sending.get_sendable(store, issue.number)
         assert resumed.status == "sending"

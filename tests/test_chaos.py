@@ -24,6 +24,7 @@ from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from tests.helpers.sending import smtp_toml
 from tests.test_scale import seed, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -67,22 +68,10 @@ def test_chaos_every_subscriber_one_outcome_duplicates_bounded(
         make_settings: Callable[..., Settings], pg_url: str, tmp_path: Path) -> None:
     faults = Faults(seed=20_000)
     with SmtpTestServer(fault_after_data=faults) as srv:
-        settings = make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = {CONCURRENCY}
-timeout = 5
-[delivery]
-batch_size = 100
-lease_seconds = 10
-retry_initial = 1
-retry_max = 2
-""", database_url=pg_url)
+        settings = make_settings(smtp_toml(
+            srv, f"concurrency = {CONCURRENCY}\ntimeout = 5",
+            "batch_size = 100\nlease_seconds = 10\nretry_initial = 1\nretry_max = 2"),
+            database_url=pg_url)
         store = Store(pg_url)
         addresses = seed(store, TOTAL)
         issue = pipeline.build_issue(settings, store).issue

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,6 +30,7 @@ from newsletter.store import schema as s
 from newsletter.store.database import Store
 from tests.helpers.admin import TOKEN, login, serve
 from tests.helpers.sending import seed as seed_readers
+from tests.helpers.sending import send_killed_until_done, smtp_settings
 from tests.test_scale import seed, wait_for
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -279,25 +279,6 @@ def test_status_and_metrics_read_no_ledger_row(make_settings: Callable[..., Sett
 
 # -- kills ---------------------------------------------------------------------------------------
 
-def _smtp(srv: SmtpTestServer, extra: str = "") -> str:
-    return f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = 3
-timeout = 5
-[delivery]
-lease_seconds = 10
-retry_initial = 1
-retry_max = 2
-{extra}
-"""
-
-
 def _finished(store: Store, issue_id: int) -> int:
     """Rows of the issue sent or failed, counted in the ledger itself."""
     d = s.deliveries.c
@@ -316,7 +297,8 @@ def test_counts_match_a_recount_after_workers_are_killed(
     total = 3000
     refused = {f"r{i}@example.org": 550 for i in range(7, total, 300)}  # failed at RCPT
     with SmtpTestServer(rcpt_codes=refused, data_codes={"r11@example.org": 554}) as srv:
-        settings = make_settings(_smtp(srv, "batch_size = 100"), database_url=pg_url)
+        settings = smtp_settings(make_settings, srv, "retry_max = 2\nbatch_size = 100",
+                                 database_url=pg_url)
         store = Store(pg_url)
         seed(store, total)
         issue = pipeline.build_issue(settings, store).issue
@@ -364,29 +346,13 @@ def test_counts_match_a_recount_after_sqlite_sends_are_killed(
     until done: the counts equal a recount after every kill and at the end."""
     total = 1500
     with SmtpTestServer(rcpt_codes={"reader5@example.org": 550}) as srv:
-        settings = make_settings(_smtp(srv))
+        settings = smtp_settings(make_settings, srv, "retry_max = 2")
         store = pipeline.open_store(settings)
         seed_readers(store, total)
         issue = pipeline.build_issue(settings, store).issue
         assert issue is not None and issue.id is not None
-        rng = random.Random(19)
-        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
-               "--log-level", "WARNING", "issue", "send", str(issue.number)]
-        kills = 0
-        for _attempt in range(40):
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            target = len(srv.messages) + rng.randint(50, 300)
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and len(srv.messages) < target:
-                assert time.monotonic() < deadline, "sender made no progress"
-                time.sleep(0.01)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=30)
-            assert_agree(store)
-            if proc.returncode == 0:
-                break
+        kills = send_killed_until_done(settings, issue.number, srv, random.Random(19), 300,
+                                       lambda: assert_agree(store))
         assert kills >= 2
         assert assert_agree(store)[issue.id] == {**_zeros(), "sent": total - 1, "failed": 1}
         with store.engine.connect() as conn:

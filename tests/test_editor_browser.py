@@ -3,7 +3,6 @@ save, the preview follows; refusals shown and nothing saved; axe-core light and 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,54 +14,30 @@ import pytest
 from newsletter import pipeline
 from newsletter.audience import subscriptions as subs
 from newsletter.config import Settings
-from newsletter.models import Article
 from newsletter.pipeline import control, review, sending
 from tests.helpers.admin import TOKEN, Admin, serve
+from tests.helpers.browser import ARGS, AXE, CHROMIUM, axe_run, sync_api_or_skip
+from tests.helpers.issues import piece
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
-AXE = Path(os.environ.get("NEWSLETTER_AXE") or ROOT / "node_modules/axe-core/axe.min.js")
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-if not AXE.is_file():
-    pytest.skip(f"axe-core is not installed ({AXE} is missing: run `npm install --no-save "
-                f"axe-core` in the checkout)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
+sync_api = sync_api_or_skip(axe=True)
 
 # The preview iframe holds the email, sandboxed without scripts (axe cannot run in it): axe
 # checks the page around it.
-AXE_RUN = """async () => {
-  const result = await axe.run(document, {iframes: false,
-                                          runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}});
-  return result.violations.map(v => `${v.id} (${v.impact}): ` + v.nodes.slice(0, 3)
-    .map(n => n.target.join(' ') + ' — ' + (n.failureSummary || '').replace(/\\s+/g, ' '))
-    .join(' | '));
-}"""
+AXE_RUN = axe_run(iframes=False)
 NOW = datetime.now(UTC)
 SUBJECT = "Harbour week: the editor's pick"
 INTRO = ("This week *the port* reopens after three years.\n\n"
          "Read [our guide to the quay](https://ledger.example.org/guide/) before you go.")
 
 
-def piece(key: str, title: str, section: str, hours: float) -> Article:
-    when = NOW - timedelta(hours=hours)
-    return Article(key=f"link:https://ledger.example.org/{key}/", title=title,
-                   link=f"https://ledger.example.org/{key}/", published=when, updated=when,
-                   content_html=f"<p>{title}.</p>", content_hash=key, section=section,
-                   summary=f"All about {title.lower()}.")
-
-
-CRANES = piece("cranes", "Harbour cranes return", "World", 2)
-FERRY = piece("ferry", "Night ferry resumes", "World", 3)
-BREAD = piece("bread", "Bread prices fall", "Economy", 2.5)
-RENTS = piece("rents", "Rents rise again", "Economy", 4)
-TRAM = piece("tram", "Tram line opens", "World", 30)  # stored after the build: not in it
+CRANES = piece("cranes", "Harbour cranes return", "World", 2, now=NOW)
+FERRY = piece("ferry", "Night ferry resumes", "World", 3, now=NOW)
+BREAD = piece("bread", "Bread prices fall", "Economy", 2.5, now=NOW)
+RENTS = piece("rents", "Rents rise again", "Economy", 4, now=NOW)
+# Stored after the build: not in it.
+TRAM = piece("tram", "Tram line opens", "World", 30, now=NOW)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from newsletter.models import Issue
 from newsletter.pipeline import sending
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from tests.helpers.sending import r, seed, start
+from tests.helpers.sending import r, seed, smtp_toml, start
 
 USER = "newsletter"
 PASSWORD = "Echoed-Pa55word/4321"
@@ -114,21 +114,9 @@ def captured_logs() -> Iterator[list[str]]:
 
 
 def relay(make_settings: Callable[..., Settings], srv: SmtpTestServer, password: str) -> Settings:
-    return make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-timeout = 5
-concurrency = 1
-username = "{USER}"
-password = "{password}"
-[delivery]
-retry_initial = 1
-""")
+    return make_settings(smtp_toml(
+        srv, f'timeout = 5\nconcurrency = 1\nusername = "{USER}"\npassword = "{password}"',
+        "retry_initial = 1"))
 
 
 def replies(store: Store, issue: Issue) -> dict[str, tuple[str, str]]:

@@ -31,7 +31,7 @@ from newsletter.pipeline import sending
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store import schema as s
 from newsletter.store.database import Store
-from tests.helpers.sending import r, seed, smtp_settings, start
+from tests.helpers.sending import r, seed, smtp_settings, smtp_toml, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,19 +79,8 @@ def captured_logs() -> Iterator[list[str]]:
 def relay_settings(make_settings: Callable[..., Settings], srv: SmtpTestServer, *,
                    security: str = "none", timeout: float = 5, smtp: str = "",
                    database_url: str = "") -> Settings:
-    return make_settings(database_url=database_url, extra=f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "{security}"
-timeout = {timeout}
-{smtp}
-[delivery]
-retry_initial = 1
-""")
+    return make_settings(database_url=database_url, extra=smtp_toml(
+        srv, f"timeout = {timeout}\n{smtp}", "retry_initial = 1", security=security))
 
 
 def test_mixed_replies_in_one_run_each_row_settled_once(

@@ -17,9 +17,9 @@ from smtpserver import SmtpTestServer
 
 from newsletter import pipeline
 from newsletter.config import Settings
-from newsletter.models import Article
 from newsletter.pipeline import editing
 from tests.helpers.admin import TOKEN, Admin, serve
+from tests.helpers.issues import piece
 from tests.helpers.sending import seed, smtp_settings
 
 NOW = datetime.now(UTC)
@@ -27,18 +27,10 @@ INTRO = ("Dear readers, this week *the port* reopens after three years.\n\n"
          "Read [our guide to the quay](https://ledger.example.org/guide/) before you go.")
 
 
-def piece(key: str, title: str, section: str, hours: float) -> Article:
-    when = NOW - timedelta(hours=hours)
-    return Article(key=f"link:https://ledger.example.org/{key}/", title=title,
-                   link=f"https://ledger.example.org/{key}/", published=when, updated=when,
-                   content_html=f"<p>{title}.</p>", content_hash=key, section=section,
-                   summary=f"All about {title.lower()}.")
-
-
-ARTICLES = [piece("cranes", "Harbour cranes return", "World", 2),
-            piece("ferry", "Night ferry resumes", "World", 3),
-            piece("bread", "Bread prices fall", "Economy", 2.5),
-            piece("rents", "Rents rise again", "Economy", 4)]
+ARTICLES = [piece("cranes", "Harbour cranes return", "World", 2, now=NOW),
+            piece("ferry", "Night ferry resumes", "World", 3, now=NOW),
+            piece("bread", "Bread prices fall", "Economy", 2.5, now=NOW),
+            piece("rents", "Rents rise again", "Economy", 4, now=NOW)]
 
 
 def with_admin(settings: Settings) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +15,21 @@ import pytest
 from newsletter import pipeline
 from newsletter.audience import subscriptions as subs
 from newsletter.config import Settings
-from newsletter.models import Article
 from newsletter.pipeline import sending
 from newsletter.pipeline.issue_links import IssueLinks
 from tests.helpers.admin import TOKEN, Admin, csrf_of, login, serve
+from tests.helpers.issues import piece
 
 NOW = datetime.now(UTC)
 EDITOR = "editor@example.org"
 PAGE = "/admin/issues/1/edit"
 
 
-def piece(key: str, title: str, section: str, hours: float) -> Article:
-    when = NOW - timedelta(hours=hours)
-    return Article(key=f"link:https://ledger.example.org/{key}/", title=title,
-                   link=f"https://ledger.example.org/{key}/", published=when, updated=when,
-                   content_html=f"<p>{title}.</p>", content_hash=key, section=section,
-                   summary=f"All about {title.lower()}.")
-
-
-ARTICLES = [piece("cranes", "Harbour cranes return", "World", 2),
-            piece("bread", "Bread prices fall", "Economy", 3),
-            piece("rents", "Rents rise 100% again", "Economy", 4),
-            piece("loose", "A loose note", "", 5)]
-LATER = piece("tram", "Tram line opens", "World", 30)
+ARTICLES = [piece("cranes", "Harbour cranes return", "World", 2, now=NOW),
+            piece("bread", "Bread prices fall", "Economy", 3, now=NOW),
+            piece("rents", "Rents rise 100% again", "Economy", 4, now=NOW),
+            piece("loose", "A loose note", "", 5, now=NOW)]
+LATER = piece("tram", "Tram line opens", "World", 30, now=NOW)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from newsletter.cli.issues import SEND_STOPPED_EARLY
 from newsletter.config import Settings
 from newsletter.models import example_send_time
 from newsletter.store.database import Store
-from tests.helpers.sending import seed
+from tests.helpers.sending import seed, smtp_toml
 
 
 def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -74,22 +74,8 @@ def test_the_example_send_time_is_the_next_monday_morning() -> None:
 
 def relay(make_settings: Callable[..., Settings], srv: SmtpTestServer, smtp: str = "",
           delivery: str = "") -> Settings:
-    return make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = 2
-timeout = 5
-{smtp}
-[delivery]
-retry_initial = 1
-lease_seconds = 30
-{delivery}
-""")
+    return make_settings(smtp_toml(srv, f"concurrency = 2\ntimeout = 5\n{smtp}",
+                                   f"retry_initial = 1\nlease_seconds = 30\n{delivery}"))
 
 
 def test_send_with_the_server_refusing_connections_exits_non_zero(

@@ -31,7 +31,7 @@ from newsletter.pipeline import scheduling, sending
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.store.database import Store
 from tests.helpers.pgproxy import PgProxy
-from tests.helpers.sending import seed
+from tests.helpers.sending import seed, smtp_toml
 
 pytestmark = pytest.mark.postgres
 
@@ -84,22 +84,9 @@ def terminator(pg_url: str) -> Iterator[Terminator]:
 
 def mail_settings(make_settings: Callable[..., Settings], srv: SmtpTestServer, url: str,
                   extra: str = "") -> Settings:
-    return make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = {CONCURRENCY}
-timeout = 5
-[delivery]
-batch_size = 40
-lease_seconds = 10
-retry_initial = 1
-{extra}
-""", database_url=url)
+    return make_settings(smtp_toml(srv, f"concurrency = {CONCURRENCY}\ntimeout = 5",
+                                   f"batch_size = 40\nlease_seconds = 10\nretry_initial = 1\n"
+                                   f"{extra}"), database_url=url)
 
 
 def begin(settings: Settings, store: Store, readers: int) -> Issue:

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 
 from newsletter.compose.render import Renderer, personalize
+from tests.helpers.browser import ARGS, CHROMIUM, sync_api_or_skip
 from tests.helpers.render import MASTHEAD, sample_issue
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
+sync_api = sync_api_or_skip()
 
 
 def png(width: int, height: int) -> bytes:

@@ -24,6 +24,7 @@ from newsletter.store import retention
 from newsletter.store import schema as s
 from newsletter.store.database import Store
 from tests.helpers.schedule import register_stopped, set_stored_next_run
+from tests.helpers.sending import smtp_toml
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
@@ -243,18 +244,8 @@ def test_prune_alongside_a_send(make_settings: Callable[..., Settings], db_url: 
     """The prune's write transactions are short and let go between batches: a send
     running meanwhile settles every message (on SQLite none waits out its busy timeout)."""
     with SmtpTestServer() as srv:
-        settings = settings_for(make_settings, db_url, f"""
-[mail]
-transport = "smtp"
-from_address = "news@ledger.example.org"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-concurrency = 3
-[delivery]
-batch_size = 20
-""")
+        settings = settings_for(make_settings, db_url,
+                                smtp_toml(srv, "concurrency = 3", "batch_size = 20"))
         store = pipeline.open_store(settings)
         old = fill(store, 30_000)
         with store.engine.begin() as conn:  # the readers of the new issue

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,7 +20,7 @@ from newsletter.cli.main import cli
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.store.database import Store
-from tests.helpers.sending import seed, smtp_settings
+from tests.helpers.sending import seed, send_killed_until_done, smtp_settings
 
 
 def test_send_with_misbehaving_recipients(make_settings: Callable[..., Settings]) -> None:
@@ -168,24 +164,7 @@ def test_killed_mid_send_resumes_without_skipping(make_settings: Callable[..., S
         issue = pipeline.build_issue(settings, store).issue
         assert issue is not None and issue.id is not None
         store.close()
-        rng = random.Random(7)
-        cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
-               "--log-level", "WARNING", "issue", "send", str(issue.number)]
-        kills = 0
-        for _attempt in range(40):
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            target = len(srv.messages) + rng.randint(50, 400)
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and len(srv.messages) < target:
-                assert time.monotonic() < deadline, "sender made no progress"
-                time.sleep(0.01)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=30)
-            proc.stderr.close()
-            if proc.returncode == 0:
-                break
+        kills = send_killed_until_done(settings, issue.number, srv, random.Random(7), 400)
         assert kills >= 2
         received = Counter(m.rcpt_tos[0] for m in srv.messages)
         assert set(received) == set(addresses)

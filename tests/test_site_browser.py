@@ -3,7 +3,6 @@ page family, light and dark, each page has one <main>, and nothing scrolls sidew
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -23,32 +22,14 @@ from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 from newsletter.store.database import Store
+from tests.helpers.browser import ARGS, AXE, CHROMIUM, ROOT, axe_run, sync_api_or_skip
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
-# `npm install --no-save axe-core` in the checkout puts it here; NEWSLETTER_AXE may point
-# at another copy.
-AXE = Path(os.environ.get("NEWSLETTER_AXE") or ROOT / "node_modules/axe-core/axe.min.js")
 TOKEN = "site-browser-admin-token-0123456789"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-if not AXE.is_file():
-    pytest.skip(f"axe-core is not installed ({AXE} is missing: run `npm install --no-save "
-                f"axe-core` in the checkout)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-
-AXE_RUN = """async () => {
-  const result = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}});
-  return result.violations.map(v => `${v.id} (${v.impact}): ` + v.nodes.slice(0, 3)
-    .map(n => n.target.join(' ') + ' — ' + (n.failureSummary || '').replace(/\\s+/g, ' '))
-    .join(' | '));
-}"""
+sync_api = sync_api_or_skip(axe=True)
+AXE_RUN = axe_run()
 
 
 @dataclass

@@ -1,8 +1,15 @@
-"""Seeded subscribers and SMTP settings shared by the delivery tests."""
+"""Seeded subscribers, SMTP settings and a killed-and-restarted send shared by the delivery
+tests."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -37,23 +44,29 @@ def seed(store: Store, n: int, *, prefs: dict[int, list[str]] | None = None,
     return [f"reader{i}@example.org" for i in range(n)]
 
 
-def smtp_settings(make_settings: Callable[..., Settings], srv: SmtpTestServer,
-                  extra: str = "") -> Settings:
-    return make_settings(f"""
+def smtp_toml(srv: SmtpTestServer, smtp: str = "", delivery: str = "", *,
+              security: str = "none") -> str:
+    """The [mail], [smtp] and [delivery] tables of a config sending to `srv`: `smtp` and
+    `delivery` are the lines each table adds (delivery's last, so tables may follow)."""
+    return f"""
 [mail]
 transport = "smtp"
 from_address = "news@ledger.example.org"
 [smtp]
 host = "{srv.host}"
 port = {srv.port}
-security = "none"
-concurrency = 3
-timeout = 5
+security = "{security}"
+{smtp}
 [delivery]
-retry_initial = 1
-lease_seconds = 10
-{extra}
-""")
+{delivery}
+"""
+
+
+def smtp_settings(make_settings: Callable[..., Settings], srv: SmtpTestServer,
+                  extra: str = "", *, database_url: str = "") -> Settings:
+    return make_settings(smtp_toml(srv, "concurrency = 3\ntimeout = 5",
+                                   f"retry_initial = 1\nlease_seconds = 10\n{extra}"),
+                         database_url=database_url)
 
 
 def start(settings: Settings, readers: int) -> tuple[Store, Issue]:
@@ -67,3 +80,29 @@ def start(settings: Settings, readers: int) -> tuple[Store, Issue]:
 
 def r(i: int) -> str:
     return f"reader{i}@example.org"
+
+
+def send_killed_until_done(settings: Settings, number: int, srv: SmtpTestServer,
+                           rng: random.Random, most: int,
+                           after_each: Callable[[], object] = lambda: None) -> int:
+    """`newsletter issue send` SIGKILLed once `srv` has 50 to `most` more messages (if it
+    is still running), `after_each` run, and started again until it exits 0 (40 runs at
+    most): returns how many times it was killed."""
+    cmd = [sys.executable, "-m", "newsletter", "--config", str(settings.path),
+           "--log-level", "WARNING", "issue", "send", str(number)]
+    kills = 0
+    for _attempt in range(40):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = len(srv.messages) + rng.randint(50, most)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and len(srv.messages) < target:
+            assert time.monotonic() < deadline, "sender made no progress"
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        after_each()
+        if proc.returncode == 0:
+            break
+    return kills
