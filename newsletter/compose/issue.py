@@ -29,6 +29,14 @@ def window_start(previous: Issue | None, now: datetime, rules: IssueRules) -> da
     return previous.window_end if previous else now - rules.lookback
 
 
+def oldest_late(previous: Issue, rules: IssueRules) -> datetime:
+    """How old an article that arrived after the previous issue was built may be dated and
+    still go into the next one: the look-back before that build. An upstream entry dated
+    hours back, or a file dropped in with yesterday's date, goes in; an archive imported
+    later (years of articles never in an issue) stays on the site and in the feeds."""
+    return previous.window_end - rules.lookback
+
+
 def group_sections(articles: Sequence[Article], rules: IssueRules) -> tuple[IssueSection, ...]:
     """Newest first, capped, then grouped by section in the configured order."""
     chosen = sorted(articles, key=lambda a: (a.published, a.id), reverse=True)

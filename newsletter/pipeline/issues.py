@@ -8,7 +8,7 @@ from pathlib import Path
 
 from newsletter import log, named_fields
 from newsletter.compose.blocks import IssueBlocks
-from newsletter.compose.issue import IssueRules, make_issue, window_start
+from newsletter.compose.issue import IssueRules, make_issue, oldest_late, window_start
 from newsletter.compose.render import (
     Masthead,
     RenderedIssue,
@@ -115,7 +115,8 @@ def build_issue(settings: Settings, store: Store, *, force: bool = False,
         start = min(a.published for a in articles)
     else:
         start = window_start(previous, now, rules)
-        articles = store.articles_between(start, now)
+        articles = store.articles.articles_for_next_issue(
+            after=start, through=previous.number, oldest=oldest_late(previous, rules), until=now)
         if not articles and not force:
             return BuildResult(draft, f"nothing new since issue {previous.number}: no issue "
                                       f"built", nothing_new=True)

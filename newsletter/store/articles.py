@@ -53,7 +53,9 @@ class ArticleQueries:
                 conn.execute(s.articles.insert(), [article_row(a, now) for a in new])
             for a in changed:
                 row = article_row(a, now)
-                del row["id"], row["key"]
+                # collected_at stays when it was first collected: an edit is not a new
+                # article (articles_for_next_issue reads it).
+                del row["id"], row["key"], row["collected_at"]
                 conn.execute(s.articles.update().where(s.articles.c.key == a.key).values(row))
 
     def latest_articles(self, limit: int, *, section: str | None = None,
@@ -101,6 +103,30 @@ class ArticleQueries:
         q = (sa.select(s.articles).where(s.articles.c.published > start)
              .where(s.articles.c.published <= end)
              .order_by(s.articles.c.published.desc(), s.articles.c.id))
+        with self.engine.connect() as conn:
+            return [row_to_article(r) for r in conn.execute(q)]
+
+    def articles_for_next_issue(self, *, after: datetime, through: int, oldest: datetime,
+                                until: datetime) -> list[Article]:
+        """The articles of the issue that follows one built at `after`: every article due by
+        `until` and in no issue numbered up to `through` (a cancelled issue holds none), that
+        was published after `after`, or collected after it and dated no earlier than `oldest`.
+
+        Collected after it: stamped later, or by a collect that finished later. A collect
+        stamps its start on what it stores, so one running while the issue was built may
+        store articles dated before the build after the build read: those are new too."""
+        a = s.articles.c
+        oldest = min(oldest, after)
+        straddling = (sa.select(sa.func.min(s.collect_runs.c.started_at))
+                      .where(s.collect_runs.c.finished_at > after).scalar_subquery())
+        held = (sa.select(s.issue_articles.c.article_id)
+                .join(s.issues, s.issues.c.id == s.issue_articles.c.issue_id)
+                .where(s.issues.c.number <= through, s.issues.c.status != "cancelled"))
+        q = (sa.select(s.articles)
+             .where(a.published >= oldest, a.published <= until, a.id.not_in(held),
+                    sa.or_(a.published > after, a.collected_at > after,
+                           a.collected_at >= straddling))
+             .order_by(a.published.desc(), a.id))
         with self.engine.connect() as conn:
             return [row_to_article(r) for r in conn.execute(q)]
 
