@@ -271,8 +271,9 @@ class Smtp:
 class Newsletter:
     templates_dir: str = opt("Folder of templates that override the built-in ones, file by "
                              "file; empty uses templates/.", "")
-    lookback_days: int = opt("How far back a forced build looks when nothing is new since "
-                             "the previous issue.", 7, minimum=1)
+    lookback_days: int = opt("How old an article collected after the previous build may be "
+                             "and still go into the next issue; how far back a forced build "
+                             "looks.", 7, minimum=1)
     max_articles: int = opt("Most articles in one issue (newest kept). The first issue takes "
                             "the newest this many, however old.", 30, minimum=1, maximum=500)
     section_order: list[str] = opt("Sections in this order first; others follow "

@@ -119,8 +119,8 @@ class Issue:
     subject: str
     preheader: str
     created: datetime
-    window_start: datetime  # articles published after this …
-    window_end: datetime  # … and up to this instant
+    window_start: datetime  # the previous build (articles published or collected since) …
+    window_end: datetime  # … up to this instant (compose/issue.py has the whole rule)
     sections: tuple[IssueSection, ...]
     status: str = "draft"
     html: str = ""  # inlined once; per-recipient values are %%PLACEHOLDERS%%
