@@ -34,22 +34,17 @@ def job_collect() -> None:
 
 def job_issue() -> None:
     """The cron's issue: built from what is new, then sent; in review mode mailed to the
-    editors instead, to be sent once approved."""
+    editors instead (by the build, as every build in review mode is), sent once approved."""
     from newsletter import pipeline
-    from newsletter.pipeline import review
 
     rt = runtime()
     result = _patiently(rt, "issue", lambda: pipeline.build_issue(rt.settings, rt.store))
     if result is None:
         return
     log.event("schedule.issue", message=result.message)
-    if result.issue is not None and result.issue.status == "draft":
-        number = result.issue.number
-        if rt.settings.newsletter.review:
-            _patiently(rt, "review", lambda: review.request_review(rt.settings, rt.store,
-                                                                   number))
-        else:
-            _send(rt, number, start=True)
+    if result.issue is not None and result.issue.status == "draft" \
+            and not rt.settings.newsletter.review:
+        _send(rt, result.issue.number, start=True)
     _republish(rt)
 
 

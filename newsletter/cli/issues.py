@@ -17,6 +17,7 @@ from newsletter.words import plural
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.models import Issue
     from newsletter.store.database import Store
 
 # `issue send`: 0 every due row recorded; 1 stopped early, the rest deferred; 2 an operator
@@ -61,8 +62,8 @@ def issue_list(ctx: click.Context, limit: int) -> None:
 @click.pass_context
 @fail_cleanly
 def issue_show(ctx: click.Context, number: int) -> None:
-    """Show an issue's subject, status and articles by section."""
-    _settings, store = with_store(ctx)
+    """Show an issue's subject, status, review and approval, and articles by section."""
+    settings, store = with_store(ctx)
     it = get_issue(store, number)
     click.echo(f"Issue {it.number} — {it.status}\nSubject:   {it.subject}\n"
                f"Preheader: {it.preheader}\nWindow:    {it.window_start:%Y-%m-%d %H:%M} → "
@@ -72,11 +73,45 @@ def issue_show(ctx: click.Context, number: int) -> None:
     if it.edited_at:
         click.echo(f"Edited:    {it.edited_at:%Y-%m-%d %H:%M} UTC (`issue history "
                    f"{it.number}` says who and what)")
+    for line in _review_lines(settings.newsletter.review, it):
+        click.echo(line)
     for section in it.sections:  # ids first: `issue edit` takes them
         click.echo(f"\n{section.name}")
         for a in section.articles:
             click.echo(f"  {a.id}  {a.published:%Y-%m-%d}  {a.title}\n"
                        f"{'':24}{a.link}")
+
+
+def _review_lines(review: bool, it: Issue) -> list[str]:
+    """Whether the editors were asked and who approved it, when: in review mode, or when an
+    issue bears either (built in review mode before it was turned off)."""
+    if not (review or it.review_sent_at or it.approved_at):
+        return []
+    asked = "not requested"
+    if it.review_sent_at:
+        asked = f"requested {it.review_sent_at:%Y-%m-%d %H:%M %Z}" + (
+            f", reminder {it.reminded_at:%Y-%m-%d %H:%M %Z}" if it.reminded_at else "")
+    approved = "no" + (f" (`newsletter issue approve {it.number}` releases it)"
+                       if review and it.status in ("draft", "scheduled", "paused") else "")
+    if it.approved_at:
+        approved = f"by {it.approved_by}, {it.approved_at:%Y-%m-%d %H:%M %Z}"
+    return [f"Review:    {asked}", f"Approved:  {approved}"]
+
+
+@issue.command("review")
+@click.argument("number", type=int)
+@click.pass_context
+@fail_cleanly
+def issue_review(ctx: click.Context, number: int) -> None:
+    """Mail issue N to the editors for review (again), with fresh links (review mode)."""
+    from newsletter.pipeline import review
+
+    settings, store = with_store(ctx)
+    asked = review.review_by_hand(settings, store, number, actor=cli_actor())
+    if not asked.reached:
+        click.echo(f"error: issue {number}: {asked.line()}", err=True)
+        sys.exit(SEND_STOPPED_EARLY)
+    click.echo(f"issue {number}: {asked.line()}: {', '.join(asked.reached)}")
 
 
 @issue.command("preview")

@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from newsletter.pipeline.building import build_issue
     from newsletter.pipeline.collecting import (
         CollectReport,
         collect,
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from newsletter.pipeline.issues import (
         BuildResult,
         archive_url,
-        build_issue,
         issue_rules,
         masthead,
         render_into,
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 _WHERE = {
     **dict.fromkeys(("CollectReport", "collect", "feed_meta", "now_utc", "open_store",
                      "publish_feeds"), "collecting"),
-    **dict.fromkeys(("BuildResult", "archive_url", "build_issue", "issue_rules", "masthead",
-                     "render_into", "renderer", "write_preview"), "issues"),
+    **dict.fromkeys(("BuildResult", "archive_url", "issue_rules", "masthead", "render_into",
+                     "renderer", "write_preview"), "issues"),
+    "build_issue": "building",  # in review mode, the editors are mailed too
     **dict.fromkeys(("collect_and_publish", "publish", "publish_site"), "publishing"),
     "web_app": "webapp",
 }

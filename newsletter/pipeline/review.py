@@ -19,6 +19,7 @@ from newsletter.pipeline.issue_links import PREVIEW_DAYS, IssueLinks, with_view_
 from newsletter.pipeline.issues import archive_url
 from newsletter.pipeline.sending import send_one
 from newsletter.store.database import Store
+from newsletter.words import plural
 
 REVIEW_PREFIX, REMINDER_PREFIX, TEST_PREFIX = "[Review] ", "[Review reminder] ", "[TEST] "
 # An issue that is not public yet: its archive link would be a 404, so copies carry the
@@ -192,20 +193,52 @@ def _digest(issue: Issue) -> str:
     return hashlib.sha256(f"{issue.subject}\0{issue.html}".encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewRequest:
+    """What asking the editors to review an issue did: whom the mail reached, of how many,
+    and why nothing was sent when nothing was."""
+
+    number: int
+    reached: tuple[str, ...] = ()
+    editors: int = 0
+    why_not: str = ""  # nothing was to be sent: already approved, this version already mailed
+
+    @property
+    def failed(self) -> bool:
+        """Mail was due and reached nobody."""
+        return not self.reached and not self.why_not
+
+    def line(self) -> str:
+        """'review requested from 2 editors', or why not, for what a build says."""
+        if self.why_not:
+            return self.why_not
+        if not self.reached:
+            return (f"the review mail reached none of the {plural(self.editors, 'editor')} "
+                    f"(see the log)")
+        missed = self.editors - len(self.reached)
+        return (f"review requested from {plural(len(self.reached), 'editor')}"
+                + (f" ({missed} not reached: see the log)" if missed else ""))
+
+
 def request_review(settings: Settings, store: Store, number: int, *, actor: str = "scheduler",
-                   now: datetime | None = None) -> list[str]:
-    """Mail the editors the draft, unless they already have this very version (the cron's
-    next run finding nothing new sends nothing); records review_sent and restarts the
-    reminder clock. The addresses reached, [] when nothing was sent."""
+                   now: datetime | None = None, again: bool = False) -> ReviewRequest:
+    """Mail the editors the draft, unless they already have this very version (a rebuild
+    finding nothing new sends nothing) or `again` (an operator's resend, with fresh links);
+    records review_sent and restarts the reminder clock."""
     now = now or now_utc()
     issue = _issue(store, number)
-    if issue.status not in APPROVABLE or issue.approved_at is not None:
-        return []
+    if issue.approved_at is not None:
+        return ReviewRequest(number, why_not=f"already approved by {issue.approved_by} "
+                                             f"({issue.approved_at:%Y-%m-%d %H:%M %Z})")
+    if issue.status not in APPROVABLE:
+        return ReviewRequest(number, why_not=f"issue {number} is {issue.status}: nothing to "
+                                             f"review")
     digest = _digest(issue)
-    if issue.review_sent_at is not None and any(
+    if not again and issue.review_sent_at is not None and any(
             e.action == "review_sent" and e.detail.get("version") == digest
             for e in store.issue_history(number)):
-        return []
+        return ReviewRequest(number, why_not=f"the editors have had this version for review "
+                                             f"since {issue.review_sent_at:%Y-%m-%d %H:%M %Z}")
     reached = mail_editors(settings, store, issue, now=now)
     if reached:
         store.set_issue_fields(number, now, expect=APPROVABLE, review_sent_at=now,
@@ -214,7 +247,18 @@ def request_review(settings: Settings, store: Store, number: int, *, actor: str 
             actor, "review_sent", {"to": reached, "version": digest}))
     log.event("issue.review_sent", level=20 if reached else 30, number=number,
               editors=len(reached))
-    return reached
+    return ReviewRequest(number, tuple(reached), len(settings.newsletter.editors))
+
+
+def review_by_hand(settings: Settings, store: Store, number: int, *, actor: str,
+                   now: datetime | None = None) -> ReviewRequest:
+    """An operator's `issue review N`: the review mail again, with fresh links, even if the
+    editors had this version; refused (one line) when there is nothing to review."""
+    if not settings.newsletter.review:
+        raise NewsletterError("review mode is off ([newsletter] review = false): nothing "
+                              "awaits approval; `issue send N --to ADDRESS` sends a test copy")
+    _awaiting(store, number, "review")
+    return request_review(settings, store, number, actor=actor, now=now, again=True)
 
 
 def remind_editors(settings: Settings, store: Store, now: datetime) -> list[int]:
@@ -242,6 +286,19 @@ def remind_editors(settings: Settings, store: Store, now: datetime) -> list[int]
 
 # -- approval ------------------------------------------------------------------------------
 
+def _awaiting(store: Store, number: int, what: str) -> Issue:
+    """The issue, if it still awaits an approval: nothing of it sent, nobody approved it."""
+    issue = _issue(store, number)
+    assert issue.id is not None
+    if issue.status not in APPROVABLE or any(store.delivery_counts(issue.id).values()):
+        raise NewsletterError(f"issue {number} is {issue.status}: nothing to {what} (only a "
+                              f"draft, scheduled or paused issue not yet sending)")
+    if issue.approved_at is not None:
+        raise NewsletterError(f"issue {number} is already approved (by {issue.approved_by}, "
+                              f"{issue.approved_at:%Y-%m-%d %H:%M %Z})")
+    return issue
+
+
 @dataclass(frozen=True, slots=True)
 class Approval:
     issue: Issue
@@ -253,14 +310,7 @@ def approve_issue(store: Store, number: int, *, actor: str,
     """Record who approved the issue; it goes at its send time if that is still ahead
     (status scheduled), else now (the caller starts sending: its own way of delivering)."""
     now = now or now_utc()
-    issue = _issue(store, number)
-    assert issue.id is not None
-    if issue.status not in APPROVABLE or any(store.delivery_counts(issue.id).values()):
-        raise NewsletterError(f"issue {number} is {issue.status}: nothing to approve (only a "
-                              f"draft, scheduled or paused issue not yet sending)")
-    if issue.approved_at is not None:
-        raise NewsletterError(f"issue {number} is already approved (by {issue.approved_by}, "
-                              f"{issue.approved_at:%Y-%m-%d %H:%M %Z})")
+    issue = _awaiting(store, number, "approve")
     later = issue.send_at is not None and issue.send_at > now
     if not store.set_issue_fields(number, now, expect=(issue.status,), approved_at=now,
                                   approved_by=actor):

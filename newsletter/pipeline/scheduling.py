@@ -41,7 +41,7 @@ def _on_missed(event: JobExecutionEvent) -> None:
     """The issue's send time passed too long ago (the service was down): build it, send no."""
     if event.job_id != "issue" or _RUNTIME is None:
         return
-    from newsletter.pipeline.issues import build_issue
+    from newsletter.pipeline.building import build_issue
     from newsletter.pipeline.outages import describe, unreachable
 
     due = event.scheduled_run_time.isoformat()

@@ -77,9 +77,9 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.audience.subscribers_csv import import_csv
     from newsletter.compose.render import personalize
     from newsletter.errors import NewsletterError
+    from newsletter.pipeline.building import build_issue
     from newsletter.pipeline.editing import edit_issue, issue_history
     from newsletter.pipeline.issue_links import IssueLinks
-    from newsletter.pipeline.issues import build_issue
     from newsletter.pipeline.publishing import collect_and_publish
     from newsletter.pipeline.schedule import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes

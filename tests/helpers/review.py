@@ -5,16 +5,24 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from smtpserver import Received, SmtpTestServer
 
+from newsletter import pipeline
+from newsletter.cli.main import cli
 from newsletter.config import Settings
+from newsletter.store.database import Store
 from tests.helpers.admin import TOKEN
+from tests.helpers.sending import seed
 
 DOMAIN = "ledger.example.org"
 SELECTOR = "mail2024"
@@ -50,6 +58,36 @@ security = "none"
 timeout = 5
 """, database_url=database_url)
     return replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
+
+
+def new_key_pem() -> bytes:
+    """A fresh 2048-bit RSA key for DKIM, as PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@contextmanager
+def review_store(make_settings: Callable[..., Settings], tmp_path: Path, srv: SmtpTestServer,
+                 key_pem: bytes, *, readers: int, review: bool = True,
+                 build: bool = True) -> Iterator[tuple[Settings, Store]]:
+    """review_settings' service with `readers` subscribers and, with `build`, issue 1 built
+    (in review mode: the editors mailed); the store closed afterwards."""
+    settings = review_settings(make_settings, tmp_path, srv, key_pem, review=review)
+    store = pipeline.open_store(settings)
+    try:
+        seed(store, readers)
+        if build:
+            assert pipeline.build_issue(settings, store).issue is not None
+        yield settings, store
+    finally:
+        store.close()
+
+
+def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """`newsletter --config … ARGS` in this process: exit status, stdout, stderr."""
+    result = CliRunner().invoke(cli, ["--config", str(settings.path), *args])
+    return result.exit_code, result.stdout, result.stderr
 
 
 def parsed(got: Received) -> EmailMessage:
