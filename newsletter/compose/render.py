@@ -228,13 +228,16 @@ class Renderer:
 
     # -- the web archive ------------------------------------------------------------------
 
-    def render_archive_page(self, issue: Issue, masthead: Masthead, issue_url: str) -> str:
-        """The issue as a public web page: same look, no personal data, no placeholders."""
+    def render_archive_page(self, issue: Issue, masthead: Masthead, issue_url: str, *,
+                            draft: bool = False) -> str:
+        """The issue as a public web page: same look, no personal data, no placeholders.
+        `draft`: an unpublished issue's signed preview, marked as such and not in the
+        archive's trail (the archive does not list it)."""
         _require_absolute("issue_url", issue_url)
         view = issue_view(issue, masthead, summary_limit=None)
         return self._render("archive/issue.html", masthead=masthead, issue=view,
                             archive_url=issue_url, issue_url=issue_url, email=False,
-                            **_site_links(masthead, urljoin(issue_url, ".")))
+                            draft=draft, **_site_links(masthead, urljoin(issue_url, ".")))
 
     def render_archive_list(self, issues: Sequence[Issue], masthead: Masthead,
                             archive_base_url: str) -> str:

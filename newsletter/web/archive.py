@@ -75,7 +75,9 @@ def archive_routes(
         issue = preview(number, token) if preview and number <= MAX_ISSUE_NUMBER else None
         if issue is None:
             return None
-        return renderer.render_archive_page(issue, masthead, f"{base}{number}")
+        # Marked as a draft unless it went out meanwhile (then it is the public page).
+        return renderer.render_archive_page(issue, masthead, f"{base}{number}",
+                                            draft=not is_public(issue))
 
     async def issue_endpoint(request: Request) -> Response:
         token = request.query_params.get("preview")
