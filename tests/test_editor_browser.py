@@ -3,20 +3,19 @@ save, the preview follows; refusals shown and nothing saved; axe-core light and 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from newsletter import pipeline
-from newsletter.audience import subscriptions as subs
 from newsletter.config import Settings
-from newsletter.pipeline import control, review, sending
-from tests.helpers.admin import TOKEN, Admin, serve
+from newsletter.pipeline import review, sending
+from tests.helpers.admin import TOKEN, Admin
 from tests.helpers.browser import ARGS, AXE, CHROMIUM, axe_run, sync_api_or_skip
+from tests.helpers.editor import issue_site
 from tests.helpers.issues import piece
 
 pytestmark = pytest.mark.browser
@@ -42,23 +41,11 @@ TRAM = piece("tram", "Tram line opens", "World", 30, now=NOW)
 
 @pytest.fixture
 def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Admin]:
-    settings = make_settings(f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
-    settings = replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
-    store = pipeline.open_store(settings)
-    try:
-        subs.subscribe(store, "reader@example.org", "Reader", method="admin", ip=None,
-                       user_agent=None, now=NOW, confirmed=True)
-        store.save_articles([CRANES, FERRY, BREAD, RENTS], [], NOW)
-        built = pipeline.build_issue(settings, store, actor="test")
-        assert built.issue is not None and len(built.issue.articles) == 4
-        store.save_articles([TRAM], [], NOW)
-        # Scheduled and approved: the edit below withdraws the approval.
-        control.schedule_issue(store, 1, NOW + timedelta(days=1), actor="test")
-        review.approve_issue(store, 1, actor="cli alice")
-        with serve(settings, store, tmp_path) as admin:
-            yield admin
-    finally:
-        store.close()
+    with issue_site(make_settings, tmp_path, [CRANES, FERRY, BREAD, RENTS], now=NOW,
+                    later=[TRAM], scheduled=True) as admin:
+        # Approved: the edit below withdraws the approval.
+        review.approve_issue(admin.store, 1, actor="cli alice")
+        yield admin
 
 
 def axe(page: Any, what: str) -> list[str]:
@@ -220,5 +207,115 @@ def test_edit_an_issue_in_the_browser(site: Admin) -> None:
             page.set_viewport_size({"width": 1280, "height": 900})
             assert axe(page, "read-only editor, light") == []
             assert problems == []  # no CSP violation, no script error
+        finally:
+            browser.close()
+
+
+MORE = [piece(f"more{n}", f"Council note {n}", "City", 5 + n, now=NOW) for n in range(6)]
+
+
+@pytest.fixture
+def long_site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Admin]:
+    """Ten articles (the page is longer than the window), scheduled, not approved."""
+    with issue_site(make_settings, tmp_path, [CRANES, FERRY, BREAD, RENTS, *MORE], now=NOW,
+                    later=[TRAM], scheduled=True) as admin:
+        yield admin
+
+
+def test_two_tabs_unsaved_approval_and_what_a_save_says(long_site: Admin) -> None:
+    """Two tabs of one issue: the second save from the old version is refused, and the
+    refusal (like a success) shows in the window even when the save bar is out of sight;
+    the intro's count refuses too much before sending; "Approve and send" saves unsaved
+    changes first and approves only when that save went through."""
+    site, store = long_site, long_site.store
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            one = context.new_page()
+            one.on("pageerror", lambda e: problems.append(str(e)))
+            one.on("dialog", lambda d: d.accept())
+            one.goto(f"{site.base}/admin/login")
+            one.get_by_label("Admin token").fill(TOKEN)
+            one.get_by_role("button", name="Log in").click()
+            one.wait_for_url(f"{site.base}/admin/")
+            two = context.new_page()  # the same session, a second tab
+            two.on("pageerror", lambda e: problems.append(str(e)))
+            two.on("dialog", lambda d: d.accept())
+            for page in (one, two):
+                page.goto(f"{site.base}/admin/issues/1/edit")
+                page.get_by_role("button", name=f"Add “{TRAM.title}”").wait_for()
+
+            # Tab one saves with Ctrl+S from the top of the page: the save bar is out of
+            # sight, the result is not.
+            one.get_by_label("Subject").fill("From tab one")
+            expect(one.locator("#save")).not_to_be_in_viewport()
+            one.keyboard.press("Control+s")
+            saved = one.get_by_role("status").filter(has_text="Saved:")
+            expect(saved).to_be_in_viewport()
+            assert "“From tab one”" in saved.inner_text()
+
+            # Tab two, opened before that save: refused, told by whom, in sight.
+            two.get_by_label("Subject").fill("From tab two")
+            expect(two.locator("#save")).not_to_be_in_viewport()
+            two.keyboard.press("Control+s")
+            refused = two.get_by_role("status").filter(has_text="Not saved:")
+            expect(refused).to_be_in_viewport()
+            assert re.fullmatch(r"Not saved: Issue 1 was changed by dashboard 127\.0\.0\.1 at "
+                                r"\d\d:\d\d UTC since you opened it; reload to see their "
+                                r"changes", refused.inner_text())
+            issue = store.get_issue(1)
+            assert issue is not None and issue.subject == "From tab one"
+            assert [e.action for e in store.issue_history(1)].count("edit") == 1
+
+            # Reloaded, it shows tab one's save. An intro over the limit is counted and
+            # refused in the page; nothing is sent.
+            two.reload()
+            expect(two.get_by_label("Subject")).to_have_value("From tab one")
+            two.get_by_label("Intro (Markdown)").fill("x" * 21_000)
+            expect(two.locator("#intro-count")).to_have_text(
+                "21,000 of 20,480 bytes: 520 over, shorten it to save")
+            two.keyboard.press("Control+s")
+            expect(two.get_by_role("status")).to_have_text(
+                "Not saved: the intro is 21,000 bytes: at most 20,480 (a note at the top, not "
+                "an article)")
+            assert store.get_issue(1).edited_at == issue.edited_at  # type: ignore[union-attr]
+
+            # "Approve and send" with a change the server refuses: nothing approved.
+            two.get_by_label("Intro (Markdown)").fill("A *short* note.")
+            expect(two.locator("#intro-count")).to_have_text("15 of 20,480 bytes")
+            two.get_by_label("Subject").fill("  ")
+            two.get_by_role("button", name="Approve and send").click()
+            expect(two.get_by_role("status")).to_have_text(
+                "Not approved: your changes could not be saved (subject must not be empty). "
+                "Nothing was approved.")
+            after = store.get_issue(1)
+            assert after is not None and after.approved_at is None and after.intro == ""
+
+            # With a good change: saved first, then approved, in that order.
+            two.get_by_label("Subject").fill("Approved as edited")
+            two.get_by_role("button", name="Approve and send").click()
+            expect(two.locator(".flash")).to_contain_text("Issue 1 approved")
+            done = store.get_issue(1)
+            assert done is not None and done.status == "scheduled"
+            assert (done.subject, done.intro) == ("Approved as edited", "A *short* note.")
+            assert done.approved_by == "dashboard 127.0.0.1"
+            assert [e.action for e in store.issue_history(1)][-2:] == ["edit", "approve"]
+            assert problems == []
+
+            # Without JavaScript the article buttons would do nothing: hidden, and said so.
+            plain = browser.new_context(java_script_enabled=False,
+                                        storage_state=context.storage_state()).new_page()
+            plain.goto(f"{site.base}/admin/issues/1/edit")
+            expect(plain.locator("#noscript-note")).to_be_visible()
+            expect(plain.get_by_role("button", name=f"Move “{FERRY.title}” up")).to_be_hidden()
+            expect(plain.get_by_label("Add an article")).to_be_hidden()
+            plain.get_by_label("Subject").fill("Saved without a script")
+            plain.get_by_role("button", name="Save").click()
+            expect(plain.locator(".flash")).to_contain_text("Saved: subject:")
+            saved_plain = store.get_issue(1)
+            assert saved_plain is not None and saved_plain.subject == "Saved without a script"
         finally:
             browser.close()

@@ -250,6 +250,32 @@ def test_openapi_documents_the_edit(site: Admin) -> None:
     patch_op = doc["paths"]["/admin/api/issues/{number}"]["patch"]
     assert {"200", "400", "404", "409"} <= set(patch_op["responses"])
     props = doc["components"]["schemas"]["IssueEdit"]["properties"]
-    assert set(props) == set(editing.FIELDS)
+    assert set(props) == {*editing.FIELDS, "version"}
     assert "get" in doc["paths"]["/admin/api/issues/{number}/history"]
 
+
+
+def test_the_built_preheader_follows_the_articles_an_editors_stays(site: Admin) -> None:
+    before = site.api.get("/admin/api/issues/1").json()
+    assert before["preheader"] == "This issue: 6 articles in Economy and World."
+    economy = [a["id"] for a in before["articles"] if a["section"] == "Economy"]
+    world = [a["id"] for a in before["articles"] if a["section"] == "World"]
+    # As the editor page sends it: every field, the preheader as it was.
+    r = site.api.patch("/admin/api/issues/1", json={"preheader": before["preheader"],
+                                                    "articles": world + economy[:1]})
+    assert r.status_code == 200, r.text
+    assert r.json()["preheader"] == "This issue: 4 articles in World and Economy."
+    assert ("preheader regenerated for the new articles: “This issue: 4 articles in World "
+            "and Economy.”") in r.json()["changes"]
+    issue = site.store.get_issue(1)
+    assert issue is not None and "This issue: 4 articles in World and Economy." in issue.html
+    assert site.api.patch("/admin/api/issues/1", json={"articles": world}).json()[
+        "preheader"] == "This issue: 3 articles in World."
+
+    # The editor's own line is never replaced, set alone or with the articles.
+    for body in ({"preheader": "Cranes and ferries"}, {"articles": world[:2]},
+                 {"preheader": "Only cranes", "articles": world[:1]}):
+        r = site.api.patch("/admin/api/issues/1", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["preheader"] == body.get("preheader", "Cranes and ferries")
+    assert not any("regenerated" in line for line in r.json()["changes"])

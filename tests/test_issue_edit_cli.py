@@ -62,6 +62,8 @@ def test_cli_edit_show_and_history(settings: Settings, tmp_path: Path) -> None:
     assert out.splitlines() == [
         "edited issue 1:",
         "  subject: “Test Ledger No. 1 — 20 November 2026” → “Hand-picked”",
+        "  preheader regenerated for the new articles: “This issue: 4 articles in World, "
+        "Economy and Culture.”",
         "  intro added",
         f"  removed “Piece 4” ({ids[4]})",
         f"  added “Piece 5” ({ids[5]})",

@@ -4,7 +4,6 @@ session or an issue's editor link, that issue only), the plain-form save, refusa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from newsletter import pipeline
-from newsletter.audience import subscriptions as subs
 from newsletter.config import Settings
 from newsletter.pipeline import sending
-from newsletter.pipeline.issue_links import IssueLinks
-from tests.helpers.admin import TOKEN, Admin, csrf_of, login, serve
+from tests.helpers.admin import Admin, csrf_of, login
+from tests.helpers.editor import editor_link, issue_site
 from tests.helpers.issues import piece
 
 NOW = datetime.now(UTC)
@@ -34,20 +31,9 @@ LATER = piece("tram", "Tram line opens", "World", 30, now=NOW)
 
 @pytest.fixture
 def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Admin]:
-    settings = make_settings(f'[newsletter]\neditors = ["{EDITOR}"]\n'
-                             f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
-    settings = replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
-    store = pipeline.open_store(settings)
-    try:
-        subs.subscribe(store, "reader@example.org", "Reader", method="admin", ip=None,
-                       user_agent=None, now=NOW, confirmed=True)
-        store.save_articles(ARTICLES, [], NOW)
-        assert pipeline.build_issue(settings, store, actor="test").issue is not None
-        store.save_articles([LATER], [], NOW)
-        with serve(settings, store, tmp_path) as admin:
-            yield admin
-    finally:
-        store.close()
+    with issue_site(make_settings, tmp_path, ARTICLES, now=NOW, later=[LATER],
+                    extra=f'[newsletter]\neditors = ["{EDITOR}"]\n') as admin:
+        yield admin
 
 
 def ids(site: Admin) -> list[str]:
@@ -107,13 +93,18 @@ def test_a_dashboard_session_saves_as_json_or_as_a_plain_form(site: Admin) -> No
             "x-csrf-token": csrf}).json()["error"] == "The changes must be a JSON object."
         assert site.store.get_issue(1).subject == "Edited"  # type: ignore[union-attr]
 
+        # The build's preheader followed the new order of sections.
+        regenerated = site.store.get_issue(1).preheader  # type: ignore[union-attr]
+        assert regenerated != preheader and regenerated.startswith("This issue: 4 articles")
+
         # Without the page's script the form posts itself: saved, then back with a flash.
         plain = browser.post(PAGE, data={"csrf": csrf, "subject": "Plain form",
-                                         "preheader": preheader, "intro": "A *note*.",
+                                         "preheader": regenerated, "intro": "A *note*.",
                                          "articles": " ".join(before)})
         assert plain.status_code == 303 and plain.headers["location"] == PAGE
         shown = browser.get(PAGE).text
-        assert "Saved: subject: “Edited” → “Plain form”; articles reordered." in shown
+        assert (f"Saved: subject: “Edited” → “Plain form”; preheader regenerated for the new "
+                f"articles: “{preheader}”; articles reordered.") in shown
         assert ids(site) == before
     history = site.store.issue_history(1)
     assert [(e.action, e.actor) for e in history] == [
@@ -121,13 +112,7 @@ def test_a_dashboard_session_saves_as_json_or_as_a_plain_form(site: Admin) -> No
 
 
 def test_the_editor_link_saves_its_own_issue_only(site: Admin) -> None:
-    issue = site.store.get_issue(1)
-    assert issue is not None
-    url = IssueLinks.from_settings(site.settings, site.store).editor_url(issue, EDITOR, NOW)
-    assert url is not None
-    with httpx.Client(base_url=site.base, timeout=30) as editor:
-        opened = editor.get(url.partition("/admin/")[1] + url.partition("/admin/")[2])
-        assert opened.status_code == 303 and opened.headers["location"] == PAGE
+    with editor_link(site, EDITOR, NOW) as editor:
         page = editor.get(PAGE).text
         assert f"Opened with the editor link mailed to {EDITOR}" in page
         csrf = csrf_of(page, PAGE)

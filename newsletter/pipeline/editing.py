@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -9,13 +11,17 @@ from datetime import datetime
 from typing import Any
 
 from newsletter import log
-from newsletter.collect.sanitize import shorten
+from newsletter.collect.sanitize import one_line, shorten
+from newsletter.compose.issue import default_intro
 from newsletter.compose.render import SIZE_LIMIT
 from newsletter.config import Settings
 from newsletter.errors import BadValue, NewsletterError
-from newsletter.models import Article, Issue, IssueEvent, IssueEventDraft, IssueSection
+from newsletter.models import Article, Issue, IssueEventDraft, IssueSection
 from newsletter.pipeline.collecting import now_utc
-from newsletter.pipeline.issues import render_counted
+from newsletter.pipeline.history import HistoryEntry as HistoryEntry
+from newsletter.pipeline.history import describe
+from newsletter.pipeline.history import issue_history as issue_history
+from newsletter.pipeline.issues import issue_rules, render_counted
 from newsletter.store.database import Store
 from newsletter.words import plural
 
@@ -36,6 +42,32 @@ class IssueLocked(NewsletterError):
 
 class EditRefused(BadValue):
     """The changes are not valid, or the edited email would not fit (the admin API's 400)."""
+
+
+class NoArticles(EditRefused):
+    """Every article was removed: an issue needs one (the operator may cancel it instead;
+    an editor with the issue's link may not, and is told something else)."""
+
+
+class EditConflict(NewsletterError):
+    """The save names an older version of the issue than the stored one: someone changed
+    it since the editor opened it (the admin API's 409). Nothing was saved."""
+
+
+def version_of(issue: Issue) -> str:
+    """The version of what an editor changes: subject, preheader, intro and the articles in
+    order with their sections (the issue read with its articles). The editor page and GET
+    /admin/api/issues/N give it; a save naming another one was made from an older copy."""
+    content = [issue.subject, issue.preheader, issue.intro,
+               [[s.name, [a.id for a in s.articles]] for s in issue.sections]]
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def generated_preheader(settings: Settings, sections: Sequence[IssueSection]) -> str:
+    """The preheader a build computes for these sections when none is configured ("This
+    issue: 2 articles in Economy and Technology."), through compose's own function."""
+    return one_line(default_intro(sections, issue_rules(settings)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,34 +98,52 @@ def edit_issue(settings: Settings, store: Store, number: int, changes: Mapping[s
     the size budget is refused (EditRefused) and nothing is saved, so what the editor
     arranged is what every reader gets. IssueLocked when it is no longer editable (sending,
     sent, cancelled, or sending began while this ran): then too it stays as it was.
+
+    `changes` may name the `version` (version_of) the editor started from: when the issue
+    has changed since, EditConflict and nothing is saved. Without it the last save wins.
+    When the articles change and the preheader is still the one the build generated for
+    the old ones, it is generated again for the new ones.
     """
     now = now or now_utc()
-    unknown = sorted(set(changes) - set(FIELDS))
+    unknown = sorted(set(changes) - set(FIELDS) - {"version"})
     if unknown:
         raise EditRefused(f"cannot edit {', '.join(map(repr, unknown))}: give any of "
                           f"{', '.join(FIELDS)}")
+    version = changes.get("version") or None  # "" (a form without one) names none
+    if version is not None and not isinstance(version, str):
+        raise EditRefused("version must be the string GET /admin/api/issues/N gave")
     issue = store.get_issue(number)
     if issue is None:
         raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
     _check_editable(store, issue)
+    if version is not None and version.strip().strip('"') != version_of(issue):
+        raise conflict(store, issue, now)
     edited = replace(issue)
     detail: dict[str, Any] = {}
     if "subject" in changes:
         edited.subject = _one_line("subject", changes["subject"], SUBJECT_MAX, required=True)
     if "preheader" in changes:
         edited.preheader = _one_line("preheader", changes["preheader"], PREHEADER_MAX)
+    if "articles" in changes:
+        ids = _ids(changes["articles"])
+        edited.sections = arrange(ids, _known(store, issue, ids, settings))
+        detail.update(_article_changes(issue.articles, edited.articles))
+        # The build's own preheader describes the articles it chose: when it is still
+        # exactly that, it follows the new ones. An editor's preheader is never touched.
+        if edited.preheader == issue.preheader and \
+                issue.preheader == generated_preheader(settings, issue.sections):
+            edited.preheader = generated_preheader(settings, edited.sections)
+            detail["preheader_generated"] = edited.preheader != issue.preheader
     for name in ("subject", "preheader"):
         if getattr(edited, name) != getattr(issue, name):
             detail[name] = [getattr(issue, name), getattr(edited, name)]
+    if not detail.get("preheader_generated"):
+        detail.pop("preheader_generated", None)
     if "intro" in changes:
         edited.intro = _intro(changes["intro"])
         if edited.intro != issue.intro:
             detail["intro"] = ("added" if not issue.intro else
                                "removed" if not edited.intro else "changed")
-    if "articles" in changes:
-        ids = _ids(changes["articles"])
-        edited.sections = arrange(ids, _known(store, issue, ids, settings))
-        detail.update(_article_changes(issue.articles, edited.articles))
     regrouped = "articles" in changes and \
         [a.id for a in edited.articles] != [str(i).strip() for i in changes["articles"]]
     note = ("sections stay whole: each section's articles follow its first one"
@@ -107,8 +157,15 @@ def edit_issue(settings: Settings, store: Store, number: int, changes: Mapping[s
         # What was approved is not what it holds now: it must be approved again.
         detail["approval"] = f"withdrawn (approved by {issue.approved_by or 'someone'})"
     event = IssueEventDraft(actor, "edit", detail)
-    if not store.replace_issue_if(edited, now, statuses=EDITABLE, event=event):
-        current = store.get_issue(number, with_articles=False)
+    # With a version, only while no other save came between (the row's edited_at is still
+    # the one read): two saves from the same copy cannot both pass the check above.
+    read_at = issue.edited_at if version is not None else False
+    if not store.replace_issue_if(edited, now, statuses=EDITABLE, event=event,
+                                  was_edited_at=read_at):
+        current = store.get_issue(number)
+        if version is not None and current is not None and current.status in EDITABLE and \
+                current.edited_at != issue.edited_at:
+            raise conflict(store, current, now)
         raise IssueLocked(f"issue {number} started sending while it was being edited (it "
                           f"is {current.status if current else 'gone'} now): it was not edited")
     if issue.approved_at is not None:
@@ -118,6 +175,19 @@ def edit_issue(settings: Settings, store: Store, number: int, changes: Mapping[s
     saved = store.get_issue(number) or edited
     return EditResult(saved, lines, f"edited issue {number}: {'; '.join(lines)}{said}", detail,
                       note)
+
+
+def conflict(store: Store, issue: Issue, now: datetime) -> EditConflict:
+    """"Issue 2 was changed by dashboard 127.0.0.1 at 23:41 UTC since you opened it; …":
+    who last changed its content (an edit or a rebuild), from its history."""
+    last = next((e for e in reversed(store.issue_history(issue.number))
+                 if e.action in ("edit", "build")), None)
+    by = ""
+    if last is not None:
+        at = last.at.strftime("%H:%M" if last.at.date() == now.date() else "%Y-%m-%d %H:%M")
+        by = f" by {last.actor} at {at} UTC"
+    return EditConflict(f"Issue {issue.number} was changed{by} since you opened it; reload "
+                        f"to see their changes")
 
 
 def _check_editable(store: Store, issue: Issue) -> None:
@@ -168,8 +238,8 @@ def _ids(value: Any) -> list[str]:
         raise EditRefused("articles must be a list of article ids (strings), in the new order")
     ids = [i.strip() for i in value]
     if not ids:
-        raise EditRefused("articles is empty: an issue needs at least one article (cancel "
-                          "the issue instead)")
+        raise NoArticles("articles is empty: an issue needs at least one article (cancel "
+                         "the issue instead)")
     if len(ids) > ARTICLES_MAX:
         raise EditRefused(f"articles lists {len(ids)} ids: at most {ARTICLES_MAX}")
     twice = [i for i, n in Counter(ids).items() if n > 1]
@@ -242,56 +312,3 @@ def _render_within_budget(settings: Settings, issue: Issue) -> None:
         f"limit: only the first {fit} of {plural(total, 'article')} fit, even with summaries "
         f"left out; remove {rendered.omitted} (from “{shorten(first_out.title, 60)}”, "
         f"id {first_out.id}, on){note}: nothing was saved")
-
-
-# -- the history --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One entry of an issue's history with what it did in words."""
-
-    at: datetime
-    actor: str
-    action: str
-    detail: dict[str, Any]
-    summary: str
-
-
-def issue_history(store: Store, number: int) -> list[HistoryEntry]:
-    """Who did what to the issue, oldest first; NewsletterError when there is no issue."""
-    if store.get_issue(number, with_articles=False) is None:
-        raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
-    return [_entry(e) for e in store.issue_history(number)]
-
-
-def _entry(event: IssueEvent) -> HistoryEntry:
-    return HistoryEntry(event.at, event.actor, event.action, event.detail,
-                        "; ".join(describe(event.action, event.detail)) or event.action)
-
-
-def describe(action: str, detail: Mapping[str, Any]) -> list[str]:
-    """What an entry did, one phrase per change, for the CLI, the API and the dashboard."""
-    out: list[str] = []
-    if action == "build" and "articles" in detail:
-        verb = "rebuilt" if detail.get("rebuilt") else "built"
-        total, fit = detail["articles"], detail.get("in_email", detail["articles"])
-        out.append(f"{verb}: {plural(total, 'article')}" +
-                   (f", {fit} in the email" if fit != total else ""))
-    for name in ("subject", "preheader"):
-        if isinstance(detail.get(name), list) and len(detail[name]) == 2:
-            old, new = detail[name]
-            out.append(f"{name}: “{old}” → “{new}”" if name == "subject" or old and new
-                       else f"{name} {'removed' if old else 'added'}: “{old or new}”")
-    if "intro" in detail:
-        out.append(f"intro {detail['intro']}")
-    for key in ("removed", "added"):
-        for item in detail.get(key) or []:
-            out.append(f"{key} “{item.get('title', '')}” ({item.get('id', '')})")
-    if detail.get("reordered"):
-        out.append("articles reordered")
-    if "approval" in detail:
-        out.append(f"approval {detail['approval']}")
-    if not out and action != "edit":
-        out += [f"{k}: {v}" for k, v in detail.items()]
-    return out

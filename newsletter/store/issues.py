@@ -94,11 +94,13 @@ class IssueQueries:
         return issue
 
     def replace_issue_if(self, issue: Issue, now: datetime, *, statuses: tuple[str, ...],
-                         event: IssueEventDraft | None = None, unedited: bool = False) -> bool:
+                         event: IssueEventDraft | None = None, unedited: bool = False,
+                         was_edited_at: datetime | None | bool = False) -> bool:
         """Save an edited issue (fields, article list, and its history entry) in one
         transaction, only while its status is one of `statuses` and no ledger row exists
-        for it (and, with `unedited`, no editor has changed it): False, and nothing changed,
-        when it has started sending (or was edited) meanwhile.
+        for it (and, with `unedited`, no editor has changed it; with `was_edited_at`, its
+        edited_at is still that, None for never: no other edit came between): False, and
+        nothing changed, when it has started sending (or was edited) meanwhile.
 
         Its content is saved; the status, send time, approval and review fields are left as
         stored: the operations that own them change them, and a copy read before they did
@@ -111,8 +113,10 @@ class IssueQueries:
         with self.engine.begin() as conn:
             started = sa.exists().where(s.deliveries.c.issue_id == issue.id)
             where = [s.issues.c.id == issue.id, s.issues.c.status.in_(statuses), ~started]
-            if unedited:
+            if unedited or was_edited_at is None:
                 where.append(s.issues.c.edited_at.is_(None))
+            elif isinstance(was_edited_at, datetime):
+                where.append(s.issues.c.edited_at == was_edited_at)
             changed = conn.execute(
                 s.issues.update().where(*where).values(row)).rowcount == 1
             if not changed:

@@ -17,6 +17,7 @@ from newsletter import log, templating
 from newsletter.audience import consent
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
+from newsletter.pipeline.editing import conflict, version_of
 from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_http import (
     DISABLED,
@@ -123,9 +124,9 @@ class _Dashboard:
                     int(self.deps.session_hours * 3600))
         return response
 
-    async def form(self, request: Request) -> dict[str, str]:
+    async def form(self, request: Request, limit: int = 0) -> dict[str, str]:
         try:
-            body = await read_capped(request, self.deps.max_body_bytes)
+            body = await read_capped(request, limit or self.deps.max_body_bytes)
         except BodyTooLarge as exc:
             raise HttpError(413, str(exc)) from None
         try:
@@ -206,9 +207,10 @@ class _Dashboard:
         nonce = await self.sessions.nonce(request)
         ip = self.deps.client_ip(request)
         request.state.actor, request.state.back = f"dashboard {ip}", "/admin/"
+        request.state.link = None
         if nonce is None and (link := await link_access(self.deps, request, purpose)):
             nonce, request.state.actor = link.nonce, link.actor(ip)
-            request.state.back = f"/admin/issues/{link.number}/edit"
+            request.state.back, request.state.link = f"/admin/issues/{link.number}/edit", link
         try:
             fields = await (read or self.form)(request) if nonce else {}
         except HttpError as exc:
@@ -314,6 +316,8 @@ class _Dashboard:
         if verb == "test":
             return await self.send_test(number, fields.get("to", ""), actor)
         if verb == "approve":
+            if fields.get("version"):  # the editor page's: approve what it showed, or nothing
+                await run_in_threadpool(self.same_version, number, fields["version"])
             issue = await run_in_threadpool(self.deps.approve_issue, number, actor)
             return (f"Issue {number} approved: " + ("sending started." if issue.status ==
                     "sending" else f"it goes at {_when(issue.send_at)}."))
@@ -325,6 +329,12 @@ class _Dashboard:
         issue = await run_in_threadpool(load_issue, self.deps, number)
         return f"Issue {number} is now {issue.status}."
 
+
+    def same_version(self, number: int, version: str) -> None:
+        """EditConflict (refused, nothing approved) unless the issue is still that version."""
+        issue = load_issue(self.deps, number, with_articles=True)
+        if version != version_of(issue):
+            raise conflict(self.deps.store, issue, now_utc())
 
     async def send_test(self, number: int, to: str, actor: str) -> str:
         addresses = [a for a in to.replace(",", " ").split() if a] or None  # None: seed list

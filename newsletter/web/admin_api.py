@@ -19,6 +19,7 @@ from newsletter import log
 from newsletter.audience import consent, subscriptions
 from newsletter.errors import BadValue, NewsletterError
 from newsletter.models import BOUNCE_KINDS, Subscriber
+from newsletter.pipeline.editing import version_of
 from newsletter.store.schema import SUBSCRIBER_STATUSES
 from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_http import (
@@ -33,6 +34,7 @@ from newsletter.web.admin_http import (
     parse_when,
     subscriber_json,
 )
+from newsletter.web.issue_editor import too_large
 from newsletter.web.requests import BodyTooLarge, capped_stream, read_capped
 
 CSV_TYPES = ("text/csv", "application/csv")
@@ -63,8 +65,8 @@ class _Api:
 
         return endpoint
 
-    async def body(self, request: Request) -> dict[str, Any]:
-        raw = await read_capped(request, self.deps.max_body_bytes)
+    async def body(self, request: Request, limit: int = 0) -> dict[str, Any]:
+        raw = await read_capped(request, limit or self.deps.max_body_bytes)
         try:
             data = json.loads(raw or b"{}")
         except ValueError:  # includes bad UTF-8
@@ -114,23 +116,32 @@ class _Api:
                              "published": a.published}
                             for s in issue.sections for a in s.articles]
         data.update(intro=issue.intro, edited_at=issue.edited_at,
-                    approved_at=issue.approved_at,
+                    approved_at=issue.approved_at, version=version_of(issue),
                     preview_url=f"/admin/issues/{issue.number}/preview")
         return data
 
     async def get_issue(self, request: Request) -> Response:
-        return json_response(await run_in_threadpool(self.detail, self.number(request)))
+        data = await run_in_threadpool(self.detail, self.number(request))
+        return json_response(data, headers={"etag": f'"{data["version"]}"'})
 
     async def edit_issue(self, request: Request) -> Response:
+        """The changes; a "version" (or If-Match with it) refuses the edit with 409 when the
+        issue changed since that version was read. Without one the last save wins."""
         number = self.number(request)
-        changes = await self.body(request)
+        try:
+            changes = await self.body(request, self.deps.max_edit_bytes)
+        except BodyTooLarge:
+            raise HttpError(413, too_large(self.deps)) from None
+        match = request.headers.get("if-match", "").strip()
+        if match and match != "*" and "version" not in changes:
+            changes["version"] = match.removeprefix("W/").strip('"')
         await run_in_threadpool(load_issue, self.deps, number)  # 404 before anything else
         result = await run_in_threadpool(self.deps.edit_issue, number, changes,
                                          f"api {self.ip(request)}")
         log.event("admin.edit", ip=self.ip(request), number=number, changed=result.changed)
         data = await run_in_threadpool(self.detail, number)
         data.update(changes=list(result.changes), message=result.message)
-        return json_response(data)
+        return json_response(data, headers={"etag": f'"{data["version"]}"'})
 
     async def issue_history(self, request: Request) -> Response:
         def run() -> dict[str, Any]:

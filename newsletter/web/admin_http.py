@@ -94,6 +94,10 @@ class AdminDeps:
     timezone: str = "UTC"  # [schedule] timezone: the dashboard's example send time
     smtputf8: bool = False
     max_body_bytes: int = 64 * 1024
+    # An issue's edit (the editor page's save, PATCH /admin/api/issues/N): room for the
+    # longest intro the edit accepts, however its characters are escaped, so an intro over
+    # its own limit is told that limit and not the body's.
+    max_edit_bytes: int = 256 * 1024
     max_import_bytes: int = 50 * 1024 * 1024
     session_hours: float = 12.0
     auth_failures_per_minute: int = 20

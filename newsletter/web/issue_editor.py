@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter import log
 from newsletter.errors import BadValue, NewsletterError
-from newsletter.pipeline.editing import EDITABLE
+from newsletter.pipeline.editing import EDITABLE, INTRO_MAX_BYTES, NoArticles, version_of
 from newsletter.web.admin_http import AdminDeps, HttpError, json_response, load_issue
 from newsletter.web.admin_sessions import FLASH_COOKIE
 from newsletter.web.requests import BodyTooLarge, read_capped
@@ -80,7 +80,7 @@ class Pages(Protocol):
     def cookie(self, response: Response, request: Request, name: str, value: str,
                max_age: int) -> None: ...
 
-    async def form(self, request: Request) -> dict[str, str]: ...
+    async def form(self, request: Request, limit: int = 0) -> dict[str, str]: ...
 
     async def checked(self, request: Request, purpose: str,
                       read: Callable[[Request], Awaitable[dict[str, Any]]] | None = None
@@ -119,7 +119,8 @@ def editor_view(deps: AdminDeps, number: int) -> dict[str, Any]:
     issue = load_issue(deps, number, with_articles=True)
     return {
         "number": issue.number, "status": issue.status, "subject": issue.subject,
-        "preheader": issue.preheader, "intro": issue.intro,
+        "preheader": issue.preheader, "intro": issue.intro, "version": version_of(issue),
+        "intro_max": INTRO_MAX_BYTES,
         "locked": locked_because(deps, issue), "send_at": _when(issue.send_at),
         "at_once": issue.send_at is None,  # approving sends it now, not at a send time
         "approval": (f"approved by {issue.approved_by}, {_when(issue.approved_at)}"
@@ -127,8 +128,18 @@ def editor_view(deps: AdminDeps, number: int) -> dict[str, Any]:
         "approvable": issue.status in EDITABLE and issue.approved_at is None,
         "sections": [{"name": s.name, "articles": [article_json(a, s.name) for a in s.articles]}
                      for s in issue.sections],
-        "history": [{"at": _when(e.at), "actor": e.actor, "summary": e.summary}
-                     for e in reversed(deps.issue_history(number))]}
+        "history": [{"at": _when(e.at), "actor": e.actor, "action": e.action,
+                     "summary": e.summary} for e in reversed(deps.issue_history(number))]}
+
+
+LINK_NO_ARTICLES = ("articles is empty: an issue needs at least one article. To stop this "
+                    "issue from going out, leave it unapproved and tell the publication's "
+                    "operator, who can cancel it.")
+
+
+def too_large(deps: AdminDeps) -> str:
+    return (f"the changes are larger than {deps.max_edit_bytes:,} bytes: the intro can be at "
+            f"most {INTRO_MAX_BYTES:,} bytes (a note at the top, not an article)")
 
 
 def _saved_text(result: EditResult) -> str:
@@ -197,16 +208,20 @@ def editor_routes(d: Pages) -> list[BaseRoute]:
         X-CSRF-Token), or the plain form (articles as ids separated by spaces)."""
         kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if kind != "application/json":
-            fields = await d.form(request)
-            changes: dict[str, Any] = {k: fields[k] for k in ("subject", "preheader", "intro")
-                                       if k in fields}
+            try:
+                fields = await d.form(request, deps.max_edit_bytes)
+            except HttpError as exc:
+                raise HttpError(exc.code, too_large(deps) if exc.code == 413
+                                else exc.text) from None
+            changes: dict[str, Any] = {k: fields[k] for k in (
+                "subject", "preheader", "intro", "version") if k in fields}
             if "articles" in fields:
                 changes["articles"] = fields["articles"].replace(",", " ").split()
             return {"csrf": fields.get("csrf", ""), "changes": changes}
         try:
-            data = json.loads(await read_capped(request, deps.max_body_bytes) or b"{}")
-        except BodyTooLarge as exc:
-            raise HttpError(413, str(exc)) from None
+            data = json.loads(await read_capped(request, deps.max_edit_bytes) or b"{}")
+        except BodyTooLarge:
+            raise HttpError(413, too_large(deps)) from None
         except ValueError:  # includes bad UTF-8
             raise HttpError(400, "The changes could not be read (not JSON).") from None
         if not isinstance(data, dict):
@@ -238,6 +253,9 @@ def editor_routes(d: Pages) -> list[BaseRoute]:
             text, view = await run_in_threadpool(run)
         except HttpError as exc:
             code, ok, text = exc.code, False, exc.text
+        except NoArticles as exc:  # an editor's link cannot cancel: tell them what they can
+            code, ok, text = 400, False, LINK_NO_ARTICLES if getattr(
+                request.state, "link", None) else str(exc)
         except BadValue as exc:  # not valid, or over the email's size budget
             code, ok, text = 400, False, str(exc)
         except NewsletterError as exc:  # IssueLocked: sending began, or it is sent

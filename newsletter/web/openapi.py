@@ -87,6 +87,10 @@ def _schemas() -> dict[str, Any]:
             "intro": {"type": "string", "description": "The editor's note (Markdown); "
                       "empty: the preheader stands in for it"},
             "edited_at": _TIME, "approved_at": _TIME,
+            "version": {"type": "string", "description": "The version of the editable "
+                        "content (also the ETag): send it back with an edit (\"version\" "
+                        "or If-Match) to have the edit refused (409) if someone changed "
+                        "the issue since"},
             "articles": {"type": "array", "description": "Every article in the order the "
                          "email shows them", "items": {"allOf": [_ref("IssueArticle"), {
                              "type": "object",
@@ -109,7 +113,11 @@ def _schemas() -> dict[str, Any]:
                          "removed, stored articles not in the issue are added. Sections "
                          "follow the order of their first article; within a section the "
                          "articles keep the order given. Refused (400) when the email "
-                         "would not hold them all within the size limit"}}},
+                         "would not hold them all within the size limit"},
+            "version": {"type": "string", "description": "The version this edit was made "
+                        "from (GET's \"version\"): refused (409, unchanged) when the issue "
+                        "has changed since. Left out: the edit applies to whatever is "
+                        "stored"}}},
         "HistoryEntry": {"type": "object", "properties": {
             "at": _TIME, "actor": {"type": "string", "description": "scheduler, cli <user>, "
                                    "api <address>, dashboard <address>"},
@@ -199,7 +207,8 @@ def _paths() -> dict[str, Any]:
                        params=[NUMBER]),
             "patch": _op("Edit an issue that has not started sending: any of subject, "
                          "preheader, intro, articles; re-rendered once. 409 (and unchanged) "
-                         "when it is sending, sent or cancelled",
+                         "when it is sending, sent or cancelled, or when the version given "
+                         "(\"version\" or If-Match) is not the stored one",
                          _ok("The issue as edited, with what changed", {"allOf": [
                              _ref("IssueDetail"), {"type": "object", "properties": {
                                  "changes": {"type": "array", "items": {"type": "string"}},

@@ -1,0 +1,167 @@
+"""Two editors of one issue: a save made from an older version is refused (409) and changes
+nothing, through the admin API (a "version" or If-Match), the editor page (its script's JSON
+and its plain form) and the page's approve button; the store's save cannot let two through."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from newsletter import pipeline
+from newsletter.config import Settings
+from newsletter.pipeline import editing
+from tests.helpers.admin import Admin, csrf_of, login
+from tests.helpers.editor import issue_site
+from tests.helpers.issues import piece
+from tests.helpers.sending import seed
+
+NOW = datetime.now(UTC)
+PAGE = "/admin/issues/1/edit"
+ARTICLES = [piece("cranes", "Harbour cranes return", "World", 2, now=NOW),
+            piece("bread", "Bread prices fall", "Economy", 3, now=NOW),
+            piece("rents", "Rents rise again", "Economy", 4, now=NOW)]
+
+
+def changed_by(actor: str) -> str:
+    """The refusal's words, the time left as a pattern."""
+    return (rf"Issue 1 was changed by {re.escape(actor)} at \d\d:\d\d UTC since you opened "
+            rf"it; reload to see their changes")
+
+
+@pytest.fixture
+def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Admin]:
+    with issue_site(make_settings, tmp_path, ARTICLES, now=NOW, scheduled=True) as admin:
+        yield admin
+
+
+def edits(site: Admin) -> list[str]:
+    return [e.actor for e in site.store.issue_history(1) if e.action == "edit"]
+
+
+def test_a_patch_from_an_older_version_is_refused_and_changes_nothing(site: Admin) -> None:
+    opened = site.api.get("/admin/api/issues/1")
+    old = opened.json()["version"]
+    assert re.fullmatch(r"[0-9a-f]{24}", old) and opened.headers["etag"] == f'"{old}"'
+
+    first = site.api.patch("/admin/api/issues/1", json={"subject": "First", "version": old})
+    assert first.status_code == 200, first.text
+    new = first.json()["version"]
+    assert new != old and first.headers["etag"] == f'"{new}"'
+
+    # The second editor still holds the first version: refused, whatever it changes.
+    for body, headers in [({"subject": "Second", "version": old}, {}),
+                          ({"intro": "A note."}, {"if-match": f'"{old}"'})]:
+        late = site.api.patch("/admin/api/issues/1", json=body, headers=headers)
+        assert late.status_code == 409, late.text
+        assert re.fullmatch(changed_by("api 127.0.0.1"), late.json()["error"])
+    issue = site.store.get_issue(1)
+    assert issue is not None and issue.subject == "First" and issue.intro == ""
+    assert edits(site) == ["api 127.0.0.1"]
+    assert site.api.get("/admin/api/issues/1").json()["version"] == new
+
+    # The current version, by If-Match or in the body, saves; no version at all still does.
+    assert site.api.patch("/admin/api/issues/1", json={"intro": "A note."},
+                          headers={"if-match": f'"{new}"'}).status_code == 200
+    assert site.api.patch("/admin/api/issues/1", json={"subject": "Last"}).status_code == 200
+    assert site.api.patch("/admin/api/issues/1",
+                          json={"subject": "x", "version": 7}).status_code == 400
+    issue = site.store.get_issue(1)
+    assert issue is not None and (issue.subject, issue.intro) == ("Last", "A note.")
+
+
+def page_version(page: str) -> str:
+    m = re.search(r'<input type="hidden" name="version" value="([0-9a-f]+)">', page)
+    assert m, "the editor form carries its version"
+    return m[1]
+
+
+def post_json(client: httpx.Client, csrf: str, changes: dict[str, Any]) -> httpx.Response:
+    return client.post(PAGE, json=changes, headers={"accept": "application/json",
+                                                    "x-csrf-token": csrf})
+
+
+def test_two_saves_from_the_same_editor_page_version(site: Admin) -> None:
+    with login(site) as one, login(site) as two:
+        page_one, page_two = one.get(PAGE).text, two.get(PAGE).text
+        opened = page_version(page_one)
+        assert page_version(page_two) == opened
+        saved = post_json(one, csrf_of(page_one, PAGE), {"subject": "From one",
+                                                          "version": opened})
+        assert saved.status_code == 200 and saved.json()["ok"], saved.text
+        assert saved.json()["version"] != opened  # what the script sends next
+
+        # The other tab, through the script (JSON) …
+        late = post_json(two, csrf_of(page_two, PAGE), {"subject": "From two",
+                                                        "version": opened})
+        assert late.status_code == 409
+        assert re.fullmatch(changed_by("dashboard 127.0.0.1"), late.json()["error"])
+        # … and through the plain form: back to the page with the same refusal.
+        plain = two.post(PAGE, data={"csrf": csrf_of(page_two, PAGE), "subject": "From two",
+                                     "version": opened})
+        assert plain.status_code == 303
+        flash = re.search(r'<div class="flash bad" role="status">([^<]*)</div>',
+                          two.get(PAGE).text)
+        assert flash and re.fullmatch("Not saved: " + changed_by("dashboard 127.0.0.1"),
+                                      flash[1].replace("&#39;", "'"))
+        # Its approve button names the version it showed: not approved either.
+        approve = two.post("/admin/issues/1/approve", data={
+            "csrf": csrf_of(page_two, "/admin/issues/1/approve"), "version": opened})
+        assert approve.status_code == 303
+        assert "was changed by dashboard 127.0.0.1" in two.get(PAGE).text
+        issue = site.store.get_issue(1)
+        assert issue is not None and issue.subject == "From one" and issue.approved_at is None
+        assert edits(site) == ["dashboard 127.0.0.1"]
+
+        # Reloaded, it holds the new version: its save and approval go through.
+        fresh = two.get(PAGE).text
+        assert 'value="From one"' in fresh
+        again = post_json(two, csrf_of(fresh, PAGE), {"subject": "From two",
+                                                      "version": page_version(fresh)})
+        assert again.status_code == 200, again.text
+        approved = two.post("/admin/issues/1/approve", data={
+            "csrf": csrf_of(fresh, "/admin/issues/1/approve"),
+            "version": again.json()["version"]})
+        assert approved.status_code == 303
+    issue = site.store.get_issue(1)
+    assert issue is not None and issue.subject == "From two"
+    assert issue.approved_by == "dashboard 127.0.0.1" and issue.status == "scheduled"
+
+
+def test_an_edit_between_the_check_and_the_save_wins(
+        make_settings: Callable[..., Settings], db_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both saves read the same version; the other one is saved first, while this one is
+    rendering: the store refuses this one (its edited_at is no longer the one read)."""
+    settings = make_settings(database_url=db_url)
+    store = pipeline.open_store(settings)
+    try:
+        seed(store, 2)
+        issue = pipeline.build_issue(settings, store).issue
+        assert issue is not None
+        version = editing.version_of(issue)
+        save = store.replace_issue_if
+        raced: list[str] = []
+
+        def other_first(*args: Any, **kwargs: Any) -> bool:
+            if not raced:
+                raced.append("other")
+                monkeypatch.setattr(store, "replace_issue_if", save)
+                editing.edit_issue(settings, store, 1, {"subject": "Other", "version": version},
+                                   "api other")
+            return save(*args, **kwargs)
+
+        monkeypatch.setattr(store, "replace_issue_if", other_first)
+        with pytest.raises(editing.EditConflict, match="changed by api other at"):
+            editing.edit_issue(settings, store, 1, {"subject": "Mine", "version": version},
+                               "api mine")
+        after = store.get_issue(1)
+        assert after is not None and after.subject == "Other"
+        assert [e.actor for e in store.issue_history(1) if e.action == "edit"] == ["api other"]
+    finally:
+        store.close()
