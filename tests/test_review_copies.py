@@ -48,6 +48,9 @@ def check_copy(got: Received, subject: str, key_pem: bytes) -> str:
     msg = parsed(got)
     assert msg["Subject"] == f"[TEST] {subject}"
     assert f"<https://{DOMAIN}/manage>" in msg["List-Unsubscribe"]
+    # A page to visit, not a one-click POST target: a mail client's unsubscribe button
+    # would POST to /manage, which unsubscribes nobody (400).
+    assert msg["List-Unsubscribe-Post"] is None
     html, text = parts(got)
     assert "World piece" in html and "Economy piece" in text  # both sections: the whole issue
     assert f"Unsubscribe: https://{DOMAIN}/manage" in text
@@ -105,6 +108,7 @@ def test_test_copies_carry_the_prefix_and_a_working_preview(
             for url in previews[:2]:
                 page = web.get(local(url))
                 assert page.status_code == 200 and issue.subject in page.text
+            assert web.get("/manage").status_code == 200  # List-Unsubscribe's page
             assert web.get("/issues/1").status_code == 404
         # Nothing went to a subscriber; the draft is still a draft.
         assert not any(m.rcpt_tos[0].startswith("reader") for m in srv.messages)

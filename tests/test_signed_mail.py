@@ -201,7 +201,8 @@ def test_test_copy_and_every_issue_message_are_signed(
             assert done.returncode == 0, done.stderr
             (copy,) = wait_for_mail(srv)
             assert copy.rcpt_tos == ("editor@example.org",)
-            check_signed(copy, key_pem, lists=LIST_FIELDS)
+            # List-Unsubscribe names the manage page; no one-click POST is offered for it.
+            check_signed(copy, key_pem, lists=("list-id", "list-unsubscribe"))
             sending.start_sending(settings, store, issue)
             assert sending.run_worker(settings, store, issue).sent == 3
             got = wait_for_mail(srv, 4)[1:]
@@ -220,7 +221,8 @@ NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("lists", "want"), [
-    ("none", ()), ("id", ("list-id",)), ("unsubscribe", LIST_FIELDS)])
+    ("none", ()), ("id", ("list-id",)), ("manage", ("list-id", "list-unsubscribe")),
+    ("unsubscribe", LIST_FIELDS)])
 def test_one_off_messages_carry_the_list_fields_asked_for_and_are_signed(
         key_pem: bytes, lists: str, want: tuple[str, ...]) -> None:
     signed = replace(IDENTITY, dkim=DkimSigner(SELECTOR, DOMAIN, key_pem))

@@ -13,6 +13,7 @@ import click
 
 from newsletter.cli.common import cli_actor, fail_cleanly, get_issue, with_store
 from newsletter.cli.issue_edit import issue_edit, issue_history
+from newsletter.errors import BadValue
 from newsletter.words import plural
 
 if TYPE_CHECKING:
@@ -142,23 +143,42 @@ def _print_counts(number: int, counts: dict[str, int]) -> None:
 
 @issue.command("send")
 @click.argument("number", type=int)
-@click.option("--dry-run", is_flag=True, help="Build every message, send none.")
+@click.option("--dry-run", is_flag=True, help="Build every message, send none (with --to or "
+                                              "--seed: list who would get a test copy).")
 @click.option("--to", "to", multiple=True, metavar="ADDRESS",
               help="Send one test copy to ADDRESS (repeatable), outside the ledger, subject "
                    "prefixed [TEST].")
 @click.option("--seed", is_flag=True, help="Send one test copy to each address of "
-                                           "[newsletter] seed_list.")
+                                           "[newsletter] seed_list (with --to: to both).")
+@click.option("--to-new-subscribers", "new_subscribers", is_flag=True,
+              help="Send an issue already sent to those who subscribed since (nobody gets "
+                   "it twice).")
 @click.pass_context
 @fail_cleanly
 def issue_send(ctx: click.Context, number: int, dry_run: bool, to: tuple[str, ...],
-               seed: bool = False) -> None:
+               seed: bool = False, new_subscribers: bool = False) -> None:
     """Send issue N to every active subscriber (resumes where a previous run stopped)."""
-    from newsletter.pipeline import sending
+    from newsletter.pipeline import review, sending
 
     settings, store = with_store(ctx)
     it = sending.get_sendable(store, number)
+    if (to or seed) and new_subscribers:
+        raise BadValue("--to-new-subscribers sends the issue itself: give it without --to "
+                       "and --seed")
+    if (to or seed) and dry_run:  # a dry run never sends, not even a test copy
+        who = review.copy_addresses(settings, to, seed=seed)
+        click.echo(f"dry run: a [TEST] copy of issue {number} would go to "
+                   f"{plural(len(who), 'address', 'addresses')}: {', '.join(who)}; nothing "
+                   f"sent")
+        return
     if to or seed:
-        _test_copies(settings, store, number, list(to))
+        _test_copies(settings, store, number, list(to), seed)
+        return
+    if dry_run and it.status == "sent":
+        assert it.id is not None
+        click.echo(f"dry run: issue {number} was sent already; --to-new-subscribers would "
+                   f"send it to the {plural(store.ledger.count_unqueued(it.id), 'subscriber')} "
+                   f"who joined since; nothing sent")
         return
     if dry_run:
         report = sending.dry_run(settings, store, it)
@@ -178,7 +198,8 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: tuple[str, ..
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     early: list[str] = []  # why the run stopped before the end, if it did
     try:
-        sending.start_sending(settings, store, it, actor=cli_actor())
+        sending.start_sending(settings, store, it, actor=cli_actor(),
+                              new_subscribers=new_subscribers)
         issue_id = it.id
         with _progress(lambda: store.delivery_counts(issue_id)) as update:
             if settings.delivery.workers > 1:
@@ -211,11 +232,14 @@ def issue_send(ctx: click.Context, number: int, dry_run: bool, to: tuple[str, ..
                    f"or run this command again")
 
 
-def _test_copies(settings: Settings, store: Store, number: int, to: list[str]) -> None:
-    """[TEST] copies to `to`, else to the seed list; exit status 1 if any was refused."""
+def _test_copies(settings: Settings, store: Store, number: int, to: list[str],
+                 seed: bool) -> None:
+    """[TEST] copies to `to` and, with `seed` or without `to`, the seed list; exit status 1
+    if any was refused."""
     from newsletter.pipeline import review
 
-    outcomes = review.send_test_copies(settings, store, number, to, actor=cli_actor())
+    outcomes = review.send_test_copies(settings, store, number, to, seed=seed,
+                                       actor=cli_actor())
     for o in outcomes:
         click.echo(f"test copy sent to {o.address}: {o.reply}" if o.sent else
                    f"test copy to {o.address} not sent: {o.reply}", err=not o.sent)

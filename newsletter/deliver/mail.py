@@ -45,12 +45,15 @@ def _date_field(date: datetime) -> bytes:
 
 # -- identity and template ---------------------------------------------------------------------
 
-ListFields = Literal["unsubscribe", "id", "none"]
+ListFields = Literal["unsubscribe", "manage", "id", "none"]
 """The list header fields a message carries (RFC 2369, 2919, 8058):
 "unsubscribe": List-Id, List-Unsubscribe and List-Unsubscribe-Post, for mail to a subscriber
-(an issue, the link to manage a subscription, the welcome); "id": List-Id alone, for mail
-about the list to someone not on it (a confirmation request: there is nothing to unsubscribe
-from yet); "none": for mail that is not about the list (a notification to the editor)."""
+(an issue, the link to manage a subscription, the welcome); "manage": List-Id and
+List-Unsubscribe without -Post, for a copy whose link is a page to visit, not one a mail
+client may POST to for one click (a test copy: its recipient may not be on the list); "id":
+List-Id alone, for mail about the list to someone not on it (a confirmation request: there
+is nothing to unsubscribe from yet); "none": for mail that is not about the list (a
+notification to the editor)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class MessageTemplate:
         self._dkim = dkim
         self._default_name = default_name
         self._placeholders = placeholders
-        self._unsubscribe = unsubscribe  # List-Unsubscribe (per recipient) and -Post
+        self._unsubscribe = unsubscribe  # List-Unsubscribe (per recipient), -Post if static
         self._canonical = canonical  # the body is DKIM relaxed-canonical as built
         self._tail = [(k, v) for k, v in static.items()
                       if k in ("mime-version", "content-type", "content-transfer-encoding")]
@@ -189,8 +192,9 @@ class MessageTemplate:
             if not LIST_ID_RE.fullmatch(lid):
                 raise HeaderError(f"invalid List-Id {identity.list_id!r}")
             static["list-id"] = "List-Id:" + named(label, lid, 8)
-        if list_fields == "unsubscribe":
+        if list_fields in ("unsubscribe", "manage"):
             mailto = quote(check_address(identity.unsubscribe_mailto), safe="@!$'*+-._~")
+        if list_fields == "unsubscribe":
             static["list-unsubscribe-post"] = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
         static["mime-version"] = "MIME-Version: 1.0"
         if html is None:
@@ -215,7 +219,8 @@ class MessageTemplate:
         template = cls(chunks=merged, static={k: (v + "\r\n").encode("utf-8")
                                               for k, v in static.items()},
                        mailto=mailto, dkim=dkim or identity.dkim, default_name=default_name,
-                       placeholders=placeholders, unsubscribe=list_fields == "unsubscribe",
+                       placeholders=placeholders,
+                       unsubscribe=list_fields in ("unsubscribe", "manage"),
                        # QP lines never hold repeated or trailing whitespace, and a multipart
                        # body ends in its closing boundary: canonical by construction.
                        canonical=html is not None)
@@ -287,8 +292,9 @@ class MessageTemplate:
         if self._unsubscribe:
             unsub = fold([f"<{unsubscribe_url}>,", f"<mailto:{self._mailto}?subject=unsubscribe>"],
                           len("List-Unsubscribe:"))
-            fields += [("list-unsubscribe", f"List-Unsubscribe:{unsub}\r\n".encode("ascii")),
-                       ("list-unsubscribe-post", s["list-unsubscribe-post"])]
+            fields.append(("list-unsubscribe", f"List-Unsubscribe:{unsub}\r\n".encode("ascii")))
+            if "list-unsubscribe-post" in s:  # one-click: only where the URL takes a POST
+                fields.append(("list-unsubscribe-post", s["list-unsubscribe-post"]))
         fields += self._tail
         head = b"".join(line for _, line in fields)
         if self._dkim is not None:

@@ -71,36 +71,48 @@ class CopyOutcome:
     reply: str
 
 
-def copy_addresses(settings: Settings, to: list[str] | tuple[str, ...] | None) -> list[str]:
-    """The addresses given, else [newsletter] seed_list; each checked (BadValue)."""
-    chosen = list(to) if to else list(settings.newsletter.seed_list)
+def copy_addresses(settings: Settings, to: list[str] | tuple[str, ...] | None, *,
+                   seed: bool = False) -> list[str]:
+    """The addresses given, and [newsletter] seed_list with `seed` or when none is given;
+    each checked (BadValue), each once (however it is capitalised)."""
+    chosen = list(to or ())
+    if seed or not chosen:
+        if seed and not settings.newsletter.seed_list:
+            raise BadValue("--seed: [newsletter] seed_list is empty")
+        chosen += settings.newsletter.seed_list
     if not chosen:
         raise BadValue("no address: give one (--to ADDRESS) or set [newsletter] seed_list")
-    if len(chosen) > MAX_TEST_ADDRESSES:
-        raise BadValue(f"at most {MAX_TEST_ADDRESSES} test addresses at once, got {len(chosen)}")
     for address in chosen:
         try:
             check_address(address.strip())
         except HeaderError:
             raise BadValue(f"{address!r} is not an email address") from None
-    return list(dict.fromkeys(a.strip() for a in chosen))
+    once: dict[str, str] = {}
+    for address in chosen:
+        once.setdefault(address.strip().lower(), address.strip())
+    if len(once) > MAX_TEST_ADDRESSES:
+        raise BadValue(f"at most {MAX_TEST_ADDRESSES} test addresses at once, got {len(once)}")
+    return list(once.values())
 
 
 def send_test_copies(settings: Settings, store: Store, number: int,
-                     to: list[str] | tuple[str, ...] | None, *, actor: str,
+                     to: list[str] | tuple[str, ...] | None, *, actor: str, seed: bool = False,
                      now: datetime | None = None) -> list[CopyOutcome]:
-    """One copy of the issue to each address (or the seed list), outside the ledger: the
+    """One copy of the issue to each address (and/or the seed list), outside the ledger: the
     whole issue as built, subject prefixed [TEST], signed like every reader's copy; its
     "View in browser" is the signed draft preview while the issue is unpublished, and its
     unsubscribe and preferences links the generic manage page. Recorded in the history."""
     from newsletter.pipeline.sending import get_sendable
 
     now = now or now_utc()
-    addresses = copy_addresses(settings, to)
+    addresses = copy_addresses(settings, to, seed=seed)
     issue = get_sendable(store, number)  # NewsletterError for a cancelled one
     html, text = reader_copy(settings, IssueLinks.from_settings(settings, store), issue, now)
+    # List-Unsubscribe names the manage page, a page to visit: no one-click POST is offered
+    # (RFC 8058's button would POST to /manage, which unsubscribes nobody).
     template = MessageTemplate.build(identity=identity_from_settings(settings),
-                                     subject=TEST_PREFIX + issue.subject, html=html, text=text)
+                                     subject=TEST_PREFIX + issue.subject, html=html, text=text,
+                                     list_fields="manage")
     outcomes = []
     for address in addresses:
         message = template.render(

@@ -26,6 +26,7 @@ from newsletter.pipeline.outages import patiently, unreachable
 from newsletter.pipeline.transports import pool_from_settings
 from newsletter.pipeline.variants import Variants
 from newsletter.store.database import Store
+from newsletter.words import plural
 
 T = TypeVar("T")
 SENDABLE = ("draft", "scheduled", "sending", "paused")
@@ -101,30 +102,52 @@ def get_sendable(store: Store, number: int) -> Issue:
     return issue
 
 
+class AlreadySent(NewsletterError):
+    """A sent issue asked to be sent again without saying it is meant for those who joined
+    since: `newcomers` of them would get it."""
+
+    def __init__(self, number: int, newcomers: int) -> None:
+        self.newcomers = newcomers
+        who = (f"would go to the {plural(newcomers, 'subscriber')} who joined since (nobody "
+               f"gets it twice); to do that, say so: `newsletter issue send {number} "
+               f"--to-new-subscribers`" if newcomers else
+               "would reach nobody: every active subscriber has it")
+        super().__init__(f"issue {number} was sent already: sending it again {who}")
+
+
 def start_sending(settings: Settings, store: Store, issue: Issue, *,
-                  actor: str = "unknown") -> int:
+                  actor: str = "unknown", new_subscribers: bool = False) -> int:
     """Mark the issue as sending and fill its ledger (one row per active subscriber). In
     review mode ([newsletter] review) an issue nobody approved is refused: whoever calls,
-    nothing unapproved goes out."""
+    nothing unapproved goes out. A sent issue goes to those who joined since only when
+    `new_subscribers` says so (AlreadySent otherwise)."""
     now = now_utc()
     assert issue.id is not None
     from newsletter.pipeline.maintenance import check_resendable
 
     check_resendable(settings, store, issue)  # its ledger may be pruned: all would get it
+    if issue.status == "sent":
+        newcomers = store.ledger.count_unqueued(issue.id)
+        if not new_subscribers or not newcomers:
+            raise AlreadySent(issue.number, newcomers)
     # The first start records when the issue went out (the archive feed dates entries by it);
     # resuming a paused send keeps that time.
     first = not any(store.delivery_counts(issue.id).values())
     if first and settings.newsletter.review and issue.approved_at is None:
         raise NewsletterError(f"issue {issue.number} awaits approval (review mode): "
                               f"`newsletter issue approve {issue.number}` sends it")
-    store.set_issue_status(issue.number, "sending", now, expect=SENDABLE,
+    # A sent issue is sending again while its newcomers' rows are delivered (and retried).
+    store.set_issue_status(issue.number, "sending", now,
+                           expect=SENDABLE + (("sent",) if new_subscribers else ()),
                            send_at=now if first else False)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
     if issue.status != "sending":  # started or resumed now, not a worker joining in
-        store.record_issue_event(issue.number, now, IssueEventDraft(actor, "send", {
-            "status": {"from": issue.status, "to": "sending"}, "rows": added,
-            "resumed": not first}))
+        detail: dict[str, object] = {"status": {"from": issue.status, "to": "sending"},
+                                     "rows": added, "resumed": not first}
+        if issue.status == "sent":
+            detail["new_subscribers"] = True
+        store.record_issue_event(issue.number, now, IssueEventDraft(actor, "send", detail))
     from newsletter.pipeline.publishing import publish_site
 
     try:  # the home page names the latest issue; a full disk or a broken template of the

@@ -169,6 +169,15 @@ class LedgerQueries:
             # Without preserve_rowcount psycopg reports -1 for INSERT … SELECT.
             return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount
 
+    def count_unqueued(self, issue_id: int) -> int:
+        """Active subscribers without a row for the issue: whom enqueue() would add (for a
+        sent issue, those who joined since it went out)."""
+        sub, d = s.subscribers.c, s.deliveries.c
+        queued = sa.exists().where(d.issue_id == issue_id, d.subscriber_id == sub.id)
+        q = sa.select(sa.func.count()).where(sub.status == "active", ~queued)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def claim(self, issue_id: int, owner: str, limit: int, lease: timedelta,
               now: datetime) -> list[Claimed]:
         """Lease up to `limit` due rows; on PostgreSQL rows locked by others are skipped."""

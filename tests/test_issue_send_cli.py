@@ -1,0 +1,98 @@
+"""`issue send`'s options as an operator combines them, over real SMTP on loopback: a dry run
+sends nothing (not even a test copy), --to with --seed reaches both, and an issue already
+sent goes to newcomers only when asked to, from the CLI and the API alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from smtpserver import SmtpTestServer
+from webserver import running
+
+from newsletter import pipeline
+from newsletter.config import Settings
+from tests.helpers.admin import TOKEN
+from tests.helpers.review import SEEDS, new_key_pem, parsed, review_store
+from tests.helpers.review import run_cli as run
+from tests.helpers.sending import r
+
+
+@pytest.fixture(scope="module")
+def key_pem() -> bytes:
+    return new_key_pem()
+
+
+def test_a_dry_run_never_sends_and_to_with_seed_reaches_both(
+        make_settings: Callable[..., Settings], tmp_path: Path, key_pem: bytes) -> None:
+    with SmtpTestServer() as srv, review_store(make_settings, tmp_path, srv, key_pem,
+                                               readers=2, review=False) as (settings, _):
+        code, out, err = run(settings, "issue", "send", "1", "--to", "me@example.org",
+                             "--dry-run")
+        assert code == 0, err
+        assert out == ("dry run: a [TEST] copy of issue 1 would go to 1 address: "
+                       "me@example.org; nothing sent\n")
+        # The seed list too, each address once however it is spelt.
+        code, out, err = run(settings, "issue", "send", "1", "--to", "me@example.org",
+                             "--to", SEEDS[0].upper(), "--seed", "--dry-run")
+        assert code == 0, err
+        assert out == (f"dry run: a [TEST] copy of issue 1 would go to 3 addresses: "
+                       f"me@example.org, {SEEDS[0].upper()}, {SEEDS[1]}; nothing sent\n")
+        code, _, err = run(settings, "issue", "send", "1", "--to", "nope", "--dry-run")
+        assert code == 2 and err == "error: 'nope' is not an email address\n"
+        assert srv.messages == []
+
+        code, out, err = run(settings, "issue", "send", "1", "--to", "me@example.org",
+                             "--to", SEEDS[0], "--seed")
+        assert code == 0, err
+        assert [m.rcpt_tos[0] for m in srv.messages] == ["me@example.org", *SEEDS]
+        assert all(str(parsed(m)["Subject"]).startswith("[TEST] ") for m in srv.messages)
+        assert out.count("test copy sent to ") == 3
+
+
+def test_an_issue_sent_goes_again_only_to_newcomers_and_only_when_asked(
+        make_settings: Callable[..., Settings], tmp_path: Path, key_pem: bytes) -> None:
+    with SmtpTestServer() as srv, review_store(make_settings, tmp_path, srv, key_pem,
+                                               readers=3, review=False) as (settings, store):
+        code, out, err = run(settings, "issue", "send", "1")
+        assert code == 0 and "issue 1 is sent" in out, err
+        assert sorted(m.rcpt_tos[0] for m in srv.messages) == [r(0), r(1), r(2)]
+        for new in ("new1@example.org", "new2@example.org"):
+            code, _, err = run(settings, "subscribers", "add", new, "--confirmed")
+            assert code == 0, err
+
+        code, out, err = run(settings, "issue", "send", "1")
+        assert code == 2 and out == ""
+        assert err == ("error: issue 1 was sent already: sending it again would go to "
+                       "the 2 subscribers who joined since (nobody gets it twice); to do "
+                       "that, say so: `newsletter issue send 1 --to-new-subscribers`\n")
+        code, out, _ = run(settings, "issue", "send", "1", "--dry-run")
+        assert code == 0 and out == ("dry run: issue 1 was sent already; "
+                                     "--to-new-subscribers would send it to the 2 "
+                                     "subscribers who joined since; nothing sent\n")
+        with running(pipeline.web_app(settings, store)) as base, \
+                httpx.Client(base_url=base, timeout=30,
+                             headers={"authorization": f"Bearer {TOKEN}"}) as api:
+            refused = api.post("/admin/api/issues/1/send")
+            assert refused.status_code == 409
+            assert "was sent already" in refused.json()["error"]
+        assert len(srv.messages) == 3
+
+        code, out, err = run(settings, "issue", "send", "1", "--to-new-subscribers")
+        assert code == 0, err
+        assert "issue 1 is sent" in out
+        assert sorted(m.rcpt_tos[0] for m in srv.messages[3:]) == [
+            "new1@example.org", "new2@example.org"]
+        issue = store.get_issue(1)
+        assert issue is not None and issue.status == "sent"
+        sends = [e.detail for e in store.issue_history(1) if e.action == "send"]
+        assert sends[-1]["new_subscribers"] is True and sends[-1]["rows"] == 2
+
+        code, _, err = run(settings, "issue", "send", "1", "--to-new-subscribers")
+        assert code == 2 and "would reach nobody: every active subscriber has it" in err
+        assert len(srv.messages) == 5
+        code, _, err = run(settings, "issue", "send", "1", "--to", "me@example.org",
+                           "--to-new-subscribers")
+        assert code == 2 and "--to-new-subscribers sends the issue itself" in err
