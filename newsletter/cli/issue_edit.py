@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
-from typing import IO, Any
+from typing import Any, cast
 
 import click
 
@@ -19,23 +19,32 @@ def _ids(values: tuple[str, ...]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def _read_intro(source: IO[bytes]) -> str:
-    raw = source.read(_INTRO_READ_MAX + 1)
-    name = getattr(source, "name", "-")
+def _read_intro(path: str) -> str:
+    """The intro file's text ('-': standard input); a file that cannot be read is one line
+    naming it (BadValue, exit 2), not click's usage message."""
+    try:
+        with click.open_file(path, "rb") as source:  # "-": standard input
+            raw = cast("bytes", source.read(_INTRO_READ_MAX + 1))
+    except FileNotFoundError:
+        raise BadValue(f"--intro-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise BadValue(f"--intro-file {path}: a directory, not a file") from None
+    except OSError as exc:
+        raise BadValue(f"--intro-file {path}: cannot read it ({exc.strerror})") from None
     if len(raw) > _INTRO_READ_MAX:
-        raise BadValue(f"--intro-file {name}: over {_INTRO_READ_MAX // 1024} KB; an intro "
+        raise BadValue(f"--intro-file {path}: over {_INTRO_READ_MAX // 1024} KB; an intro "
                        f"is a short note")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise BadValue(f"--intro-file {name}: not UTF-8 text (byte {exc.start})") from None
+        raise BadValue(f"--intro-file {path}: not UTF-8 text (byte {exc.start})") from None
 
 
 @click.command("edit")
 @click.argument("number", type=int)
 @click.option("--subject", default=None, help="The new subject (one line).")
 @click.option("--preheader", default=None, help="The new inbox preview text (one line).")
-@click.option("--intro-file", type=click.File("rb"), default=None,
+@click.option("--intro-file", default=None, metavar="FILE",
               help="The editor's note in Markdown, from a file ('-': standard input); an "
                    "empty file removes it.")
 @click.option("--remove", multiple=True, metavar="ID", help="Take this article out (repeat).")
@@ -46,7 +55,7 @@ def _read_intro(source: IO[bytes]) -> str:
 @click.pass_context
 @fail_cleanly
 def issue_edit(ctx: click.Context, number: int, subject: str | None, preheader: str | None,
-               intro_file: IO[bytes] | None, remove: tuple[str, ...], add: tuple[str, ...],
+               intro_file: str | None, remove: tuple[str, ...], add: tuple[str, ...],
                order: str | None) -> None:
     """Edit issue N before it is sent: subject, preheader, intro note and its articles.
 
@@ -65,8 +74,10 @@ def issue_edit(ctx: click.Context, number: int, subject: str | None, preheader: 
     if intro_file is not None:
         changes["intro"] = _read_intro(intro_file)
     if order is not None or remove or add:
-        changes["articles"] = _articles(get_issue(store, number).articles, order, remove, add,
-                                        number)
+        ids, ignored = _articles(get_issue(store, number).articles, order, remove, add, number)
+        for line in ignored:
+            click.echo(f"ignored: {line}", err=True)
+        changes["articles"] = ids
     if not changes:
         raise BadValue("nothing to change: give --subject, --preheader, --intro-file, "
                        "--remove, --add or --order")
@@ -82,7 +93,9 @@ def issue_edit(ctx: click.Context, number: int, subject: str | None, preheader: 
 
 
 def _articles(current: tuple[Any, ...], order: str | None, remove: tuple[str, ...],
-              add: tuple[str, ...], number: int) -> list[str]:
+              add: tuple[str, ...], number: int) -> tuple[list[str], list[str]]:
+    """The issue's ids after --order, --remove and --add, and a line for each --add that
+    changes nothing (already there, or also given to --remove)."""
     ids = [a.id for a in current]
     if order is not None:
         ids = _ids((order,))
@@ -91,8 +104,18 @@ def _articles(current: tuple[Any, ...], order: str | None, remove: tuple[str, ..
     if stray:
         raise BadValue(f"--remove {', '.join(stray)}: not in issue {number}"
                        + (" (or left out by --order)" if order is not None else ""))
-    ids = [i for i in ids if i not in set(gone)]
-    return ids + [i for i in _ids(add) if i not in ids]
+    ignored, added, both = [], [], set()
+    where = "in --order" if order is not None else f"in issue {number}"
+    for i in dict.fromkeys(_ids(add)):
+        if i in gone:
+            both.add(i)
+            ignored.append(f"--add {i} --remove {i}: both given, so it stays as it is")
+        elif i in ids:
+            ignored.append(f"--add {i}: already {where} (--order moves an article)")
+        else:
+            added.append(i)
+    kept = [i for i in ids if i not in set(gone) - both]
+    return kept + added, ignored
 
 
 @click.command("history")

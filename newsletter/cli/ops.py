@@ -14,7 +14,9 @@ from newsletter.cli.common import cli_actor, fail_cleanly, with_store
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
+    from newsletter.config import Settings
     from newsletter.models import Issue
+    from newsletter.store.database import Store
 
 
 def parse_time(value: str, zone: str) -> datetime:
@@ -78,7 +80,6 @@ def status(ctx: click.Context) -> None:
 
     from newsletter.pipeline import control
     from newsletter.pipeline.schedule import planned_runs
-    from newsletter.words import friendly_time
 
     settings, store = with_store(ctx)
     zone = ZoneInfo(settings.schedule.timezone)
@@ -92,8 +93,7 @@ def status(ctx: click.Context) -> None:
         click.echo(f"  {run.job_id:<8} {run.trigger}  next: {shown}{extra}")
         if run.job_id == "issue" and run.next_run:
             next_issue = run.next_run
-    click.echo(f"next issue: {friendly_time(next_issue, now)}" if next_issue else
-               "next issue: none scheduled ([schedule] issue_cron is empty)")
+    click.echo(_next_issue_line(settings, store, next_issue, now))
     view = control.overview(store)
     last = view.last_collect
     click.echo(f"articles: {view.articles}; last collect: " + (
@@ -112,6 +112,31 @@ def status(ctx: click.Context) -> None:
                    f"{it.subject}")
         for warning in back.warnings(*lines) if back else ():
             click.echo(f"       warning: {warning}")
+
+
+def _next_issue_line(settings: Settings, store: Store, cron_next: datetime | None,
+                     now: datetime) -> str:
+    """What goes next: the cron's next run and the earliest issue scheduled by hand (`issue
+    schedule`, the dashboard, an approval), soonest first."""
+    from newsletter.words import friendly_time
+
+    planned = sorted((it for it in store.list_issues(limit=20, statuses=("scheduled",))
+                      if it.send_at is not None), key=lambda it: it.send_at or now)
+    cron = friendly_time(cron_next, now) if cron_next else ""
+    if not planned:
+        return f"next issue: {cron}" if cron else \
+            "next issue: none scheduled ([schedule] issue_cron is empty)"
+    it = planned[0]
+    assert it.send_at is not None
+    when = it.send_at.astimezone(now.tzinfo)
+    line = f"issue {it.number} scheduled for {friendly_time(when, now)}"
+    if when < now:
+        line += " (due: the running service's next sweep sends it)"
+    if settings.newsletter.review and it.approved_at is None:
+        line += f", once approved (`newsletter issue approve {it.number}`)"
+    if cron_next is not None and cron_next < when:
+        return f"next issue: {cron}; then {line}"
+    return f"next issue: {line}"
 
 
 @click.command()
