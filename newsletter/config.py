@@ -15,7 +15,7 @@ from typing import Any, get_origin
 from urllib.parse import urlsplit
 
 from newsletter import crontab, named_fields
-from newsletter.config_env import check_env_names
+from newsletter.config_env import blame_environment, check_env_names
 from newsletter.config_table import (
     DEFAULT_CONFIG,
     SOURCE_TYPES,
@@ -124,9 +124,11 @@ def _env_names() -> list[str]:
             if section != "sources" for f in dataclasses.fields(cls)]
 
 
-def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
-    """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al."""
+def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> list[tuple[str, str]]:
+    """NEWSLETTER_<SECTION>_<KEY> overrides any scalar key; NEWSLETTER_SMTP_PASSWORD et al.
+    The (section, key) pairs overridden."""
     check_env_names(environ, _env_names())
+    overridden = []
     for section, cls in section_types().items():
         if section == "sources":
             continue
@@ -147,6 +149,8 @@ def _env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
                 got = "a value not shown (secret)" if f.metadata["secret"] else repr(raw)
                 raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {got}") from None
             data.setdefault(section, {})[f.name] = value
+            overridden.append((section, f.name))
+    return overridden
 
 
 def _check(settings: Settings, where: str, environ: dict[str, str]) -> None:
@@ -316,7 +320,15 @@ def load_settings(path: str | Path | None = None,
         raise ConfigError(f"{where}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
-    _env_overrides(data, environ)
+    overridden = _env_overrides(data, environ)
+    try:
+        return _settings(path, data, environ)
+    except ConfigError as exc:  # a value from the environment is named as its variable
+        raise blame_environment(exc, where, overridden) from None
+
+
+def _settings(path: Path, data: dict[str, Any], environ: dict[str, str]) -> Settings:
+    where = str(path)
     sections = section_types()
     for key in data:
         if key not in sections:

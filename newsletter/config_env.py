@@ -28,3 +28,18 @@ def check_env_names(environ: Mapping[str, str], settings: Iterable[str]) -> None
         hint = (f"did you mean NEWSLETTER_{close[0]}?" if close else
                 "settings are NEWSLETTER_<SECTION>_<KEY>, see `newsletter config example`")
         raise ConfigError(f"environment {name}: unknown setting ({hint})")
+
+
+def blame_environment(exc: ConfigError, where: str,
+                      overridden: Iterable[tuple[str, str]]) -> ConfigError:
+    """A mistake found in a value NEWSLETTER_<SECTION>_<KEY> gave, named as that variable:
+    "environment NEWSLETTER_NEWSLETTER_SEED_LIST: …", not the file, which does not hold it."""
+    text = str(exc)
+    for section, key in overridden:
+        prefix = f"{where}: {section}.{key}"
+        if text.startswith(prefix) and text[len(prefix):len(prefix) + 1] in (":", " "):
+            rest = text[len(prefix):]
+            if ": expected" in rest and "got '[" in rest:  # a TOML or JSON list, as written
+                rest += " (in the environment a list is comma-separated: a,b; empty for none)"
+            return ConfigError("environment " + f"NEWSLETTER_{section}_{key}".upper() + rest)
+    return exc

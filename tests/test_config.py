@@ -121,6 +121,40 @@ def test_unknown_environment_setting_suggests_the_real_one(tmp_path: Path) -> No
     assert load_settings(None, environ=allowed).smtp.port == 2526
 
 
+@pytest.mark.parametrize(("name", "value", "toml", "expected"), [
+    ("NEWSLETTER_NEWSLETTER_SEED_LIST", "[]", '[newsletter]\nseed_list = ["[]"]',
+     "NEWSLETTER_NEWSLETTER_SEED_LIST: expected email addresses such as editor@example.org "
+     "(no name, no <>), got '[]'"),
+    ("NEWSLETTER_NEWSLETTER_MAX_ARTICLES", "0", "[newsletter]\nmax_articles = 0",
+     "NEWSLETTER_NEWSLETTER_MAX_ARTICLES: expected at least 1, got 0"),
+    ("NEWSLETTER_SCHEDULE_TIMEZONE", "Mars/Olympus", '[schedule]\ntimezone = "Mars/Olympus"',
+     "NEWSLETTER_SCHEDULE_TIMEZONE: expected an IANA time zone such as Europe/Oslo, got "
+     "'Mars/Olympus'"),
+])
+def test_a_bad_environment_value_is_named_as_its_variable_not_the_file(
+        tmp_path: Path, name: str, value: str, toml: str, expected: str) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={name: value})
+    assert str(raised.value).startswith(f"environment {expected}")
+    assert str(path) not in str(raised.value)
+    # The same mistake written in the file is the file's, as before.
+    section, key = name.removeprefix("NEWSLETTER_").lower().split("_", 1)
+    in_file = write(tmp_path, f"{BASE}{toml}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(in_file))}: {section}\.{key}: "):
+        load_settings(in_file, environ={})
+
+
+def test_a_list_written_as_toml_in_the_environment_says_how_lists_are_written(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"\(in the environment a list is comma-separated: "
+                                          r"a,b; empty for none\)$"):
+        load_settings(path, environ={"NEWSLETTER_NEWSLETTER_SEED_LIST": '["a@example.org"]'})
+    empty = load_settings(path, environ={"NEWSLETTER_NEWSLETTER_SEED_LIST": ""})
+    assert empty.newsletter.seed_list == []
+
+
 def test_short_admin_token_is_refused_and_empty_means_off(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + '[secrets]\nadmin_token = "fifteen-chars-x"\n')
     with pytest.raises(ConfigError, match="secrets.admin_token: expected at least 16 "

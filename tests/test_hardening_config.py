@@ -22,7 +22,7 @@ def check(path: Path, env: dict[str, str] | None = None) -> Result:
     return CliRunner(env=env).invoke(cli, ["--config", str(path), "config", "check"])
 
 
-def one_line_error(result: Result, path: Path, *phrases: str) -> str:
+def one_line_error(result: Result, path: Path | str, *phrases: str) -> str:
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
@@ -90,10 +90,12 @@ def test_missing_unreadable_and_directory_configs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "value", "phrase"), [
     ("NEWSLETTER_SMTP_PORT", "twenty-five", "expected an integer, got 'twenty-five'"),
-    ("NEWSLETTER_SMTP_PORT", "70000", "smtp.port: expected at most 65535"),
+    ("NEWSLETTER_SMTP_PORT", "70000", "environment NEWSLETTER_SMTP_PORT: expected at most "
+                                      "65535"),
     ("NEWSLETTER_MAIL_SMTPUTF8", "ture", "NEWSLETTER_MAIL_SMTPUTF8: expected true or false"),
     ("NEWSLETTER_COLLECT_ALLOW_PRIVATE_NETWORKS", "maybe", "expected true or false"),
-    ("NEWSLETTER_COLLECT_TIMEOUT", "nan", "collect.timeout: expected a number"),
+    ("NEWSLETTER_COLLECT_TIMEOUT", "nan", "environment NEWSLETTER_COLLECT_TIMEOUT: expected a "
+                                          "number"),
 ])
 def test_bad_environment_overrides_are_refused(tmp_path: Path, name: str, value: str,
                                                phrase: str) -> None:
@@ -130,8 +132,9 @@ admin_token = "admin-Token-abcdefghijklmnop"
     line = one_line_error(check(path), path, "smtp.password: expected a string")
     assert "12345678" not in line
     path.write_text(BASE, encoding="utf-8")
-    line = one_line_error(check(path, {"NEWSLETTER_SMTP_PASSWORD": "pw\x07bell-9876"}), path,
-                          "smtp.password: expected text without control characters")
+    line = one_line_error(check(path, {"NEWSLETTER_SMTP_PASSWORD": "pw\x07bell-9876"}),
+                          "environment NEWSLETTER_SMTP_PASSWORD",
+                          ": expected text without control characters")
     assert "9876" not in line
 
 
