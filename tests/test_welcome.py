@@ -29,7 +29,7 @@ from webserver import running
 from newsletter import pipeline
 from newsletter.config import Settings, load_settings
 from newsletter.pipeline import sending
-from newsletter.pipeline.welcome import WHENEVER, issue_rhythm
+from newsletter.pipeline.welcome import WHENEVER, issue_rhythm, prepared_rhythm
 from newsletter.store.database import Store
 from tests.helpers.sending import seed
 from tests.test_signed_mail import LIST_FIELDS, check_signed, cli, mail_settings, parsed
@@ -245,6 +245,20 @@ def test_presses_at_once_send_one_and_coming_back_gets_a_welcome_back(
         check_signed(back, w.key_pem, lists=LIST_FIELDS)
 
 
+def test_in_review_mode_the_welcome_promises_no_send_time(make_world: MakeWorld) -> None:
+    with make_world('[schedule]\nissue_cron = "35 23 * * *"\n[newsletter]\nreview = true\n'
+                    'editors = ["editor@example.org"]\n') as w:
+        assert "You are subscribed" in w.subscribe_and_confirm("jo@example.org").text
+        w.barrier()
+        (welcome,) = w.welcomes()
+        text = " ".join(check_signed(welcome, w.key_pem, lists=LIST_FIELDS).split())
+    # The schedule is when issues are prepared; each goes once an editor approves it.
+    assert "Issues are prepared every day at 23:35 UTC, each with the articles published " \
+           "since the one before" in text
+    assert "Each one is sent to you once the editors have approved it" in text
+    assert "You will get" not in text and "The next one is due" not in text
+
+
 def test_welcome_false_sends_none(make_world: MakeWorld) -> None:
     with make_world("[subscriptions]\nwelcome = false\n") as w:
         assert w.settings.subscriptions.welcome is False
@@ -334,3 +348,12 @@ def test_the_rhythm_in_words(make_settings: Callable[..., Settings], cron: str, 
                              words: str) -> None:
     settings = make_settings(f'[schedule]\nissue_cron = "{cron}"\ntimezone = "{zone}"\n')
     assert issue_rhythm(settings, datetime(2026, 3, 2, 9, 30, tzinfo=UTC)) == words
+
+
+@pytest.mark.parametrize(("rhythm", "words"), [
+    (WHENEVER, ""),  # no schedule: "You will get an issue whenever the editors send one"
+    ("an issue every Monday at 07:00 UTC", "Issues are prepared every Monday at 07:00 UTC"),
+    ("issues on a set schedule", "Issues are prepared on a set schedule"),
+])
+def test_the_review_mode_rhythm_in_words(rhythm: str, words: str) -> None:
+    assert prepared_rhythm(rhythm) == words

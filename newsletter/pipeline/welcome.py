@@ -77,9 +77,12 @@ def welcome_values(settings: Settings, store: Store, sub: Subscriber,
     latest = store.list_issues(limit=1, statuses=_PUBLIC)
     chosen = list(sub.sections)
     sections = chosen or store.sections()  # none chosen: every section, as preferences say
-    when = next_issue_time(settings, now)
+    review = settings.newsletter.review
+    when = None if review else next_issue_time(settings, now)  # in review mode: when approved
+    rhythm = issue_rhythm(settings, now)
     return {"description": settings.publication.description,
-            "rhythm": issue_rhythm(settings, now),
+            "rhythm": rhythm, "review": review,
+            "prepared": prepared_rhythm(rhythm) if review else "",
             "next_issue": friendly_time(when, now) if when else "",
             "sections": sections, "sections_text": joined(sections, limit=len(sections)),
             "every_section": not chosen,
@@ -128,6 +131,14 @@ def issue_rhythm(settings: Settings, now: datetime | None = None) -> str:
         return f"an issue on the {joined([_ordinal(d) for d in dates], limit=31)} " \
                f"of every month {at}"
     return "issues on a set schedule"
+
+
+def prepared_rhythm(rhythm: str) -> str:
+    """In review mode the schedule is when issues are prepared, not when they come: "Issues
+    are prepared every Monday at 07:00 UTC"; "" without a cron (WHENEVER says it already)."""
+    if rhythm == WHENEVER:
+        return ""
+    return "Issues are prepared " + rhythm.removeprefix("an issue ").removeprefix("issues ")
 
 
 def _runs(settings: Settings, now: datetime, *, until: date,
