@@ -5,6 +5,7 @@ sent goes to newcomers only when asked to, from the CLI and the API alike."""
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from webserver import running
 from newsletter import pipeline
 from newsletter.config import Settings
 from tests.helpers.admin import TOKEN
-from tests.helpers.review import SEEDS, new_key_pem, parsed, review_store
+from tests.helpers.review import EDITORS, SEEDS, new_key_pem, parsed, review_store
 from tests.helpers.review import run_cli as run
 from tests.helpers.sending import r
 
@@ -67,7 +68,8 @@ def test_an_issue_sent_goes_again_only_to_newcomers_and_only_when_asked(
         assert code == 2 and out == ""
         assert err == ("error: issue 1 was sent already: sending it again would go to "
                        "the 2 subscribers who joined since (nobody gets it twice); to do "
-                       "that, say so: `newsletter issue send 1 --to-new-subscribers`\n")
+                       "that, say so: `newsletter issue send 1 --to-new-subscribers` "
+                       '(the API: {"new_subscribers": true})\n')
         code, out, _ = run(settings, "issue", "send", "1", "--dry-run")
         assert code == 0 and out == ("dry run: issue 1 was sent already; "
                                      "--to-new-subscribers would send it to the 2 "
@@ -96,3 +98,51 @@ def test_an_issue_sent_goes_again_only_to_newcomers_and_only_when_asked(
         code, _, err = run(settings, "issue", "send", "1", "--to", "me@example.org",
                            "--to-new-subscribers")
         assert code == 2 and "--to-new-subscribers sends the issue itself" in err
+
+
+def test_the_api_sends_a_sent_issue_to_newcomers_only_when_asked(
+        make_settings: Callable[..., Settings], tmp_path: Path, key_pem: bytes) -> None:
+    with SmtpTestServer() as srv, review_store(make_settings, tmp_path, srv, key_pem,
+                                               readers=2, review=False) as (settings, store):
+        assert run(settings, "issue", "send", "1")[0] == 0
+        assert run(settings, "subscribers", "add", "late@example.org", "--confirmed")[0] == 0
+        with running(pipeline.web_app(settings, store)) as base, \
+                httpx.Client(base_url=base, timeout=30,
+                             headers={"authorization": f"Bearer {TOKEN}"}) as api:
+            bad = api.post("/admin/api/issues/1/send", json={"new_subscribers": "yes"})
+            assert bad.status_code == 400 and "true or false" in bad.json()["error"]
+            refused = api.post("/admin/api/issues/1/send", json={"new_subscribers": False})
+            assert refused.status_code == 409
+            assert '{"new_subscribers": true}' in refused.json()["error"]
+            started = api.post("/admin/api/issues/1/send", json={"new_subscribers": True})
+            assert started.status_code == 202, started.text
+            deadline = time.monotonic() + 30
+            while api.get("/admin/api/issues/1").json()["status"] != "sent":
+                assert time.monotonic() < deadline, "the newcomer's send did not finish"
+                time.sleep(0.05)
+        assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(
+            [r(0), r(1), "late@example.org"])
+
+
+@pytest.mark.parametrize("review", [True, False])
+def test_the_api_mails_the_editors_again_in_review_mode_only(
+        make_settings: Callable[..., Settings], tmp_path: Path, key_pem: bytes,
+        review: bool) -> None:
+    with SmtpTestServer() as srv, review_store(make_settings, tmp_path, srv, key_pem,
+                                               readers=1, review=review) as (settings, store), \
+            running(pipeline.web_app(settings, store)) as base, \
+            httpx.Client(base_url=base, timeout=30,
+                         headers={"authorization": f"Bearer {TOKEN}"}) as api:
+        before = len(srv.messages)
+        answer = api.post("/admin/api/issues/1/review")
+        if not review:
+            assert answer.status_code == 409 and "review mode is off" in answer.text
+            assert len(srv.messages) == before
+            return
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["message"] == "review requested from 2 editors"
+        assert sorted(answer.json()["reached"]) == sorted(EDITORS)
+        assert sorted(m.rcpt_tos[0] for m in srv.messages[before:]) == sorted(EDITORS)
+        assert api.post("/admin/api/issues/9/review").status_code == 404
+        assert [e.actor for e in store.issue_history(1)
+                if e.action == "review_sent"][-1].startswith("api ")

@@ -110,7 +110,8 @@ class AlreadySent(NewsletterError):
         self.newcomers = newcomers
         who = (f"would go to the {plural(newcomers, 'subscriber')} who joined since (nobody "
                f"gets it twice); to do that, say so: `newsletter issue send {number} "
-               f"--to-new-subscribers`" if newcomers else
+               f"--to-new-subscribers` (the API: {{\"new_subscribers\": true}})"
+               if newcomers else
                "would reach nobody: every active subscriber has it")
         super().__init__(f"issue {number} was sent already: sending it again {who}")
 

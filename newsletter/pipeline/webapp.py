@@ -101,10 +101,11 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
                            preferences_url=site + "preferences?preview", name="Reader")
 
-    def send_issue(number: int, actor: str) -> None:
+    def send_issue(number: int, actor: str, new_subscribers: bool = False) -> None:
         """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere."""
         issue = sending.get_sendable(store, number)
-        sending.start_sending(settings, store, issue, actor=actor)
+        sending.start_sending(settings, store, issue, actor=actor,
+                              new_subscribers=new_subscribers)
         if scheduler is not None and scheduler.scheduler is not None:
             scheduler.send_now(number)
         else:  # `newsletter serve`, or a standby process: this process delivers it
@@ -123,6 +124,8 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         resume_issue=lambda n, actor: control.resume_issue(store, n, actor=actor),
         cancel_issue=lambda n, actor: control.cancel_issue(store, n, actor=actor),
         approve_issue=lambda n, actor: review.approve_and_send(store, n, actor, send_issue),
+        review_issue=(lambda n, actor: review.review_by_hand(settings, store, n, actor=actor))
+        if settings.newsletter.review else None,
         send_tests=lambda n, to, actor: review.send_test_copies(settings, store, n, to,
                                                                 actor=actor),
         editor_of=IssueLinks.from_settings(settings, store).editor_of,

@@ -157,13 +157,20 @@ class _Api:
         async def handler(request: Request) -> Response:
             number = self.number(request)
             args: tuple[Any, ...] = (number,)
+            kwargs: dict[str, Any] = {}
             if verb == "schedule":
                 args += (parse_when((await self.body(request)).get("at")),)
+            elif verb == "send":
+                wanted = (await self.body(request)).get("new_subscribers", False)
+                if not isinstance(wanted, bool):
+                    raise HttpError(400, '"new_subscribers" must be true or false')
+                if wanted:  # an issue already sent, to those who joined since
+                    kwargs["new_subscribers"] = True
             await run_in_threadpool(load_issue, self.deps, number)
             # send_issue returns at once, the delivery goes on: 202, poll the issue. So does
             # approve when the issue is due now (else it is scheduled: 200).
             act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")
-            await run_in_threadpool(act, *args, f"api {self.ip(request)}")
+            await run_in_threadpool(act, *args, f"api {self.ip(request)}", **kwargs)
             log.event(f"admin.{verb}", ip=self.ip(request), number=number)
             issue = await run_in_threadpool(load_issue, self.deps, number)
             data = await run_in_threadpool(counted, self.deps, issue)
@@ -173,6 +180,20 @@ class _Api:
             return json_response(data, 202 if started else 200)
 
         return handler
+
+    async def review(self, request: Request) -> Response:
+        """The review mail again, with fresh links; 409 outside review mode or when nothing
+        awaits approval, 502 when no editor could be reached."""
+        number = self.number(request)
+        if self.deps.review_issue is None:
+            raise HttpError(409, "review mode is off ([newsletter] review = false)")
+        await run_in_threadpool(load_issue, self.deps, number)
+        result = await run_in_threadpool(self.deps.review_issue, number,
+                                         f"api {self.ip(request)}")
+        log.event("admin.review", ip=self.ip(request), number=number,
+                  editors=len(result.reached))
+        body = {"number": number, "message": result.line(), "reached": list(result.reached)}
+        return json_response(body, 502 if result.failed else 200)
 
     async def send_test(self, request: Request) -> Response:
         """[TEST] copies to {"to": [addresses]}, or to [newsletter] seed_list without it."""
@@ -341,6 +362,7 @@ def admin_api_routes(deps: AdminDeps) -> list[BaseRoute]:
         *((f"/admin/api/issues/{{number:int}}/{verb}", ["POST"], api.transition(verb))
           for verb in ("send", "schedule", "pause", "resume", "cancel", "approve")),
         ("/admin/api/issues/{number:int}/test", ["POST"], api.send_test),
+        ("/admin/api/issues/{number:int}/review", ["POST"], api.review),
         ("/admin/api/status", ["GET"], api.status),
         ("/admin/api/subscribers", ["GET"], api.list_subscribers),
         ("/admin/api/subscribers", ["POST"], api.add_subscriber),

@@ -70,7 +70,8 @@ class AdminDeps:
     collect_now: Callable[[], dict[str, Any]]  # {"new", "updated", "errors": [...], ...}
     build_issue: Callable[..., BuildResult]  # (force, actor=who)
     # The last argument of these is who acts ("api <ip>", "dashboard <ip>"), for the history.
-    send_issue: Callable[[int, str], None]  # starts in the background and returns at once
+    # (number, actor, new_subscribers=False): starts in the background and returns at once
+    send_issue: Callable[..., None]
     schedule_issue: Callable[[int, datetime, str], Any]  # these four raise NewsletterError
     pause_issue: Callable[[int, str], Any]
     resume_issue: Callable[[int, str], Any]
@@ -86,6 +87,8 @@ class AdminDeps:
     approve_issue: Callable[[int, str], Issue]
     # (number, addresses or None for the seed list, actor): one [TEST] copy each
     send_tests: Callable[[int, list[str] | None, str], list[CopyOutcome]]
+    # (number, actor): the review mail again (review mode); .line() says what happened
+    review_issue: Callable[[int, str], Any] | None = None
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
     next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store

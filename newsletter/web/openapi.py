@@ -225,6 +225,17 @@ def _paths() -> dict[str, Any]:
             "Start sending the issue in the background; poll GET /admin/api/issues/{number}",
             _ok("Sending started", {"type": "object", "properties": {
                 "message": {"type": "string"}, "issue": _ref("Issue")}}, "202"),
+            "404", "409", params=[NUMBER],
+            body={"required": False, "content": {JSON: {"schema": {
+                "type": "object", "properties": {"new_subscribers": {
+                    "type": "boolean", "description": "An issue already sent goes to those "
+                    "who joined since; without it such a send is refused (409)"}}}}}})},
+        "/admin/api/issues/{number}/review": {"post": _op(
+            "Mail the editors the draft for review again, with fresh links (review mode)",
+            _ok("The review mail went out", {"type": "object", "properties": {
+                "number": {"type": "integer"}, "message": {"type": "string"},
+                "reached": {"type": "array", "items": {"type": "string"}}}}) | {
+                "502": {"description": "No editor could be reached (message says why)"}},
             "404", "409", params=[NUMBER])},
         "/admin/api/issues/{number}/schedule": {"post": _op(
             "Schedule the issue for a time", issue, "400", "404", "409", "413",
