@@ -4,8 +4,8 @@ sent goes to newcomers only when asked to, from the CLI and the API alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
