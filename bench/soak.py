@@ -294,6 +294,8 @@ def ledger(db: Path) -> dict[str, object]:
 def slope(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """Least squares: (slope, its standard error, residuals' standard deviation)."""
     n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    if n < 3:
+        return math.nan, math.nan, math.nan
     sxx = sum((x - mx) ** 2 for x in xs)
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     res = [y - my - b * (x - mx) for x, y in zip(xs, ys, strict=True)]
@@ -357,9 +359,8 @@ def panel(y: int, title: str, series: list[tuple[str, str, list[float], list[flo
     top = max([v for s in series for v in s[3]] + [1e-9])
     step = 10 ** math.floor(math.log10(top / 4))
     step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step * 4 >= top)
-    lo, hi = 0.0, step * 4
     sx = lambda t: x0 + w * t / tmax  # noqa: E731
-    sy = lambda v: y + 30 + h - h * (v - lo) / (hi - lo)  # noqa: E731
+    sy = lambda v: y + 30 + h - h * v / (step * 4)  # noqa: E731
     parts = [f'<text x="{x0}" y="{y + 18}" font-size="16" font-weight="bold">{title}</text>']
     for k in range(5):
         v = step * k
