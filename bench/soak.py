@@ -33,7 +33,7 @@ FIELDS = ("t_s", "rss_mib", "fds", "threads", "db_mib", "wal_mib", "feed_n", "fe
           "feed_p99_ms", "feed_max_ms", "subscribe_p50_ms", "confirm_p50_ms", "metrics_ms",
           "status_ms", "errors", "issues_built", "issues_sent", "sent_rows", "sink_msgs",
           "signups", "confirms", "active")
-SCHEDULE = '[schedule]\ncollect_minutes = 1\nissue_cron = "*/3 * * * *"\n'
+SCHEDULE = '[schedule]\ncollect_minutes = 1\nissue_cron = "{cron}"\n'
 ARTICLE = ("---\ntitle: Soak dispatch {n}\ndate: {date}\nsection: {section}\nsummary: Dispatch "
            "{n}.\n---\n\nThe harbour authority met again today ([minutes](https://example.org/"
            "{n})).\n\n- first point\n- second point\n")
@@ -207,13 +207,18 @@ def run(args: argparse.Namespace, out: Path) -> Path:
     config = write_config(svc, f"sqlite:///{db}", sink_port, concurrency=4, batch_size=200,
                           dkim_key=None)  # [smtp] concurrency and batch_size at their defaults
     config.write_text(config.read_text().replace(f'path = "{ARTICLES}"',
-                                                 f'path = "{svc / "articles"}"') + SCHEDULE)
+                                                 f'path = "{svc / "articles"}"')
+                      + SCHEDULE.format(cron=args.issue_cron))
     sink_log = out / "sink.log"
     user = ["-u", "postfix"] if os.geteuid() == 0 else []
     sink = subprocess.Popen([tool("smtp-sink"), *user, "-c", f"127.0.0.1:{sink_port}", "256"],
                             stdout=sink_log.open("wb"), stderr=subprocess.STDOUT)
     env = {**os.environ, "NEWSLETTER_SECRETS_ADMIN_TOKEN": TOKEN}
-    service = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config),
+    launch = [sys.executable, "-m", "newsletter"]
+    if args.trace:  # the same service under tracemalloc: slower, but it says what grew
+        launch = [sys.executable, str(Path(__file__).with_name("tracemem.py"))]
+        env.update(TRACEMEM_OUT=str(args.trace.resolve()), TRACEMEM_EVERY=str(args.trace_every))
+    service = subprocess.Popen([*launch, "--config", str(config),
                                 "run", "--port", str(web)], cwd=svc, env=env,
                                stdout=(out / "service.log").open("wb"), stderr=subprocess.STDOUT)
     base, deadline = f"http://127.0.0.1:{web}", time.monotonic() + 120
@@ -422,6 +427,9 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--signups-per-s", type=float, default=2)
     parser.add_argument("--feeds-per-s", type=float, default=20)
+    parser.add_argument("--issue-cron", default="*/3 * * * *", help="when issues are built")
+    parser.add_argument("--trace", type=Path, help="run under bench/tracemem.py, snapshots here")
+    parser.add_argument("--trace-every", type=float, default=300, help="seconds between them")
     parser.add_argument("--interval", type=float, default=10, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=30, help="minutes left out of the slope")
     parser.add_argument("--png", type=Path, help="plot here too (e.g. docs/soak-2h.png)")

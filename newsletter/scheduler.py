@@ -72,14 +72,20 @@ def _send(rt: Runtime, number: int, *, start: bool) -> None:
         if issue.status == "sending":
             sending.run_worker(rt.settings, rt.store, issue, stop=rt.stopping)
 
+    from newsletter.pipeline import allocator
+
     with rt.sending:  # one delivery at a time per process; other processes use the ledger
         _patiently(rt, "send", send)
+    allocator.trim()  # a send's batches leave freed pages behind
 
 
 def job_sweep() -> None:
     """Send scheduled issues that are due (unless long overdue, or awaiting approval in
     review mode), retry deferred rows, and remind editors of drafts left waiting."""
+    from newsletter.pipeline import allocator
+
     _patiently(runtime(), "sweep", _sweep)
+    allocator.trim()  # what the web requests since freed (one call a minute, a few ms)
 
 
 def _sweep() -> None:

@@ -429,6 +429,25 @@ def test_rate_keys_and_window() -> None:
     assert "a" not in window._hits and len(window._hits) == 2
 
 
+def test_rate_limiter_forgets_addresses_whose_window_has_passed() -> None:
+    """Sign-ups from ever new addresses: the limiter holds those of the last window only
+    (it kept every one until 100,000 and grew a long-running service by ~1 KB each)."""
+    now = [0.0]
+    window = SlidingWindow(2, 60, clock=lambda: now[0])
+    for i in range(1000):
+        now[0] = i * 0.5  # two new addresses a second, each seen once
+        assert window.hit(f"192.0.2.{i}") == 0
+    assert len(window) == 120  # the last 60 seconds' worth
+    window.hit("203.0.113.9"), window.hit("203.0.113.9")
+    now[0] += 59
+    assert window.hit("203.0.113.9") == 1.0 and len(window) == 3  # still limited
+    now[0] += 1.5
+    assert window.hit("203.0.113.9") == 0
+    now[0] += 61
+    window.blocked("198.51.100.1")
+    assert len(window) == 1  # everything else expired
+
+
 def test_deps_from_settings(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings("[subscriptions]\nconfirm_hours = 24\nunsubscribe_days = 60\n"
                              "confirm_resend_minutes = 5\nrate_per_ip = 7\n"

@@ -146,8 +146,9 @@ def _next_issue_line(settings: Settings, store: Store, cron_next: datetime | Non
 @fail_cleanly
 def worker(ctx: click.Context, poll: float, once: bool) -> None:
     """A delivery worker: sends due ledger rows of every issue being sent, until stopped."""
-    from newsletter.pipeline import collecting, outages, sending
+    from newsletter.pipeline import allocator, collecting, outages, sending
 
+    allocator.limit_arenas()
     settings, store = with_store(ctx)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,6 +163,7 @@ def worker(ctx: click.Context, poll: float, once: bool) -> None:
 
     def send(number: int) -> None:
         sending.run_worker(settings, store, sending.get_sendable(store, number), stop=stop)
+        allocator.trim()  # a send's batches leave freed pages behind
 
     # A database outage is waited out, not the end of the worker: each step is safe to run
     # again (the ledger knows what was sent), and delivery waits out its own.

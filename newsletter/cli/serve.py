@@ -93,6 +93,9 @@ def bounces_line(settings: Settings) -> str:
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the feeds, archive and subscription pages over HTTP (no scheduler)."""
+    from newsletter.pipeline import allocator
+
+    allocator.limit_arenas()
     settings = settings_of(ctx)
     serve_on(settings, listen(settings, host, port))
 
@@ -105,8 +108,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def run(ctx: click.Context, host: str | None, port: int | None) -> None:
     """The main job: scheduler, web server and delivery worker in one process."""
     from newsletter import pipeline
+    from newsletter.pipeline import allocator
     from newsletter.pipeline.scheduling import start_scheduler
 
+    allocator.limit_arenas()  # before any thread starts: each would get its own arena
     settings = settings_of(ctx)
     sock = listen(settings, host, port)  # a port in use stops us before anything starts
     store = pipeline.open_store(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -25,26 +25,43 @@ def rate_key(ip: str) -> str:
 class SlidingWindow:
     """At most `limit` hits per key in any `window` seconds, per process.
 
-    Memory is bounded: at most `max_keys` keys are tracked, the least recently seen
-    forgotten first, so a flood from many addresses cannot exhaust it.
+    Memory follows the keys seen within the last window, not all keys ever seen: a key
+    whose hits have all expired holds nothing worth keeping and is dropped (the soak's
+    sign-ups from ever new addresses grew the service by ~1 KB each while they were kept
+    until `max_keys`). `max_keys` still bounds a flood from many addresses inside a window,
+    the least recently seen forgotten first.
     """
 
     def __init__(self, limit: int, window: float, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        # key -> (last seen, hit times oldest first); a list: a handful of floats each,
+        # where a deque costs ~600 bytes even empty.
+        self._hits: OrderedDict[str, tuple[float, list[float]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        hits = self._hits.pop(key, None) or deque()
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        self._hits[key] = hits  # moved to the end: the most recently seen
+    def _recent(self, key: str, now: float) -> list[float]:
+        cutoff = now - self.window
+        # Least recently seen first: once the oldest was seen within the window, so were
+        # all after it. Each key is dropped once, so this costs O(1) per call on average.
+        while self._hits:
+            seen, _ = next(iter(self._hits.values()))
+            if seen > cutoff:
+                break
+            self._hits.popitem(last=False)
+        _, hits = self._hits.pop(key, (now, []))
+        expired = next((i for i, t in enumerate(hits) if t > cutoff), len(hits))
+        del hits[:expired]
+        self._hits[key] = (now, hits)  # moved to the end: the most recently seen
         if len(self._hits) > self.max_keys:
             self._hits.popitem(last=False)
         return hits
 
-    def _wait(self, hits: deque[float], now: float) -> float:
+    def __len__(self) -> int:
+        """Keys held now (some may have expired since they were last seen)."""
+        return len(self._hits)
+
+    def _wait(self, hits: list[float], now: float) -> float:
         return max(hits[0] + self.window - now, 1.0) if len(hits) >= self.limit else 0.0
 
     def hit(self, key: str) -> float:
