@@ -65,6 +65,12 @@ def test_metrics_over_http(make_settings: Callable[..., Settings], tmp_path: Pat
         assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert "@" not in r.text  # counts only: no address, no name
         types, samples = parse(r.text)
+        # The answering process's own: memory to alert on over months, its open files.
+        process = {k: v for k, v in types.items() if k.startswith("process_")}
+        assert {"process_resident_memory_bytes", "process_open_fds"} <= set(process)
+        assert 20 * 2**20 < value(samples, "process_resident_memory_bytes") < 8 * 2**30
+        assert value(samples, "process_open_fds") > 0
+        types = {k: v for k, v in types.items() if k not in process}
         # Counters end in _total (the parser names their family without it), gauges never.
         assert types == {"newsletter_articles": "counter",
                          "newsletter_issues": "gauge", "newsletter_deliveries": "gauge",

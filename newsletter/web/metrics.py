@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
@@ -139,6 +139,9 @@ def metrics_routes(deps: AdminDeps) -> list[BaseRoute]:
     """GET /metrics, behind the admin bearer token like the admin API."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(lambda: metrics_snapshot(deps.store)))
+    # The answering process's own memory, CPU and open files (from /proc; nothing where
+    # there is none): what an operator alerts on to see a service grow over the months.
+    ProcessCollector(registry=registry)
 
     def text() -> str:
         if deps.metrics is not None:  # an embedding application's own exposition
