@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,9 +28,11 @@ from webserver import running
 
 from newsletter import pipeline
 from newsletter.config import Settings, load_settings
-from newsletter.pipeline import sending
-from newsletter.pipeline.welcome import WHENEVER, issue_rhythm, prepared_rhythm
+from newsletter.pipeline import control, sending
+from newsletter.pipeline import review as review_
+from newsletter.pipeline.rhythm import WHENEVER, issue_rhythm, prepared_rhythm
 from newsletter.store.database import Store
+from newsletter.words import friendly_time
 from tests.helpers.sending import seed
 from tests.test_signed_mail import LIST_FIELDS, check_signed, cli, mail_settings, parsed
 
@@ -257,6 +259,35 @@ def test_in_review_mode_the_welcome_promises_no_send_time(make_world: MakeWorld)
            "since the one before" in text
     assert "Each one is sent to you once the editors have approved it" in text
     assert "You will get" not in text and "The next one is due" not in text
+
+
+@pytest.mark.parametrize("review", [False, True])
+def test_the_welcome_names_an_issue_scheduled_before_the_cron(make_world: MakeWorld,
+                                                                review: bool) -> None:
+    """The next one is due when an issue is scheduled, if that comes before the cron's run;
+    in review mode only once it is approved (the cron's run promises nothing there)."""
+    hour = (datetime.now(UTC).hour + 12) % 24  # the cron's next run is 11 to 12 hours ahead
+    editors = '[newsletter]\nreview = true\neditors = ["editor@example.org"]\n'
+    with make_world(f'[schedule]\nissue_cron = "0 {hour} * * *"\n'
+                    + (editors if review else "")) as w:
+        seed(w.store, 0)  # articles, nobody subscribed
+        assert pipeline.build_issue(w.settings, w.store).issue is not None
+        sooner = (datetime.now(UTC) + timedelta(minutes=30)).replace(second=0, microsecond=0)
+        control.schedule_issue(w.store, 1, sooner, actor="test")
+        due = f"The next one is due {friendly_time(sooner, datetime.now(UTC))}."
+        if review:
+            assert "You are subscribed" in w.subscribe_and_confirm("kim@example.org").text
+            w.barrier()
+            (waiting,) = w.welcomes()
+            assert "The next one is due" not in " ".join(body(waiting).split())
+            review_.approve_issue(w.store, 1, actor="test")
+        assert "You are subscribed" in w.subscribe_and_confirm("lee@example.org").text
+        w.barrier()
+        text = " ".join(body(w.welcomes()[-1]).split())
+    assert due in text
+    if review:
+        assert "Each one is sent to you once the editors have approved it, so the day it " \
+               f"arrives may vary. {due}" in text
 
 
 def test_welcome_false_sends_none(make_world: MakeWorld) -> None:

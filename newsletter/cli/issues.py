@@ -254,12 +254,14 @@ def _test_copies(settings: Settings, store: Store, number: int, to: list[str],
 def issue_approve(ctx: click.Context, number: int) -> None:
     """Approve issue N: it is sent now, or at its scheduled time if that is still ahead."""
     from newsletter.pipeline import review
+    from newsletter.pipeline.publishing import refresh_site
 
-    _settings, store = with_store(ctx)
+    settings, store = with_store(ctx)
     approval = review.approve_issue(store, number, actor=cli_actor())
     it = approval.issue
     if not approval.send_now:
         assert it.send_at is not None
+        refresh_site(settings, store)  # now the home page may name its time
         click.echo(f"issue {number} approved by {it.approved_by}: scheduled for "
                    f"{it.send_at:%Y-%m-%d %H:%M %Z}")
         return

@@ -43,10 +43,12 @@ def parse_time(value: str, zone: str) -> datetime:
 def schedule(ctx: click.Context, number: int, at: str) -> None:
     """Send issue N at a given time (the running service's sweeper sends it)."""
     from newsletter.pipeline import control
+    from newsletter.pipeline.publishing import refresh_site
 
     settings, store = with_store(ctx)
     it = control.schedule_issue(store, number, parse_time(at, settings.schedule.timezone),
                                 actor=cli_actor())
+    refresh_site(settings, store)  # the home page says when the next issue goes out
     click.echo(f"issue {number} scheduled for {it.send_at:%Y-%m-%d %H:%M %Z}")
     if settings.newsletter.review and it.approved_at is None:
         click.echo(f"review mode: it goes out once approved (`newsletter issue approve "
@@ -59,9 +61,11 @@ def _transition(verb: str) -> click.Command:
     @fail_cleanly
     def action(ctx: click.Context, number: int) -> None:
         from newsletter.pipeline import control
+        from newsletter.pipeline.publishing import refresh_site
 
-        _settings, store = with_store(ctx)
+        settings, store = with_store(ctx)
         it = getattr(control, f"{verb}_issue")(store, number, actor=cli_actor())
+        refresh_site(settings, store)  # a scheduled issue paused, resumed or cancelled
         click.echo(f"issue {number}: {it.status}")
 
     return action
@@ -118,10 +122,10 @@ def _next_issue_line(settings: Settings, store: Store, cron_next: datetime | Non
                      now: datetime) -> str:
     """What goes next: the cron's next run and the earliest issue scheduled by hand (`issue
     schedule`, the dashboard, an approval), soonest first."""
+    from newsletter.pipeline.schedule import scheduled_issues
     from newsletter.words import friendly_time
 
-    planned = sorted((it for it in store.list_issues(limit=20, statuses=("scheduled",))
-                      if it.send_at is not None), key=lambda it: it.send_at or now)
+    planned = scheduled_issues(store)
     cron = friendly_time(cron_next, now) if cron_next else ""
     if not planned:
         return f"next issue: {cron}" if cron else \

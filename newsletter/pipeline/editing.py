@@ -22,6 +22,7 @@ from newsletter.pipeline.history import HistoryEntry as HistoryEntry
 from newsletter.pipeline.history import describe
 from newsletter.pipeline.history import issue_history as issue_history
 from newsletter.pipeline.issues import issue_rules, render_counted
+from newsletter.pipeline.publishing import refresh_site
 from newsletter.store.database import Store
 from newsletter.words import plural
 
@@ -170,6 +171,7 @@ def edit_issue(settings: Settings, store: Store, number: int, changes: Mapping[s
                           f"is {current.status if current else 'gone'} now): it was not edited")
     if issue.approved_at is not None:
         store.set_issue_fields(number, now, approved_at=None, approved_by=None)
+        refresh_site(settings, store, now=now)  # its send time is no longer promised
     lines = tuple(describe("edit", detail))
     log.event("issue.edited", number=number, actor=actor, changes=len(lines))
     saved = store.get_issue(number) or edited

@@ -32,7 +32,7 @@ def site_meta(settings: Settings, store: Store, now: datetime) -> SiteMeta:
                     untitled_section=settings.newsletter.untitled_section,
                     per_page=settings.site.per_page,
                     home_per_section=settings.site.home_per_section,
-                    next_issue=next_issue_line(settings, now),
+                    next_issue=next_issue_line(settings, store, now),
                     latest_issue=(sent[0].number, sent[0].subject) if sent else None)
 
 
@@ -46,6 +46,17 @@ def publish_site(settings: Settings, store: Store, *, now: datetime | None = Non
     log.event("site.published", pages=result.pages, rendered=result.rendered,
               files_changed=len(result.written), removed=len(result.removed))
     return result
+
+
+def refresh_site(settings: Settings, store: Store, *, now: datetime | None = None) -> None:
+    """publish_site after an issue's status or send time changed: the home page names the
+    latest issue and when the next one goes out. A full disk or a broken template of the
+    operator's is logged, not raised: the change is made and must not look refused (the
+    next collect publishes again)."""
+    try:
+        publish_site(settings, store, now=now)
+    except Exception as exc:  # noqa: BLE001 - reported; the next publish tries again
+        log.event("site.error", 30, detail=f"{settings.site_dir}: {exc}")
 
 
 def publish(settings: Settings, store: Store, *, now: datetime | None = None) -> Published:

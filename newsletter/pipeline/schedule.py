@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,7 +15,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter import crontab
 from newsletter.config import Settings
+from newsletter.models import Issue
+from newsletter.pipeline.rhythm import issue_rhythm, prepared_rhythm
 from newsletter.store.database import Store
+from newsletter.words import friendly_time
 
 JOBS_TABLE = "apscheduler_jobs"
 FIXED_JOBS = ("collect", "issue", "sweep", "bounces", "prune")
@@ -152,10 +155,45 @@ def next_issue_time(settings: Settings, now: datetime | None = None) -> datetime
     return fire
 
 
-def next_issue_line(settings: Settings, now: datetime | None = None) -> str:
-    """'Next issue: Monday 7 December, 07:00 UTC', or '' when no issue is scheduled."""
-    from newsletter.words import friendly_time
+def scheduled_issues(store: Store) -> list[Issue]:
+    """Issues scheduled for a date (`issue schedule`, the dashboard, an approval), soonest
+    first."""
+    found = [(it.send_at, it.number, it) for it in store.list_issues(
+        limit=50, statuses=("scheduled",)) if it.send_at is not None]
+    return [it for _at, _number, it in sorted(found, key=lambda row: row[:2])]
 
-    when = next_issue_time(settings, now)
-    return f"Next issue: {friendly_time(when, now or datetime.now(when.tzinfo))}" if when \
+
+def next_issue_at(settings: Settings, store: Store, now: datetime | None = None, *,
+                  cron_next: datetime | None = None) -> datetime | None:
+    """When the next issue goes out, as far as it can be promised, in the schedule's zone:
+    the earliest of an issue scheduled for a date and the cron's next run (`cron_next`, the
+    scheduler's stored one, else the trigger's). In review mode neither the cron's build nor
+    an unapproved issue has a send time (it goes once the editors approve it): only an
+    approved scheduled issue does. None: no time can be promised."""
+    zone = ZoneInfo(settings.schedule.timezone)
+    now = (now or datetime.now(zone)).astimezone(zone)
+    review = settings.newsletter.review
+    # One past its time goes at the next sweep, unless so late that the sweep pauses it.
+    late = now - timedelta(minutes=settings.schedule.late_limit_minutes)
+    times = [max(it.send_at, now) for it in scheduled_issues(store)
+             if it.send_at is not None and it.send_at >= late
+             and (it.approved_at is not None or not review)]
+    if not review:
+        cron = cron_next or next_issue_time(settings, now)
+        times += [cron] if cron else []
+    return min(times).astimezone(zone) if times else None
+
+
+def next_issue_line(settings: Settings, store: Store, now: datetime | None = None, *,
+                    cron_next: datetime | None = None) -> str:
+    """What the home page and the dashboard say: 'Next issue: Monday 7 December, 07:00 UTC'
+    (next_issue_at); in review mode without an approved issue, how issues are prepared and
+    that each goes once approved; '' when there is nothing to say."""
+    zone = ZoneInfo(settings.schedule.timezone)
+    now = (now or datetime.now(zone)).astimezone(zone)
+    when = next_issue_at(settings, store, now, cron_next=cron_next)
+    if when is not None:
+        return f"Next issue: {friendly_time(when, now)}"
+    prepared = prepared_rhythm(issue_rhythm(settings, now)) if settings.newsletter.review \
         else ""
+    return f"{prepared}; each is sent once the editors approve it." if prepared else ""

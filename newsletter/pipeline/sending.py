@@ -149,12 +149,9 @@ def start_sending(settings: Settings, store: Store, issue: Issue, *,
         if issue.status == "sent":
             detail["new_subscribers"] = True
         store.record_issue_event(issue.number, now, IssueEventDraft(actor, "send", detail))
-    from newsletter.pipeline.publishing import publish_site
+    from newsletter.pipeline.publishing import refresh_site
 
-    try:  # the home page names the latest issue; a full disk or a broken template of the
-        publish_site(settings, store, now=now)  # operator's must not stop the sending
-    except Exception as exc:  # noqa: BLE001 - reported, and the next collect tries again
-        log.event("site.error", 30, detail=f"{settings.site_dir}: {exc}")
+    refresh_site(settings, store, now=now)  # the latest issue; a failure stops no sending
     return added
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from newsletter.store.database import Store
 if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.routing import BaseRoute
+
+    from newsletter.models import Issue
 
 
 def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starlette:
@@ -48,7 +51,7 @@ def web_app(settings: Settings, store: Store, *, scheduler: Any = None) -> Starl
     app = create_app(feeds_dir=settings.feeds_dir, site_dir=settings.site_dir,
                      publication_name=settings.publication.name,
                      feeds_url=settings.feeds_url, cache_max_age=settings.feeds.cache_max_age,
-                     extra_routes=routes, next_issue=lambda: next_issue_line(settings),
+                     extra_routes=routes, next_issue=lambda: next_issue_line(settings, store),
                      templates_dir=Path(folder) if folder else None,
                      allowed_hosts=allowed_hosts(settings), health=database_check(store))
     app.add_middleware(OutageResponses, when=unreachable)  # 503, not a 500 and a traceback
@@ -80,7 +83,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
     from newsletter.pipeline.building import build_issue
     from newsletter.pipeline.editing import edit_issue, issue_history
     from newsletter.pipeline.issue_links import IssueLinks
-    from newsletter.pipeline.publishing import collect_and_publish
+    from newsletter.pipeline.publishing import collect_and_publish, refresh_site
     from newsletter.pipeline.schedule import next_issue_line, next_runs
     from newsletter.web.admin import admin_routes
     from newsletter.web.admin_api import admin_api_routes
@@ -112,6 +115,15 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
             threading.Thread(target=sending.run_worker, name=f"send-{number}", daemon=True,
                              args=(settings, store, sending.get_sendable(store, number))).start()
 
+    def republishing(change: Callable[..., Issue]) -> Callable[..., Issue]:
+        """The change, then the site: the home page says when the next issue goes out."""
+        def run(*args: Any) -> Issue:
+            issue = change(*args)
+            if issue.status != "sending":  # start_sending has republished it
+                refresh_site(settings, store)
+            return issue
+        return run
+
     deps = AdminDeps(
         token=settings.secrets.admin_token, store=store, collect_now=collect_now,
         build_issue=lambda force, actor="api": build_issue(settings, store, force=force,
@@ -119,11 +131,15 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         edit_issue=lambda n, changes, actor: edit_issue(settings, store, n, changes, actor),
         issue_history=lambda n: issue_history(store, n),
         send_issue=send_issue,
-        schedule_issue=lambda n, at, actor: control.schedule_issue(store, n, at, actor=actor),
-        pause_issue=lambda n, actor: control.pause_issue(store, n, actor=actor),
-        resume_issue=lambda n, actor: control.resume_issue(store, n, actor=actor),
-        cancel_issue=lambda n, actor: control.cancel_issue(store, n, actor=actor),
-        approve_issue=lambda n, actor: review.approve_and_send(store, n, actor, send_issue),
+        schedule_issue=republishing(lambda n, at, actor: control.schedule_issue(
+            store, n, at, actor=actor)),
+        pause_issue=republishing(lambda n, actor: control.pause_issue(store, n, actor=actor)),
+        resume_issue=republishing(lambda n, actor: control.resume_issue(store, n,
+                                                                        actor=actor)),
+        cancel_issue=republishing(lambda n, actor: control.cancel_issue(store, n,
+                                                                        actor=actor)),
+        approve_issue=republishing(lambda n, actor: review.approve_and_send(store, n, actor,
+                                                                            send_issue)),
         review_issue=(lambda n, actor: review.review_by_hand(settings, store, n, actor=actor))
         if settings.newsletter.review else None,
         send_tests=lambda n, to, actor: review.send_test_copies(settings, store, n, to,
@@ -135,7 +151,8 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         jobs=lambda: next_runs(settings, store) if scheduler is None or
         scheduler.scheduler is None else [(j.id, j.next_run_time)
                                           for j in scheduler.scheduler.get_jobs()],
-        preview_html=preview_html, next_issue=lambda: next_issue_line(settings),
+        preview_html=preview_html,
+        next_issue=lambda cron_next: next_issue_line(settings, store, cron_next=cron_next),
         import_subscribers=lambda p, actor="": import_csv(
             store, p, now=datetime.now(UTC), smtputf8=settings.mail.smtputf8, actor=actor),
         sessions=store.sessions,  # in the database: logout holds in every process

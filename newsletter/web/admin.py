@@ -36,7 +36,7 @@ from newsletter.web.admin_sessions import SESSION_PURPOSE as SESSION_PURPOSE
 from newsletter.web.issue_editor import editor_routes, link_access
 from newsletter.web.limits import rate_key
 from newsletter.web.requests import BodyTooLarge, read_capped
-from newsletter.words import friendly_time, plural
+from newsletter.words import plural
 
 ACTIONS = ("send", "schedule", "pause", "resume", "cancel", "approve", "test")
 _BASE_HEADERS = {"cache-control": "no-store", "referrer-policy": "same-origin",
@@ -143,13 +143,11 @@ class _Dashboard:
         nonce = await self.sessions.nonce(request)
         if nonce is None:
             return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
-        view, jobs, subscribers, next_issue = await run_in_threadpool(
-            lambda: (self.deps.overview(), self.deps.jobs(),
-                     self.deps.store.count_subscribers(), self.deps.next_issue()))
+        view, jobs, subscribers = await run_in_threadpool(
+            lambda: (self.deps.overview(), self.deps.jobs(), self.deps.store.count_subscribers()))
         # The scheduler's own next run, when it has stored one, wins over the config's cron.
         stored = next((at for name, at in jobs or () if name == "issue" and at), None)
-        if stored is not None:
-            next_issue = f"Next issue: {friendly_time(stored, datetime.now(stored.tzinfo))}"
+        next_issue = await run_in_threadpool(self.deps.next_issue, stored)
         issues: list[dict[str, Any]] = [
             {"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
             for i, c in view.issues]

@@ -90,7 +90,9 @@ class AdminDeps:
     # (number, actor): the review mail again (review mode); .line() says what happened
     review_issue: Callable[[int, str], Any] | None = None
     jobs: Callable[[], Jobs] = _no_jobs  # (job name, next run) of the schedule
-    next_issue: Callable[[], str] = lambda: ""  # "Next issue: Monday 7 December, 07:00 UTC"
+    # (the scheduler's stored next run of the issue cron, or None) → "Next issue: Monday 7
+    # December, 07:00 UTC", or what else the home page says of it
+    next_issue: Callable[[datetime | None], str] = lambda cron_next: ""
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"
