@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,7 +16,6 @@ from newsletter import log, templating
 from newsletter.audience import consent
 from newsletter.errors import NewsletterError
 from newsletter.models import example_send_time, now_utc
-from newsletter.pipeline.editing import conflict, version_of
 from newsletter.web.admin_add import add_subscriber
 from newsletter.web.admin_http import (
     DISABLED,
@@ -26,8 +24,8 @@ from newsletter.web.admin_http import (
     done_of,
     json_response,
     load_issue,
-    parse_when,
 )
+from newsletter.web.admin_issues import IssueActions, when
 from newsletter.web.admin_people import people_routes
 from newsletter.web.admin_sessions import CSRF_PURPOSE as CSRF_PURPOSE
 from newsletter.web.admin_sessions import FLASH_COOKIE, SESSION_COOKIE, Sessions
@@ -57,17 +55,14 @@ def _page_headers(nonce: str) -> dict[str, str]:
                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")}
 
 
-def _when(value: datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M} UTC" if value else "—"
-
-
 class _Dashboard:
     def __init__(self, deps: AdminDeps) -> None:
         self.deps = deps
         self.sessions = Sessions(deps)
         # Autoescape: subjects, names and errors come from articles, feeds and people.
         self.env = templating.environment(deps.templates_dir, autoescape=True)
-        self.env.filters["when"] = _when
+        self.env.filters["when"] = when
+        self.issues = IssueActions(deps)
 
     def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
@@ -304,46 +299,6 @@ class _Dashboard:
                      else "; no confirmation mail went out now")
         return f"{email}: {text}."
 
-    async def issue_action(self, request: Request, fields: dict[str, str]) -> str:
-        number, verb = int(request.path_params["number"]), request.path_params["action"]
-        actor = request.state.actor
-        await run_in_threadpool(load_issue, self.deps, number)
-        if verb == "send":
-            await run_in_threadpool(self.deps.send_issue, number, actor)
-            return f"Issue {number}: sending started."
-        if verb == "test":
-            return await self.send_test(number, fields.get("to", ""), actor)
-        if verb == "approve":
-            if fields.get("version"):  # the editor page's: approve what it showed, or nothing
-                await run_in_threadpool(self.same_version, number, fields["version"])
-            issue = await run_in_threadpool(self.deps.approve_issue, number, actor)
-            return (f"Issue {number} approved: " + ("sending started." if issue.status ==
-                    "sending" else f"it goes at {_when(issue.send_at)}."))
-        args: tuple[Any, ...] = (number,)
-        if verb == "schedule":
-            args += (parse_when(fields.get("at", "")),)
-        act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")
-        await run_in_threadpool(act, *args, actor)
-        issue = await run_in_threadpool(load_issue, self.deps, number)
-        return f"Issue {number} is now {issue.status}."
-
-
-    def same_version(self, number: int, version: str) -> None:
-        """EditConflict (refused, nothing approved) unless the issue is still that version."""
-        issue = load_issue(self.deps, number, with_articles=True)
-        if version != version_of(issue):
-            raise conflict(self.deps.store, issue, now_utc())
-
-    async def send_test(self, number: int, to: str, actor: str) -> str:
-        addresses = [a for a in to.replace(",", " ").split() if a] or None  # None: seed list
-        outcomes = await run_in_threadpool(self.deps.send_tests, number, addresses, actor)
-        sent = ", ".join(o.address for o in outcomes if o.sent)
-        failed = "; ".join(f"{o.address}: {o.reply}" for o in outcomes if not o.sent)
-        if failed:
-            raise NewsletterError(f"Test copies of issue {number}: sent to {sent or 'none'}; "
-                                  f"not sent to {failed}")
-        return f"Test copy of issue {number} sent to {sent}."
-
 
 def _issue_purpose(request: Request) -> str:
     return f"{request.path_params['action']}:{request.path_params['number']}"
@@ -356,7 +311,7 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
     async def not_an_action(request: Request) -> Response:
         return d.page("message.html", 404, title="Not found", text="There is no such action.")
 
-    issue_action = d.action(_issue_purpose, d.issue_action)
+    issue_action = d.action(_issue_purpose, d.issues.act)
 
     async def dispatch(request: Request) -> Response:
         if request.path_params["action"] not in ACTIONS:
