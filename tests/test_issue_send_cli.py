@@ -1,6 +1,6 @@
 """`issue send`'s options as an operator combines them, over real SMTP on loopback: a dry run
 sends nothing (not even a test copy), --to with --seed reaches both, and an issue already
-sent goes to newcomers only when asked to, from the CLI and the API alike."""
+sent goes to newcomers only when asked to, from the CLI, the API and the dashboard alike."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from webserver import running
 
 from newsletter import pipeline
 from newsletter.config import Settings
-from tests.helpers.admin import TOKEN
+from tests.helpers.admin import TOKEN, flash_of, form_fields
 from tests.helpers.review import EDITORS, SEEDS, new_key_pem, parsed, review_store
 from tests.helpers.review import run_cli as run
 from tests.helpers.sending import r
@@ -122,6 +122,61 @@ def test_the_api_sends_a_sent_issue_to_newcomers_only_when_asked(
                 time.sleep(0.05)
         assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(
             [r(0), r(1), "late@example.org"])
+
+
+def test_the_dashboard_sends_a_sent_issue_to_newcomers_on_an_explicit_post(
+        make_settings: Callable[..., Settings], tmp_path: Path, key_pem: bytes) -> None:
+    with SmtpTestServer() as srv, review_store(make_settings, tmp_path, srv, key_pem,
+                                               readers=2, review=False) as (settings, store):
+        assert run(settings, "issue", "send", "1")[0] == 0
+        with running(pipeline.web_app(settings, store)) as base, \
+                httpx.Client(base_url=base, timeout=30) as web:
+            assert web.post("/admin/login", data={"token": TOKEN}).status_code == 303
+            page = web.get("/admin/").text
+            assert "Sending it again would reach nobody: every active subscriber has it." \
+                in page
+            assert 'action="/admin/issues/1/send"' not in page  # no button to press
+            for new in ("new1@example.org", "new2@example.org"):
+                assert run(settings, "subscribers", "add", new, "--confirmed")[0] == 0
+
+            page = web.get("/admin/").text
+            assert "Send to the 2 who joined since</button>" in page
+            assert "reach nobody" not in page
+            form = form_fields(page, "/admin/issues/1/send")
+            assert form["new_subscribers"] == "1" and form["csrf"]
+            # Never on a GET, never without this session's token, never without saying so.
+            assert web.get("/admin/issues/1/send").status_code == 405
+            assert web.post("/admin/issues/1/send",
+                            data={"new_subscribers": "1"}).status_code == 403
+            plain = web.post("/admin/issues/1/send", data={"csrf": form["csrf"]})
+            assert plain.status_code == 303
+            assert flash_of(web.get("/admin/").text) == (
+                "Issue 1 was sent already: nothing was sent. The 2 subscribers who joined "
+                "since can get it: “Send to the 2 who joined since”, on its row.")
+            assert len(srv.messages) == 2
+
+            sent = web.post("/admin/issues/1/send", data=form)  # the button, as the page has it
+            assert sent.status_code == 303 and sent.headers["location"] == "/admin/"
+            page = web.get("/admin/").text
+            assert flash_of(page) == \
+                "Issue 1: sending started to the 2 subscribers who joined since."
+            deadline = time.monotonic() + 30
+            while store.get_issue(1).status != "sent":  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the newcomers' send did not finish"
+                time.sleep(0.05)  # polling interval inside a deadline
+            assert sorted(m.rcpt_tos[0] for m in srv.messages[2:]) == [
+                "new1@example.org", "new2@example.org"]
+            sends = [e for e in store.issue_history(1) if e.action == "send"]
+            assert sends[-1].actor == "dashboard 127.0.0.1"
+            assert sends[-1].detail["new_subscribers"] is True
+            assert sends[-1].detail["rows"] == 2
+            # Everyone has it now: nothing to offer, and a replay of the form sends nothing.
+            page = web.get("/admin/").text
+            assert "reach nobody" in page and 'action="/admin/issues/1/send"' not in page
+            assert web.post("/admin/issues/1/send", data=form).status_code == 303
+            assert flash_of(web.get("/admin/").text) == (
+                "Issue 1 was sent already: nothing was sent. Every active subscriber has it.")
+        assert len(srv.messages) == 4
 
 
 @pytest.mark.parametrize("review", [True, False])

@@ -337,7 +337,7 @@ def approve_issue(store: Store, number: int, *, actor: str,
 
 
 def approve_and_send(store: Store, number: int, actor: str,
-                     send: Callable[[int, str], None]) -> Issue:
+                     send: Callable[[int, str], object]) -> Issue:
     """approve_issue, then `send(number, actor)` when it is due now (the web app's way of
     starting a delivery); the issue as it stands after."""
     if approve_issue(store, number, actor=actor).send_now:

@@ -116,6 +116,17 @@ class AlreadySent(NewsletterError):
         super().__init__(f"issue {number} was sent already: sending it again {who}")
 
 
+def newcomers(settings: Settings, store: Store, number: int) -> int:
+    """Whom a sent issue would go to if sent again: the active subscribers who joined since
+    (nobody gets it twice). NewsletterError when it cannot be sent again."""
+    from newsletter.pipeline.maintenance import check_resendable
+
+    issue = get_sendable(store, number)
+    assert issue.id is not None
+    check_resendable(settings, store, issue)  # pruned rows: it cannot tell who has it
+    return store.ledger.count_unqueued(issue.id)
+
+
 def start_sending(settings: Settings, store: Store, issue: Issue, *,
                   actor: str = "unknown", new_subscribers: bool = False) -> int:
     """Mark the issue as sending and fill its ledger (one row per active subscriber). In

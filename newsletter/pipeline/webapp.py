@@ -104,16 +104,18 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
                            preferences_url=site + "preferences?preview", name="Reader")
 
-    def send_issue(number: int, actor: str, new_subscribers: bool = False) -> None:
-        """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere."""
+    def send_issue(number: int, actor: str, new_subscribers: bool = False) -> int:
+        """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere.
+        The rows added: whom it goes to."""
         issue = sending.get_sendable(store, number)
-        sending.start_sending(settings, store, issue, actor=actor,
-                              new_subscribers=new_subscribers)
+        added = sending.start_sending(settings, store, issue, actor=actor,
+                                      new_subscribers=new_subscribers)
         if scheduler is not None and scheduler.scheduler is not None:
             scheduler.send_now(number)
         else:  # `newsletter serve`, or a standby process: this process delivers it
             threading.Thread(target=sending.run_worker, name=f"send-{number}", daemon=True,
                              args=(settings, store, sending.get_sendable(store, number))).start()
+        return added
 
     def republishing(change: Callable[..., Issue]) -> Callable[..., Issue]:
         """The change, then the site: the home page says when the next issue goes out."""
@@ -140,6 +142,7 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
                                                                         actor=actor)),
         approve_issue=republishing(lambda n, actor: review.approve_and_send(store, n, actor,
                                                                             send_issue)),
+        newcomers=lambda n: sending.newcomers(settings, store, n),
         review_issue=(lambda n, actor: review.review_by_hand(settings, store, n, actor=actor))
         if settings.newsletter.review else None,
         send_tests=lambda n, to, actor: review.send_test_copies(settings, store, n, to,

@@ -143,6 +143,7 @@ class _Dashboard:
         # The scheduler's own next run, when it has stored one, wins over the config's cron.
         stored = next((at for name, at in jobs or () if name == "issue" and at), None)
         next_issue = await run_in_threadpool(self.deps.next_issue, stored)
+        newcomers = await run_in_threadpool(self.issues.newcomers, view)
         issues: list[dict[str, Any]] = [
             {"issue": i, "counts": c, "total": sum(c.values()), "done": done_of(c)}
             for i, c in view.issues]
@@ -157,7 +158,7 @@ class _Dashboard:
             example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request), live_sessions=live_sessions,
-            review=self.deps.review,
+            review=self.deps.review, newcomers=newcomers,
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
         response.delete_cookie(FLASH_COOKIE, path="/admin")
         return response

@@ -70,8 +70,9 @@ class AdminDeps:
     collect_now: Callable[[], dict[str, Any]]  # {"new", "updated", "errors": [...], ...}
     build_issue: Callable[..., BuildResult]  # (force, actor=who)
     # The last argument of these is who acts ("api <ip>", "dashboard <ip>"), for the history.
-    # (number, actor, new_subscribers=False): starts in the background and returns at once
-    send_issue: Callable[..., None]
+    # (number, actor, new_subscribers=False): starts in the background and returns at once,
+    # with the rows it queued (None when the sender does not say)
+    send_issue: Callable[..., int | None]
     schedule_issue: Callable[[int, datetime, str], Any]  # these four raise NewsletterError
     pause_issue: Callable[[int, str], Any]
     resume_issue: Callable[[int, str], Any]
@@ -93,6 +94,9 @@ class AdminDeps:
     # (the scheduler's stored next run of the issue cron, or None) → "Next issue: Monday 7
     # December, 07:00 UTC", or what else the home page says of it
     next_issue: Callable[[datetime | None], str] = lambda cron_next: ""
+    # (number of a sent issue) → how many joined since: whom sending it again reaches;
+    # raises NewsletterError when it cannot be sent again. None: the dashboard offers none.
+    newcomers: Callable[[int], int] | None = None
     metrics: Callable[[], str] | None = None  # None: metrics.py computes them from the store
     send_confirmation: Callable[[Subscriber], None] | None = None  # double opt-in mail
     publication_name: str = "Newsletter"

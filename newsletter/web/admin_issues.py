@@ -1,4 +1,4 @@
-"""The dashboard's issue actions: send, test, approve, schedule, pause, resume, cancel."""
+"""The dashboard's issue actions, and what its rows offer: a sent issue's newcomers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from starlette.requests import Request
 
 from newsletter.errors import NewsletterError
 from newsletter.models import now_utc
+from newsletter.pipeline.control import Overview
 from newsletter.pipeline.editing import conflict, version_of
+from newsletter.pipeline.sending import AlreadySent
 from newsletter.web.admin_http import AdminDeps, load_issue, parse_when
+from newsletter.words import plural
 
 
 def when(value: datetime | None) -> str:
@@ -20,7 +23,8 @@ def when(value: datetime | None) -> str:
 
 
 class IssueActions:
-    """POST /admin/issues/N/<verb> of the dashboard and the editor page."""
+    """POST /admin/issues/N/<verb> of the dashboard and the editor page, and what the
+    dashboard's issue rows need beyond the overview."""
 
     def __init__(self, deps: AdminDeps) -> None:
         self.deps = deps
@@ -31,8 +35,7 @@ class IssueActions:
         actor = request.state.actor
         await run_in_threadpool(load_issue, self.deps, number)
         if verb == "send":
-            await run_in_threadpool(self.deps.send_issue, number, actor)
-            return f"Issue {number}: sending started."
+            return await self.send(number, actor, again=fields.get("new_subscribers") == "1")
         if verb == "test":
             return await self.send_test(number, fields.get("to", ""), actor)
         if verb == "approve":
@@ -48,6 +51,36 @@ class IssueActions:
         await run_in_threadpool(act, *args, actor)
         issue = await run_in_threadpool(load_issue, self.deps, number)
         return f"Issue {number} is now {issue.status}."
+
+    def newcomers(self, view: Overview) -> dict[int, tuple[int, str]]:
+        """{number: (how many joined since it went out, why it cannot go again or "")} of
+        the newest issue out, once sent: the one a newcomer is sent. Counting them is a
+        pass over every subscriber, so not for older ones (the CLI and the API send those)."""
+        latest = next((i for i, _ in view.issues if i.status in ("sending", "sent")), None)
+        if latest is None or latest.status != "sent" or self.deps.newcomers is None:
+            return {}
+        try:
+            return {latest.number: (self.deps.newcomers(latest.number), "")}
+        except NewsletterError as exc:
+            return {latest.number: (0, str(exc))}
+
+    async def send(self, number: int, actor: str, *, again: bool) -> str:
+        """Send the issue; `again`: a sent one to those who joined since (only when the
+        form says so, as the CLI's --to-new-subscribers)."""
+        try:
+            added = await run_in_threadpool(self.deps.send_issue, number, actor,
+                                            **({"new_subscribers": True} if again else {}))
+        except AlreadySent as exc:  # the pipeline's words name the CLI; these the button
+            late = plural(exc.newcomers, "subscriber")
+            raise NewsletterError(f"Issue {number} was sent already: nothing was sent. " + (
+                f"The {late} who joined since can get it: “Send to the {exc.newcomers} who "
+                f"joined since”, on its row." if exc.newcomers else
+                "Every active subscriber has it.")) from None
+        if not again:
+            return f"Issue {number}: sending started."
+        return (f"Issue {number}: sending started to the {plural(added, 'subscriber')} who "
+                f"joined since." if added is not None else
+                f"Issue {number}: sending started to those who joined since.")
 
     def same_version(self, number: int, version: str) -> None:
         """EditConflict (refused, nothing approved) unless the issue is still that version."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 import time
@@ -177,3 +178,19 @@ def login(admin: Admin) -> Iterator[httpx.Client]:
         r = client.post("/admin/login", data={"token": TOKEN})
         assert r.status_code == 303 and r.headers["location"] == "/admin/"
         yield client
+
+
+def form_fields(page: str, action: str) -> dict[str, str]:
+    """The hidden fields of the page's one form posting to `action`: what a browser sends
+    when its button is pressed (the CSRF token, and whatever else the page put there)."""
+    forms = re.findall(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
+                       page, re.S)
+    assert len(forms) == 1, (action, len(forms))
+    return {name: html.unescape(value) for name, value in re.findall(
+        r'<input type="hidden" name="([^"]+)" value="([^"]*)">', forms[0])}
+
+
+def flash_of(page: str) -> str:
+    """The dashboard's flash line (after an action's redirect), unescaped; "" without one."""
+    found = re.search(r'<div class="flash (?:ok|bad)" role="status">([^<]*)</div>', page)
+    return html.unescape(found[1]) if found else ""
