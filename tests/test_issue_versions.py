@@ -1,22 +1,25 @@
 """Two editors of one issue: a save made from an older version is refused (409) and changes
 nothing, through the admin API (a "version" or If-Match), the editor page (its script's JSON
-and its plain form) and the page's approve button; the store's save cannot let two through."""
+and its plain form), the page's approve button and the dashboard's; the store's save cannot
+let two through."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from webserver import running
 
 from newsletter import pipeline
 from newsletter.config import Settings
-from newsletter.pipeline import editing
-from tests.helpers.admin import Admin, csrf_of, login
+from newsletter.pipeline import control, editing
+from tests.helpers.admin import TOKEN, Admin, csrf_of, flash_of, form_fields, login
 from tests.helpers.editor import issue_site
 from tests.helpers.issues import piece
 from tests.helpers.sending import seed
@@ -131,6 +134,52 @@ def test_two_saves_from_the_same_editor_page_version(site: Admin) -> None:
     issue = site.store.get_issue(1)
     assert issue is not None and issue.subject == "From two"
     assert issue.approved_by == "dashboard 127.0.0.1" and issue.status == "scheduled"
+
+
+def test_the_dashboards_approve_names_the_version_it_showed(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Two dashboards: one tab edits the issue, the other, loaded before, approves it as it
+    showed it. Refused with the reason, nothing approved; reloaded, it approves."""
+    settings = make_settings('[newsletter]\nreview = true\neditors = ["ed@example.org"]\n'
+                             f'[mail]\noutbox_dir = "{tmp_path / "outbox"}"\n')
+    settings = replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
+    store = pipeline.open_store(settings)
+    try:
+        seed(store, 2)
+        assert pipeline.build_issue(settings, store).issue is not None
+        control.schedule_issue(store, 1, NOW + timedelta(days=1), actor="test")  # approving
+        with running(pipeline.web_app(settings, store)) as base, \
+                httpx.Client(base_url=base, timeout=30) as one, \
+                httpx.Client(base_url=base, timeout=30) as two:  # keeps it waiting
+            for tab in (one, two):
+                assert tab.post("/admin/login", data={"token": TOKEN}).status_code == 303
+            stale = form_fields(two.get("/admin/").text, "/admin/issues/1/approve")
+            issue = store.get_issue(1, with_articles=True)
+            assert issue is not None and stale["version"] == editing.version_of(issue)
+
+            page = one.get(PAGE).text
+            saved = post_json(one, csrf_of(page, PAGE), {"subject": "From one",
+                                                         "version": page_version(page)})
+            assert saved.status_code == 200, saved.text
+            refused = two.post("/admin/issues/1/approve", data=stale)  # its button, pressed
+            assert refused.status_code == 303 and refused.headers["location"] == "/admin/"
+            shown = two.get("/admin/").text
+            assert re.fullmatch(r"Issue 1 was not approved: it was changed by dashboard "
+                                r"127\.0\.0\.1 at \d\d:\d\d UTC since this page was loaded\. "
+                                r"Review the latest, then approve again\.", flash_of(shown))
+            issue = store.get_issue(1)
+            assert issue is not None and issue.approved_at is None
+            assert "approve" not in [e.action for e in store.issue_history(1)]
+
+            fresh = form_fields(shown, "/admin/issues/1/approve")
+            assert fresh["version"] == saved.json()["version"] != stale["version"]
+            assert two.post("/admin/issues/1/approve", data=fresh).status_code == 303
+            assert flash_of(two.get("/admin/").text).startswith("Issue 1 approved: it goes at ")
+        issue = store.get_issue(1)
+        assert issue is not None and issue.subject == "From one"
+        assert issue.approved_by == "dashboard 127.0.0.1" and issue.status == "scheduled"
+    finally:
+        store.close()
 
 
 def test_an_edit_between_the_check_and_the_save_wins(

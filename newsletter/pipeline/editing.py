@@ -54,6 +54,10 @@ class EditConflict(NewsletterError):
     """The save names an older version of the issue than the stored one: someone changed
     it since the editor opened it (the admin API's 409). Nothing was saved."""
 
+    def __init__(self, text: str, by: str = "") -> None:
+        super().__init__(text)
+        self.by = by  # " by dashboard 127.0.0.1 at 23:41 UTC"; "" when nobody is recorded
+
 
 def version_of(issue: Issue) -> str:
     """The version of what an editor changes: subject, preheader, intro and the articles in
@@ -189,7 +193,7 @@ def conflict(store: Store, issue: Issue, now: datetime) -> EditConflict:
         at = last.at.strftime("%H:%M" if last.at.date() == now.date() else "%Y-%m-%d %H:%M")
         by = f" by {last.actor} at {at} UTC"
     return EditConflict(f"Issue {issue.number} was changed{by} since you opened it; reload "
-                        f"to see their changes")
+                        f"to see their changes", by)
 
 
 def _check_editable(store: Store, issue: Issue) -> None:

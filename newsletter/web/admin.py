@@ -138,6 +138,9 @@ class _Dashboard:
         nonce = await self.sessions.nonce(request)
         if nonce is None:
             return RedirectResponse("/admin/login", 303, headers=_BASE_HEADERS)
+        # The versions first: an edit after them makes the approve a conflict, never an
+        # approval of what this page did not show.
+        versions = await run_in_threadpool(self.issues.versions)
         view, jobs, subscribers = await run_in_threadpool(
             lambda: (self.deps.overview(), self.deps.jobs(), self.deps.store.count_subscribers()))
         # The scheduler's own next run, when it has stored one, wins over the config's cron.
@@ -158,7 +161,7 @@ class _Dashboard:
             example_at=example_send_time(self.deps.timezone, now_utc()),
             preview=preview or (issues[0]["issue"] if issues else None),
             flash=self.sessions.read_flash(request), live_sessions=live_sessions,
-            review=self.deps.review, newcomers=newcomers,
+            review=self.deps.review, versions=versions, newcomers=newcomers,
             csrf=lambda purpose: self.sessions.csrf(nonce, purpose))
         response.delete_cookie(FLASH_COOKIE, path="/admin")
         return response

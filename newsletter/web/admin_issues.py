@@ -1,4 +1,4 @@
-"""The dashboard's issue actions, and what its rows offer: a sent issue's newcomers."""
+"""The dashboard's issue actions, and what its rows offer: approve versions, newcomers."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ class IssueActions:
         issue = await run_in_threadpool(load_issue, self.deps, number)
         return f"Issue {number} is now {issue.status}."
 
+    def versions(self) -> dict[int, str]:
+        """The version of each issue awaiting approval (review mode), which its approve
+        button sends: the newest ten, as many as the overview lists."""
+        if not self.deps.review:
+            return {}
+        waiting = self.deps.store.list_issues(limit=10, statuses=("draft", "scheduled",
+                                                                   "paused"),
+                                              with_articles=True)
+        return {i.number: version_of(i) for i in waiting if i.approved_at is None}
+
     def newcomers(self, view: Overview) -> dict[int, tuple[int, str]]:
         """{number: (how many joined since it went out, why it cannot go again or "")} of
         the newest issue out, once sent: the one a newcomer is sent. Counting them is a
@@ -83,10 +93,14 @@ class IssueActions:
                 f"Issue {number}: sending started to those who joined since.")
 
     def same_version(self, number: int, version: str) -> None:
-        """EditConflict (refused, nothing approved) unless the issue is still that version."""
+        """Refused (nothing approved) unless the issue is still the version the page showed:
+        two tabs must not approve what someone has edited since."""
         issue = load_issue(self.deps, number, with_articles=True)
         if version != version_of(issue):
-            raise conflict(self.deps.store, issue, now_utc())
+            by = conflict(self.deps.store, issue, now_utc()).by
+            raise NewsletterError(f"Issue {number} was not approved: it was changed{by} since "
+                                  f"this page was loaded. Review the latest, then approve "
+                                  f"again.")
 
     async def send_test(self, number: int, to: str, actor: str) -> str:
         addresses = [a for a in to.replace(",", " ").split() if a] or None  # None: seed list
