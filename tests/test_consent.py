@@ -118,7 +118,10 @@ def test_cli_refuses_every_opted_out_address_unless_resubscribed_with_a_reason(
             email = f"{status}@example.org"
             sub_id = opted_out(store, email, status)
             before = (store.get_subscriber(sub_id), history(store, sub_id))
-            for flags in ((), ("--confirmed",), ("--name", "New Name", "--confirmed")):
+            # Every way of adding is refused alike; tried in full for the first status only
+            # (each is a process of its own, ~1 s).
+            every = ((), ("--confirmed",), ("--name", "New Name", "--confirmed"))
+            for flags in every if status == OPTED_OUT[0] else every[2:]:
                 r = cli(settings, "add", email, *flags)
                 assert r.returncode == 2, (status, flags, r.stdout, r.stderr)
                 assert r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
@@ -126,9 +129,10 @@ def test_cli_refuses_every_opted_out_address_unless_resubscribed_with_a_reason(
                 assert status in r.stderr and ("subscribe form" in r.stderr) == (
                     status != "complained")
                 assert "nothing was changed" in r.stderr and "--resubscribe --reason" in r.stderr
-            r = cli(settings, "add", email, "--resubscribe")
-            assert r.returncode == 2 and "needs a reason" in r.stderr
-            assert r.stderr.count("\n") == 1
+            if status == OPTED_OUT[0]:
+                r = cli(settings, "add", email, "--resubscribe")
+                assert r.returncode == 2 and "needs a reason" in r.stderr
+                assert r.stderr.count("\n") == 1
             # Refused means refused: the row and its history are exactly as they were.
             assert (store.get_subscriber(sub_id), history(store, sub_id)) == before
             r = cli(settings, "add", email, "--resubscribe", "--reason",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,35 +10,14 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import Settings
-from newsletter.models import Article
 from newsletter.pipeline import scheduling
-from newsletter.store import schema as s
 from newsletter.store.database import Store
 from tests.helpers.schedule import register_stopped, set_stored_next_run
+from tests.helpers.sending import seed
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 NOW = datetime.now(UTC)
-
-
-def seed(store: Store, readers: int) -> list[str]:
-    rows = [{"email": f"r{i}@example.org", "email_key": f"r{i}@example.org", "name": "",
-             "status": "active", "sections": json.dumps([]), "hard_bounces": 0,
-             "created_at": NOW, "updated_at": NOW} for i in range(readers)]
-    with store.engine.begin() as conn:
-        for i in range(0, readers, 10_000):
-            conn.execute(s.subscribers.insert(), rows[i:i + 10_000])
-    when = NOW - timedelta(hours=1)
-    store.save_articles([Article(key="link:a", title="A piece", link="https://x.example/a",
-                                 published=when, updated=when, content_html="<p>a</p>",
-                                 content_hash="a", section="World")], [], NOW)
-    return [r["email"] for r in rows]
-
-
-def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_two_schedulers_build_one_issue(make_settings: Callable[..., Settings],
