@@ -1,7 +1,7 @@
 """Two editors of one issue: a save made from an older version is refused (409) and changes
 nothing, through the admin API (a "version" or If-Match), the editor page (its script's JSON
-and its plain form), the page's approve button and the dashboard's; the store's save cannot
-let two through."""
+and its plain form), the page's approve button and the dashboard's Approve and Send (and the
+API's approve and send, when they name a version); the store's save cannot let two through."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from webserver import running
 from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.pipeline import control, editing
+from newsletter.store.database import Store
 from tests.helpers.admin import TOKEN, Admin, csrf_of, flash_of, form_fields, login
 from tests.helpers.editor import issue_site
 from tests.helpers.issues import piece
@@ -136,6 +137,32 @@ def test_two_saves_from_the_same_editor_page_version(site: Admin) -> None:
     assert issue.approved_by == "dashboard 127.0.0.1" and issue.status == "scheduled"
 
 
+def refused(done: str, verb: str) -> str:
+    """The dashboard's refusal of a button pressed on a page loaded before an edit."""
+    return (rf"Issue 1 was not {done}: it was changed by dashboard 127\.0\.0\.1 at \d\d:\d\d "
+            rf"UTC since this page was loaded\. Review the latest, then {verb} again\.")
+
+
+def pressed_after_an_edit(store: Store, one: httpx.Client, two: httpx.Client,
+                          action: str) -> tuple[dict[str, str], str]:
+    """Tab two loads the dashboard, tab one then edits issue 1 (subject "From one") in the
+    editor page, and tab two presses its button posting to `action`, as it was loaded.
+    The button's fields once reloaded (naming the saved version), and the flash it got."""
+    stale = form_fields(two.get("/admin/").text, action)
+    issue = store.get_issue(1, with_articles=True)
+    assert issue is not None and stale["version"] == editing.version_of(issue)
+    page = one.get(PAGE).text
+    saved = post_json(one, csrf_of(page, PAGE), {"subject": "From one",
+                                                 "version": page_version(page)})
+    assert saved.status_code == 200, saved.text
+    pressed = two.post(action, data=stale)
+    assert pressed.status_code == 303 and pressed.headers["location"] == "/admin/"
+    shown = two.get("/admin/").text
+    fresh = form_fields(shown, action)
+    assert fresh["version"] == saved.json()["version"] != stale["version"]
+    return fresh, flash_of(shown)
+
+
 def test_the_dashboards_approve_names_the_version_it_showed(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """Two dashboards: one tab edits the issue, the other, loaded before, approves it as it
@@ -153,26 +180,12 @@ def test_the_dashboards_approve_names_the_version_it_showed(
                 httpx.Client(base_url=base, timeout=30) as two:  # keeps it waiting
             for tab in (one, two):
                 assert tab.post("/admin/login", data={"token": TOKEN}).status_code == 303
-            stale = form_fields(two.get("/admin/").text, "/admin/issues/1/approve")
-            issue = store.get_issue(1, with_articles=True)
-            assert issue is not None and stale["version"] == editing.version_of(issue)
-
-            page = one.get(PAGE).text
-            saved = post_json(one, csrf_of(page, PAGE), {"subject": "From one",
-                                                         "version": page_version(page)})
-            assert saved.status_code == 200, saved.text
-            refused = two.post("/admin/issues/1/approve", data=stale)  # its button, pressed
-            assert refused.status_code == 303 and refused.headers["location"] == "/admin/"
-            shown = two.get("/admin/").text
-            assert re.fullmatch(r"Issue 1 was not approved: it was changed by dashboard "
-                                r"127\.0\.0\.1 at \d\d:\d\d UTC since this page was loaded\. "
-                                r"Review the latest, then approve again\.", flash_of(shown))
+            fresh, flash = pressed_after_an_edit(store, one, two, "/admin/issues/1/approve")
+            assert re.fullmatch(refused("approved", "approve"), flash)
             issue = store.get_issue(1)
             assert issue is not None and issue.approved_at is None
             assert "approve" not in [e.action for e in store.issue_history(1)]
 
-            fresh = form_fields(shown, "/admin/issues/1/approve")
-            assert fresh["version"] == saved.json()["version"] != stale["version"]
             assert two.post("/admin/issues/1/approve", data=fresh).status_code == 303
             assert flash_of(two.get("/admin/").text).startswith("Issue 1 approved: it goes at ")
         issue = store.get_issue(1)
@@ -180,6 +193,67 @@ def test_the_dashboards_approve_names_the_version_it_showed(
         assert issue.approved_by == "dashboard 127.0.0.1" and issue.status == "scheduled"
     finally:
         store.close()
+
+
+def sent_nothing(site: Admin) -> bool:
+    """Issue 1 queued nobody, recorded no send and mailed nobody."""
+    issue = site.store.get_issue(1)
+    assert issue is not None and issue.id is not None
+    return (not any(site.store.delivery_counts(issue.id).values())
+            and "send" not in [e.action for e in site.store.issue_history(1)]
+            and not list(site.outbox.glob("*.eml")))
+
+
+def mailed_subjects(site: Admin) -> list[str]:
+    """The Subject of each issue mail once issue 1 is sent (its one reader's)."""
+    site.wait_until(lambda: getattr(site.store.get_issue(1), "status", "") == "sent")
+    return [line.removeprefix("Subject: ") for p in site.outbox.glob("*.eml")
+            for line in p.read_text("utf-8").splitlines() if line.startswith("Subject: ")]
+
+
+def test_the_dashboards_send_names_the_version_it_showed(site: Admin) -> None:
+    """Two dashboards, no review: one tab edits the issue, the other, loaded before, presses
+    its Send. Refused with the reason, nothing queued or mailed; reloaded, it sends."""
+    with login(site) as one, login(site) as two:
+        fresh, flash = pressed_after_an_edit(site.store, one, two, "/admin/issues/1/send")
+        assert re.fullmatch(refused("sent", "send"), flash)
+        issue = site.store.get_issue(1)
+        assert issue is not None and issue.status == "scheduled"
+        assert sent_nothing(site)
+
+        assert two.post("/admin/issues/1/send", data=fresh).status_code == 303
+        assert flash_of(two.get("/admin/").text) == "Issue 1: sending started."
+    assert mailed_subjects(site) == ["From one"]
+    sends = [e for e in site.store.issue_history(1) if e.action == "send"]
+    assert [e.actor for e in sends] == ["dashboard 127.0.0.1"]
+
+
+def test_the_apis_send_and_approve_refuse_an_older_version(site: Admin) -> None:
+    """As PATCH: a "version" (or If-Match) is optional; an older one is 409, nothing done."""
+    old = site.api.get("/admin/api/issues/1").json()["version"]
+    edited = site.api.patch("/admin/api/issues/1", json={"subject": "Edited"})
+    assert edited.status_code == 200, edited.text
+    new = edited.json()["version"]
+
+    for verb, done in (("approve", "approved"), ("send", "sent")):
+        for body, headers in [({"version": old}, {}), ({}, {"if-match": f'"{old}"'})]:
+            late = site.api.post(f"/admin/api/issues/1/{verb}", json=body, headers=headers)
+            assert late.status_code == 409, late.text
+            assert re.fullmatch(rf"Issue 1 was not {done}: it was changed by api 127\.0\.0\.1 "
+                                rf"at \d\d:\d\d UTC since that version was read\. Read the "
+                                rf"latest \(GET /admin/api/issues/1\), then {verb} again\.",
+                                late.json()["error"])
+        bad = site.api.post(f"/admin/api/issues/1/{verb}", json={"version": 7})
+        assert bad.status_code == 400 and '"version" must be a string' in bad.json()["error"]
+    issue = site.store.get_issue(1)
+    assert issue is not None and issue.approved_at is None and issue.status == "scheduled"
+    assert sent_nothing(site)
+
+    approved = site.api.post("/admin/api/issues/1/approve", json={"version": new})
+    assert approved.status_code == 200 and approved.json()["approved_by"] == "api 127.0.0.1"
+    started = site.api.post("/admin/api/issues/1/send", headers={"if-match": f'"{new}"'})
+    assert started.status_code == 202, started.text
+    assert mailed_subjects(site) == ["Edited"]
 
 
 def test_an_edit_between_the_check_and_the_save_wins(

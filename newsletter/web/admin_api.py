@@ -34,6 +34,7 @@ from newsletter.web.admin_http import (
     parse_when,
     subscriber_json,
 )
+from newsletter.web.admin_issues import DONE, changed_since
 from newsletter.web.issue_editor import too_large
 from newsletter.web.requests import BodyTooLarge, capped_stream, read_capped
 
@@ -132,9 +133,9 @@ class _Api:
             changes = await self.body(request, self.deps.max_edit_bytes)
         except BodyTooLarge:
             raise HttpError(413, too_large(self.deps)) from None
-        match = request.headers.get("if-match", "").strip()
-        if match and match != "*" and "version" not in changes:
-            changes["version"] = match.removeprefix("W/").strip('"')
+        match = _if_match(request)
+        if match and "version" not in changes:
+            changes["version"] = match
         await run_in_threadpool(load_issue, self.deps, number)  # 404 before anything else
         result = await run_in_threadpool(self.deps.edit_issue, number, changes,
                                          f"api {self.ip(request)}")
@@ -158,15 +159,22 @@ class _Api:
             number = self.number(request)
             args: tuple[Any, ...] = (number,)
             kwargs: dict[str, Any] = {}
+            body = await self.body(request) if verb in ("schedule", *DONE) else {}
             if verb == "schedule":
-                args += (parse_when((await self.body(request)).get("at")),)
+                args += (parse_when(body.get("at")),)
             elif verb == "send":
-                wanted = (await self.body(request)).get("new_subscribers", False)
+                wanted = body.get("new_subscribers", False)
                 if not isinstance(wanted, bool):
                     raise HttpError(400, '"new_subscribers" must be true or false')
                 if wanted:  # an issue already sent, to those who joined since
                     kwargs["new_subscribers"] = True
             await run_in_threadpool(load_issue, self.deps, number)
+            if verb in DONE:  # send and approve may name the version they mean, as PATCH
+                version = body.get("version", _if_match(request))
+                if version is not None and not isinstance(version, str):
+                    raise HttpError(400, '"version" must be a string (GET\'s "version")')
+                if version:
+                    await run_in_threadpool(self.same_version, number, version, verb)
             # send_issue returns at once, the delivery goes on: 202, poll the issue. So does
             # approve when the issue is due now (else it is scheduled: 200).
             act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")
@@ -180,6 +188,14 @@ class _Api:
             return json_response(data, 202 if started else 200)
 
         return handler
+
+    def same_version(self, number: int, version: str, verb: str) -> None:
+        """409 (nothing approved or sent) when the issue changed since `version` was read."""
+        by = changed_since(self.deps, number, version)
+        if by is not None:
+            raise NewsletterError(f"Issue {number} was not {DONE[verb]}: it was changed{by} "
+                                  f"since that version was read. Read the latest (GET "
+                                  f"/admin/api/issues/{number}), then {verb} again.")
 
     async def review(self, request: Request) -> Response:
         """The review mail again, with fresh links; 409 outside review mode or when nothing
@@ -338,6 +354,13 @@ class _Api:
         from newsletter.web.openapi import openapi_document
 
         return json_response(openapi_document())
+
+
+def _if_match(request: Request) -> str | None:
+    """The version an If-Match header names (the ETag of GET /admin/api/issues/N); None
+    without one, or for "*"."""
+    match = request.headers.get("if-match", "").strip()
+    return match.removeprefix("W/").strip('"') if match and match != "*" else None
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

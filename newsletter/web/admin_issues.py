@@ -1,4 +1,5 @@
-"""The dashboard's issue actions, and what its rows offer: approve versions, newcomers."""
+"""The dashboard's issue actions, and what its rows offer: the versions its Approve and Send
+buttons send, a sent issue's newcomers."""
 
 from __future__ import annotations
 
@@ -17,9 +18,20 @@ from newsletter.pipeline.sending import AlreadySent
 from newsletter.web.admin_http import AdminDeps, load_issue, parse_when
 from newsletter.words import plural
 
+DONE = {"approve": "approved", "send": "sent"}  # the verbs that name the version they saw
+
 
 def when(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC" if value else "—"
+
+
+def changed_since(deps: AdminDeps, number: int, version: str) -> str | None:
+    """None while issue `number` is still `version` (editing.version_of); else who changed
+    it since, from its history (" by dashboard 127.0.0.1 at 23:41 UTC", or "")."""
+    issue = load_issue(deps, number, with_articles=True)
+    if version == version_of(issue):
+        return None
+    return conflict(deps.store, issue, now_utc()).by
 
 
 class IssueActions:
@@ -35,12 +47,15 @@ class IssueActions:
         actor = request.state.actor
         await run_in_threadpool(load_issue, self.deps, number)
         if verb == "send":
+            if fields.get("version"):  # the dashboard's Send: what the page showed, or nothing
+                await run_in_threadpool(self.same_version, number, fields["version"], "send")
             return await self.send(number, actor, again=fields.get("new_subscribers") == "1")
         if verb == "test":
             return await self.send_test(number, fields.get("to", ""), actor)
         if verb == "approve":
             if fields.get("version"):  # the editor page's: approve what it showed, or nothing
-                await run_in_threadpool(self.same_version, number, fields["version"])
+                await run_in_threadpool(self.same_version, number, fields["version"],
+                                        "approve")
             issue = await run_in_threadpool(self.deps.approve_issue, number, actor)
             return (f"Issue {number} approved: " + ("sending started." if issue.status ==
                     "sending" else f"it goes at {when(issue.send_at)}."))
@@ -53,14 +68,12 @@ class IssueActions:
         return f"Issue {number} is now {issue.status}."
 
     def versions(self) -> dict[int, str]:
-        """The version of each issue awaiting approval (review mode), which its approve
-        button sends: the newest ten, as many as the overview lists."""
-        if not self.deps.review:
-            return {}
+        """The version of each issue not yet sending, which its Approve (review mode) or
+        Send button sends: the newest ten, as many as the overview lists."""
         waiting = self.deps.store.list_issues(limit=10, statuses=("draft", "scheduled",
                                                                    "paused"),
                                               with_articles=True)
-        return {i.number: version_of(i) for i in waiting if i.approved_at is None}
+        return {i.number: version_of(i) for i in waiting}
 
     def newcomers(self, view: Overview) -> dict[int, tuple[int, str]]:
         """{number: (how many joined since it went out, why it cannot go again or "")} of
@@ -92,15 +105,14 @@ class IssueActions:
                 f"joined since." if added is not None else
                 f"Issue {number}: sending started to those who joined since.")
 
-    def same_version(self, number: int, version: str) -> None:
-        """Refused (nothing approved) unless the issue is still the version the page showed:
-        two tabs must not approve what someone has edited since."""
-        issue = load_issue(self.deps, number, with_articles=True)
-        if version != version_of(issue):
-            by = conflict(self.deps.store, issue, now_utc()).by
-            raise NewsletterError(f"Issue {number} was not approved: it was changed{by} since "
-                                  f"this page was loaded. Review the latest, then approve "
-                                  f"again.")
+    def same_version(self, number: int, version: str, verb: str) -> None:
+        """Refused (nothing approved or sent) unless the issue is still the version the page
+        showed: two tabs must not approve or send what someone has edited since."""
+        by = changed_since(self.deps, number, version)
+        if by is not None:
+            raise NewsletterError(f"Issue {number} was not {DONE[verb]}: it was changed{by} "
+                                  f"since this page was loaded. Review the latest, then "
+                                  f"{verb} again.")
 
     async def send_test(self, number: int, to: str, actor: str) -> str:
         addresses = [a for a in to.replace(",", " ").split() if a] or None  # None: seed list

@@ -58,6 +58,10 @@ NUMBER = {"name": "number", "in": "path", "required": True,
 EMAIL = {"name": "email", "in": "path", "required": True, "schema": {"type": "string"},
          "description": "Subscriber address (URL-encoded)"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+# send and approve, like PATCH, may name the version they mean (the body's or If-Match)
+_RELEASED_VERSION = {"type": "string", "description": "The version read (GET's \"version\", "
+                     "or If-Match with it): refused (409, nothing done) when the issue has "
+                     "changed since. Left out: whatever is stored"}
 _COUNTS = {"type": "object", "properties": {s: {"type": "integer"} for s in DELIVERY_STATUSES}}
 
 
@@ -229,7 +233,8 @@ def _paths() -> dict[str, Any]:
             body={"required": False, "content": {JSON: {"schema": {
                 "type": "object", "properties": {"new_subscribers": {
                     "type": "boolean", "description": "An issue already sent goes to those "
-                    "who joined since; without it such a send is refused (409)"}}}}}})},
+                    "who joined since; without it such a send is refused (409)"},
+                    "version": _RELEASED_VERSION}}}}})},
         "/admin/api/issues/{number}/review": {"post": _op(
             "Mail the editors the draft for review again, with fresh links (review mode)",
             _ok("The review mail went out", {"type": "object", "properties": {
@@ -246,7 +251,9 @@ def _paths() -> dict[str, Any]:
             "still ahead (then scheduled). In review mode nothing unapproved is ever sent",
             {**_ok("Approved and scheduled", _ref("Approval")),
              **_ok("Approved; sending started: poll GET /admin/api/issues/{number}",
-                   _ref("Approval"), "202")}, "404", "409", params=[NUMBER])},
+                   _ref("Approval"), "202")}, "400", "404", "409", params=[NUMBER],
+            body={"required": False, "content": {JSON: {"schema": {
+                "type": "object", "properties": {"version": _RELEASED_VERSION}}}}})},
         "/admin/api/issues/{number}/test": {"post": _op(
             "Send one test copy to each address (or to [newsletter] seed_list): the issue as "
             "built, subject prefixed [TEST], View in browser a signed draft preview while "
