@@ -12,13 +12,11 @@ from click.testing import CliRunner
 from newsletter import pipeline
 from newsletter.cli.main import cli
 from newsletter.config import Settings
-from newsletter.pipeline import bounce_imap, sending
+from newsletter.pipeline import bounce_imap
 from newsletter.pipeline.bounces import Ingestor
 from newsletter.store.database import Store
-from tests.helpers.sending import seed
+from tests.helpers.bounces import DEAD, send_to_the_dead
 from tests.mailstack import MailStack, running_mailstack
-
-DEAD = ("gone@dead.test", "lost@dead.test")
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +43,6 @@ imap_password = "{stack.password if password is None else password}"
 """)
 
 
-def _send_to_the_dead(settings: Settings) -> tuple[Store, int]:
-    store = pipeline.open_store(settings)
-    seed(store, 2)
-    with store.engine.begin() as conn:  # the seeded readers now live where nobody does
-        for i, address in enumerate(DEAD):
-            conn.exec_driver_sql(f"UPDATE subscribers SET email = '{address}', "
-                                 f"email_key = '{address}' WHERE email = 'reader{i}@example.org'")
-    issue = pipeline.build_issue(settings, store).issue
-    assert issue is not None and issue.id is not None
-    sending.start_sending(settings, store, issue)
-    summary = sending.run_worker(settings, store, issue)
-    assert summary.sent == 2  # Postfix took both: the failure comes later, as a DSN
-    return store, issue.number
-
-
 def _poll_until(settings: Settings, store: Store, done: Callable[[], bool],
                 deadline: float = 60.0) -> None:
     end = time.monotonic() + deadline
@@ -74,7 +57,7 @@ def test_postfix_dsn_read_over_imap_bounces_the_subscriber(
     mailstack.clear_inbox()
     settings = _settings(make_settings, mailstack)
     started = time.monotonic()
-    store, number = _send_to_the_dead(settings)
+    store, number = send_to_the_dead(settings)
 
     def both_bounced() -> bool:
         return all(store.get_subscriber_by_key(a).status == "bounced" for a in DEAD)
@@ -97,7 +80,7 @@ def test_a_crash_before_recording_reprocesses_and_never_loses(
         monkeypatch: pytest.MonkeyPatch) -> None:
     mailstack.clear_inbox()
     settings = _settings(make_settings, mailstack)
-    store, _number = _send_to_the_dead(settings)
+    store, _number = send_to_the_dead(settings)
     mailstack.wait_for_messages(2)
     real = Ingestor._record
 
@@ -128,7 +111,7 @@ def test_move_to_a_folder_and_the_poll_command(
     with mailstack.imap() as conn:
         conn.create("Processed")
     settings = _settings(make_settings, mailstack, 'imap_move_to = "Processed"')
-    store, _number = _send_to_the_dead(settings)
+    store, _number = send_to_the_dead(settings)
     mailstack.wait_for_messages(2)
     result = CliRunner().invoke(cli, ["--config", str(settings.path), "bounces", "poll"])
     assert result.exit_code == 0, result.output

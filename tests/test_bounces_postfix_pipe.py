@@ -19,8 +19,8 @@ from newsletter.audience.bounces import verp_address
 from newsletter.audience.tokens import load_or_create_secret
 from newsletter.config import Settings
 from newsletter.store.database import Store
+from tests.helpers.bounces import DEAD, send_to_the_dead
 from tests.mailstack import PIPE_SERVICE, MailStack, running_mailstack
-from tests.test_bounces_e2e import DEAD, _send_to_the_dead
 
 RETURN_PATH = "bounces@news.test"
 PG_PASSWORD = "pg-secret-pw"  # must never show in Postfix's log
@@ -116,7 +116,7 @@ def test_postfix_pipes_its_dsns_to_the_command_and_the_subscribers_are_bounced(
         print(mailstack.pipe_note)
     settings = _settings(make_settings, mailstack, "delivered")
     started = time.monotonic()
-    store, number = _send_to_the_dead(settings)
+    store, number = send_to_the_dead(settings)
 
     _wait_until(mailstack, _bounced(store), "both subscribers bounced through the pipe")
     print(f"sent to bounced through pipe(8): {time.monotonic() - started:.3f} s")
@@ -143,7 +143,7 @@ def test_an_unreachable_database_defers_the_dsn_and_postfix_delivers_it_later(
     assert settings.storage.database_url in working
     _write_pipe_config(mailstack, working.replace(settings.storage.database_url, unreachable))
     started = time.monotonic()
-    store, number = _send_to_the_dead(settings)
+    store, number = send_to_the_dead(settings)
     verps = _verp_addresses(settings, store, number)
 
     # The command exits 75 (EX_TEMPFAIL) with one error line: pipe(8) defers with 4.3.0 and

@@ -1,6 +1,6 @@
 """Provider webhooks through the whole service (pipeline.web_app over real HTTP) into the store:
 each provider's event suppresses the right subscriber once; a replay or a stranger changes
-nothing. Signed here as each provider signs (keys made in tests/test_webhooks.py)."""
+nothing. Signed here as each provider signs (signers in tests/helpers/webhooks.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from newsletter import pipeline
 from newsletter.config import Settings
 from newsletter.pipeline import sending
 from tests.helpers.sending import r, seed
-from tests.test_webhooks import (
+from tests.helpers.webhooks import (
     AUTH,
     PM_PASSWORD,
     PM_USER,

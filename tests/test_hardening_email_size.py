@@ -12,8 +12,7 @@ from newsletter.compose import render
 from newsletter.compose.render import SIZE_LIMIT, Renderer, personalize
 from newsletter.deliver.headers import message_id
 from newsletter.deliver.mail import MailIdentity, MessageTemplate
-from tests.helpers.render import MASTHEAD
-from tests.test_render import ARCHIVE_URL, long_issue
+from tests.helpers.render import ARCHIVE_URL, MASTHEAD, long_issue
 
 IDENTITY = MailIdentity(from_address="news@example.org", from_name="The Ledger", reply_to="",
                         list_id="ledger.example.org", unsubscribe_mailto="news@example.org",

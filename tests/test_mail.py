@@ -26,11 +26,8 @@ from newsletter.deliver.mail import (
     WireMessage,
     identity_from_settings,
 )
+from tests.helpers.mail import IDENTITY
 
-IDENTITY = MailIdentity(from_address="news@example.org", from_name="The Ledger",
-                        reply_to="editor@example.org", list_id="The Ledger <ledger.example.org>",
-                        unsubscribe_mailto="unsubscribe@example.org",
-                        message_id_domain="example.org")
 HTML = ('<!doctype html><html><body><p style="margin: 0;">Hello %%NAME%%,</p>\n'
         + "<p>" + "Tariffs, ports &amp; the harbour économie — a long paragraph. " * 400
         + "</p>\n.a line starting with a dot\nFrom the editor\n  two  spaces\t\ttabs \n"

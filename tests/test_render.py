@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import re
-from datetime import timedelta
 from html import escape
 from pathlib import Path
 
@@ -24,28 +23,18 @@ from newsletter.compose.render import (
     personalize_text,
 )
 from newsletter.errors import NewsletterError
-from newsletter.models import Issue, IssueSection
-from tests.helpers.render import MASTHEAD, T0, Tags, article, sample_issue
+from newsletter.models import IssueSection
+from tests.helpers.render import (
+    ARCHIVE_URL,
+    GOLDEN,
+    MASTHEAD,
+    Tags,
+    article,
+    long_issue,
+    sample_issue,
+)
 
-GOLDEN = Path(__file__).parent / "golden"
-ARCHIVE_URL = "https://ledger.example.org/issues/12"
 PLACEHOLDERS = {"%%UNSUBSCRIBE_URL%%", "%%PREFERENCES_URL%%"}
-
-
-def long_issue(count: int, summary_bytes: int = 3000) -> Issue:
-    filler = ("The committee heard evidence from residents, traders and the port authority "
-              "about the costs and benefits of the proposal. ")
-    summary = (filler * (summary_bytes // len(filler) + 1))[:summary_bytes]
-    sections = ("World", "Economy", "Science", "Culture")
-    articles = [article(n, f"Long article number {n} about the harbour economy",
-                        section=sections[n % 4], authors=("A. Writer", "B. Writer"),
-                        summary=summary, body=f"<p>{summary}</p>",
-                        image=f"https://cdn.example.org/{n}.jpg" if n % 5 == 0 else "")
-                for n in range(count)]
-    by_section = tuple(IssueSection(s, tuple(a for a in articles if a.section == s))
-                       for s in sections)
-    return Issue(number=99, subject="Big issue", preheader="Lots", created=T0,
-                 window_start=T0 - timedelta(days=7), window_end=T0, sections=by_section)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from tests.helpers.review import (
     review_settings,
 )
 from tests.helpers.sending import r, seed
-from tests.test_signed_mail import verifies
+from tests.helpers.signing import verifies
 
 READERS = 3
 

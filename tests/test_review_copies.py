@@ -31,7 +31,7 @@ from tests.helpers.review import (
     review_settings,
 )
 from tests.helpers.sending import seed
-from tests.test_signed_mail import verifies
+from tests.helpers.signing import verifies
 
 
 @pytest.fixture(scope="module")

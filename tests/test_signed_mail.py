@@ -7,11 +7,7 @@ run), and verified with dkimpy as a receiver would, the key published in a stub 
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import dkim
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -36,10 +31,17 @@ from newsletter.deliver.mail import MailIdentity, MessageTemplate, notice_messag
 from newsletter.pipeline import sending
 from newsletter.store.database import Store
 from tests.helpers.sending import r, seed
-
-SELECTOR = "mail2024"
-DOMAIN = "ledger.example.org"
-LIST_FIELDS = ("list-id", "list-unsubscribe", "list-unsubscribe-post")
+from tests.helpers.signing import (
+    DOMAIN,
+    LIST_FIELDS,
+    SELECTOR,
+    check_signed,
+    cli,
+    mail_settings,
+    parsed,
+    signed_fields,
+    verifies,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,69 +49,6 @@ def key_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def verifies(message: bytes, key_pem: bytes) -> bool:
-    """dkimpy's verdict, with <selector>._domainkey.<domain> answered from the key."""
-    record = DkimSigner(SELECTOR, DOMAIN, key_pem).public_record().encode("ascii")
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        assert name == f"{SELECTOR}._domainkey.{DOMAIN}.".encode()
-        return record
-
-    return bool(dkim.verify(message, dnsfunc=dnsfunc))
-
-
-def signed_fields(message: bytes) -> list[str]:
-    found = re.search(rb"^DKIM-Signature:(.*?)\r\n(?![ \t])", message, re.S | re.M)
-    assert found is not None, message[:400]
-    h = re.search(r"\bh=([^;]*);", re.sub(r"\s+", "", found[1].decode("ascii")))
-    assert h is not None
-    return h[1].split(":")
-
-
-def parsed(message: bytes) -> email.message.EmailMessage:
-    got = email.message_from_bytes(message, policy=email.policy.default)
-    assert isinstance(got, email.message.EmailMessage)
-    return got
-
-
-def check_signed(got: Received, key_pem: bytes, *, lists: tuple[str, ...]) -> str:
-    """The message verifies, carries Message-ID and Date, exactly the list fields `lists`,
-    and signs every one of them; its plain text is returned."""
-    assert verifies(got.data, key_pem), got.data[:600]
-    msg = parsed(got.data)
-    assert msg["Message-ID"] and re.fullmatch(r"<[^<>@\s]+@ledger\.example\.org>",
-                                              msg["Message-ID"])
-    assert msg["Date"] is not None and msg["Date"].datetime.tzinfo is not None
-    present = tuple(f for f in LIST_FIELDS if msg[f] is not None)
-    assert present == lists
-    if lists:
-        assert msg["List-Id"] == "The Ledger <ledger.example.org>"
-    assert set(signed_fields(got.data)) >= {"from", "to", "subject", "date", "message-id",
-                                            "content-type", *lists}
-    body = msg.get_body(preferencelist=("plain",))
-    assert body is not None
-    return str(body.get_content())
-
-
-def mail_settings(make_settings: Callable[..., Settings], tmp_path: Path, srv: SmtpTestServer,
-                  key_pem: bytes) -> Settings:
-    (tmp_path / "dkim.pem").write_bytes(key_pem)
-    return make_settings(f"""
-[mail]
-transport = "smtp"
-from_address = "news@{DOMAIN}"
-from_name = "The Ledger"
-list_id = "The Ledger <ledger.example.org>"
-dkim_key_path = "{tmp_path / 'dkim.pem'}"
-dkim_selector = "{SELECTOR}"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-timeout = 5
-""")
 
 
 def wait_for_mail(srv: SmtpTestServer, count: int = 1, seconds: float = 15) -> list[Received]:
@@ -129,12 +68,6 @@ def website(settings: Settings) -> Iterator[tuple[httpx.Client, Store]]:
             yield client, store
     finally:
         store.close()
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "newsletter", "--config", str(settings.path),
-                           "--log-level", "ERROR", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
 
 
 def test_confirmation_from_the_form_is_signed_and_names_its_list_only(

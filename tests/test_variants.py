@@ -30,12 +30,18 @@ from newsletter.deliver.mail import MessageTemplate, encode_piece, identity_from
 from newsletter.models import Issue, IssueSection
 from newsletter.pipeline import sending
 from newsletter.pipeline.variants import Variants
-from tests.helpers.render import MASTHEAD, T0, article, sample_issue
+from tests.helpers.mail import IDENTITY
+from tests.helpers.render import (
+    ARCHIVE_URL,
+    GOLDEN,
+    MASTHEAD,
+    T0,
+    article,
+    long_issue,
+    sample_issue,
+)
 from tests.helpers.sending import seed, smtp_settings
-from tests.test_mail import IDENTITY
-from tests.test_render import GOLDEN, long_issue
 
-ARCHIVE_URL = "https://ledger.example.org/issues/12"
 INTRO = ("**Welcome** to the [harbour](https://ledger.example.org/harbour) issue.\n\n"
          "- the terminal\n- the budget\n\n> A quote & an ampersand.")
 

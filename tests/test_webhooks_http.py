@@ -1,7 +1,7 @@
 """The webhook routes over real HTTP (uvicorn): accepted, refused, unconfigured, too large, GET.
 
 `ingest` is a stub that records what it is given (the store side has its own tests); every
-request is signed the way its provider signs, with keys made in tests/test_webhooks.py.
+request is signed the way its provider signs, with the signers in tests/helpers/webhooks.py.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from newsletter.web.webhooks import (
     WebhookDeps,
     webhook_routes,
 )
-from tests.test_webhooks import (
+from tests.helpers.webhooks import (
     AUTH,
     CERT_URL,
     MAILGUN_KEY,

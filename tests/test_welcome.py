@@ -34,7 +34,7 @@ from newsletter.pipeline.rhythm import WHENEVER, issue_rhythm, prepared_rhythm
 from newsletter.store.database import Store
 from newsletter.words import friendly_time
 from tests.helpers.sending import seed
-from tests.test_signed_mail import LIST_FIELDS, check_signed, cli, mail_settings, parsed
+from tests.helpers.signing import LIST_FIELDS, check_signed, cli, mail_settings, parsed
 
 ADMIN_TOKEN = "welcome-test-admin-token-0123456789abcdef"
 

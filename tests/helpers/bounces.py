@@ -1,8 +1,16 @@
-"""Bounce messages made to order for the ingestion tests: DSNs, ARF reports, auto-replies."""
+"""Bounces made to order for the ingestion tests: DSNs, ARF reports, auto-replies, dead readers."""
 
 from __future__ import annotations
 
 import uuid
+
+from newsletter import pipeline
+from newsletter.config import Settings
+from newsletter.pipeline import sending
+from newsletter.store.database import Store
+from tests.helpers.sending import seed
+
+DEAD = ("gone@dead.test", "lost@dead.test")
 
 
 def dsn(to: str, recipient: str, *, action: str = "failed", status: str = "5.1.1",
@@ -96,3 +104,20 @@ Message-ID: <{uuid.uuid4().hex}@example.org>
 I am away until Monday.
 """
     return text.replace("\n", "\r\n").encode()
+
+
+def send_to_the_dead(settings: Settings) -> tuple[Store, int]:
+    """An issue built and sent through `settings` to two readers at the DEAD addresses; the store
+    kept open for the caller to close."""
+    store = pipeline.open_store(settings)
+    seed(store, 2)
+    with store.engine.begin() as conn:  # the seeded readers now live where nobody does
+        for i, address in enumerate(DEAD):
+            conn.exec_driver_sql(f"UPDATE subscribers SET email = '{address}', "
+                                 f"email_key = '{address}' WHERE email = 'reader{i}@example.org'")
+    issue = pipeline.build_issue(settings, store).issue
+    assert issue is not None and issue.id is not None
+    sending.start_sending(settings, store, issue)
+    summary = sending.run_worker(settings, store, issue)
+    assert summary.sent == 2  # Postfix took both: the failure comes later, as a DSN
+    return store, issue.number

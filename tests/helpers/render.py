@@ -1,9 +1,10 @@
-"""A sample issue, its masthead and an HTML tag collector for the rendering tests."""
+"""A sample issue and a long one, its masthead, golden files and an HTML tag collector."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 from newsletter.compose.render import (
     Masthead,
@@ -11,6 +12,8 @@ from newsletter.compose.render import (
 from newsletter.models import Article, Issue, IssueSection
 
 T0 = datetime(2024, 6, 3, 9, 30, tzinfo=UTC)
+GOLDEN = Path(__file__).parent.parent / "golden"
+ARCHIVE_URL = "https://ledger.example.org/issues/12"
 
 
 MASTHEAD = Masthead(
@@ -67,6 +70,22 @@ def sample_issue(*, number: int = 12, status: str = "sent", image: str = "") -> 
                  preheader="A new terminal for the harbour, the budget's arithmetic and more.",
                  created=T0 + timedelta(days=number), window_start=T0 - timedelta(days=7),
                  window_end=T0, sections=sections, status=status)
+
+
+def long_issue(count: int, summary_bytes: int = 3000) -> Issue:
+    filler = ("The committee heard evidence from residents, traders and the port authority "
+              "about the costs and benefits of the proposal. ")
+    summary = (filler * (summary_bytes // len(filler) + 1))[:summary_bytes]
+    sections = ("World", "Economy", "Science", "Culture")
+    articles = [article(n, f"Long article number {n} about the harbour economy",
+                        section=sections[n % 4], authors=("A. Writer", "B. Writer"),
+                        summary=summary, body=f"<p>{summary}</p>",
+                        image=f"https://cdn.example.org/{n}.jpg" if n % 5 == 0 else "")
+                for n in range(count)]
+    by_section = tuple(IssueSection(s, tuple(a for a in articles if a.section == s))
+                       for s in sections)
+    return Issue(number=99, subject="Big issue", preheader="Lots", created=T0,
+                 window_start=T0 - timedelta(days=7), window_end=T0, sections=by_section)
 
 
 class Tags(HTMLParser):

@@ -23,9 +23,8 @@ from newsletter.config import Settings
 from newsletter.store.database import Store
 from tests.helpers.admin import TOKEN
 from tests.helpers.sending import seed
+from tests.helpers.signing import DOMAIN, signed_mail_toml
 
-DOMAIN = "ledger.example.org"
-SELECTOR = "mail2024"
 EDITORS = ("editor@ledger.example.org", "second.editor@example.com")
 SEEDS = ("seed-gmail@example.net", "seed-outlook@example.com")
 
@@ -35,7 +34,6 @@ def review_settings(make_settings: Callable[..., Settings], tmp_path: Path,
                     database_url: str = "") -> Settings:
     """SMTP to `srv`, DKIM-signed, review mode on (or off), two editors, two seed
     addresses, and the admin token set (as NEWSLETTER_SECRETS_ADMIN_TOKEN would)."""
-    (tmp_path / "dkim.pem").write_bytes(key_pem)
     editors = ", ".join(f'"{e}"' for e in EDITORS)
     seeds = ", ".join(f'"{s}"' for s in SEEDS)
     settings = make_settings(f"""
@@ -44,19 +42,7 @@ review = {str(review).lower()}
 editors = [{editors}]
 review_reminder_hours = 24
 seed_list = [{seeds}]
-[mail]
-transport = "smtp"
-from_address = "news@{DOMAIN}"
-from_name = "The Ledger"
-list_id = "The Ledger <ledger.example.org>"
-dkim_key_path = "{tmp_path / 'dkim.pem'}"
-dkim_selector = "{SELECTOR}"
-[smtp]
-host = "{srv.host}"
-port = {srv.port}
-security = "none"
-timeout = 5
-""", database_url=database_url)
+""" + signed_mail_toml(tmp_path, srv, key_pem), database_url=database_url)
     return replace(settings, secrets=replace(settings.secrets, admin_token=TOKEN))
 
 
