@@ -89,19 +89,23 @@ def job_sweep() -> None:
 
 
 def _sweep() -> None:
-    from newsletter.pipeline import collecting, control, review
+    from newsletter.pipeline import collecting, control, publishing, review
 
     rt = runtime()
     now = collecting.now_utc()
     late = timedelta(minutes=rt.settings.schedule.late_limit_minutes)
-    for issue in rt.store.list_issues(limit=20, statuses=("scheduled",)):
-        if issue.send_at is None or issue.send_at > now:
-            continue
-        if now - issue.send_at > late:
+    come = [(i, i.send_at) for i in rt.store.list_issues(limit=20, statuses=("scheduled",))
+            if i.send_at is not None and i.send_at <= now]
+    for issue, send_at in come:
+        if now - send_at > late:
             control.pause_issue(rt.store, issue.number, actor="scheduler")
             log.event("schedule.overdue", level=30, number=issue.number,
-                      send_at=issue.send_at.isoformat(),
-                      action="paused: resume or send it by hand")
+                      send_at=send_at.isoformat(), action="paused: resume or send it by hand")
+    if any(now - send_at > late for _, send_at in come):
+        # The home page still promises them: republished before any send (which takes long).
+        publishing.refresh_site(rt.settings, rt.store, now=now)
+    for issue, send_at in come:
+        if now - send_at > late:
             continue
         if rt.settings.newsletter.review and issue.approved_at is None:
             continue  # waits for its approval, which sends it (its reminder goes below)

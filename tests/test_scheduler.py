@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +21,7 @@ from newsletter.models import Article
 from newsletter.pipeline import schedule, scheduling
 from newsletter.store import schema as s
 from newsletter.store.database import Store
+from newsletter.words import friendly_time
 from tests.helpers.schedule import register_stopped, set_stored_next_run
 
 NOW = datetime.now(UTC)
@@ -153,6 +157,39 @@ def test_sweep_sends_due_scheduled_issues_and_pauses_overdue_ones(
         assert store.get_issue(2).status == "paused"  # overdue: an operator decides
     finally:
         scheduling._RUNTIME = None
+    store.close()
+
+
+def test_an_overdue_issue_the_sweep_pauses_leaves_the_home_page(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """The home page promised the scheduled issue; the sweep finds it too late and pauses
+    it: the page is republished at once, no longer naming it (no cron: nothing else due)."""
+    from newsletter.pipeline import control, publishing
+
+    settings = schedule_settings(make_settings, tmp_path, "", 60)
+    store = pipeline.open_store(settings)
+    seed(store)
+    assert pipeline.build_issue(settings, store).issue is not None
+    late = datetime.now(UTC) - timedelta(hours=3)
+    then = late - timedelta(days=1)  # scheduled, and the site published, a day before
+    control.schedule_issue(store, 1, late, now=then)
+    publishing.publish_site(settings, store, now=then)
+    home = settings.site_dir / "index.html"
+
+    def next_line() -> str:
+        found = re.search(r'<p class="next-issue">([^<]*)</p>', home.read_text("utf-8"))
+        return html.unescape(found[1]) if found else ""
+
+    zone = ZoneInfo(settings.schedule.timezone)
+    assert next_line() == f"Next issue: {friendly_time(late.astimezone(zone), then)}"
+    scheduling._RUNTIME = scheduling.Runtime(settings, store)
+    try:
+        sched.job_sweep()
+    finally:
+        scheduling._RUNTIME = None
+    assert store.get_issue(1).status == "paused"  # type: ignore[union-attr]
+    assert next_line() == ""
+    assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").glob("*"))
     store.close()
 
 
