@@ -1,5 +1,4 @@
-"""The dashboard's issue actions, and what its rows offer: the versions its Approve and Send
-buttons send, a sent issue's newcomers."""
+"""The dashboard's issue actions and what its rows offer (versions, a sent issue's newcomers)."""
 
 from __future__ import annotations
 
