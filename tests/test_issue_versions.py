@@ -288,3 +288,34 @@ def test_an_edit_between_the_check_and_the_save_wins(
         assert [e.actor for e in store.issue_history(1) if e.action == "edit"] == ["api other"]
     finally:
         store.close()
+
+
+def test_an_edit_between_the_send_check_and_its_start_stops_the_send(
+        make_settings: Callable[..., Settings], db_url: str) -> None:
+    """The page's version was checked, then an edit lands before the send moves the issue:
+    the send, holding the issue as it was read, is refused as it starts — nothing queued,
+    the issue still a draft — and with the latest version it goes."""
+    from newsletter.pipeline import sending
+
+    settings = make_settings(database_url=db_url)
+    store = pipeline.open_store(settings)
+    try:
+        seed(store, 2)
+        read = pipeline.build_issue(settings, store).issue
+        assert read is not None and read.id is not None
+        version = editing.version_of(read)
+        editing.edit_issue(settings, store, 1, {"subject": "In between"}, "api other")
+        with pytest.raises(sending.IssueChanged, match="issue 1 was not sent: it was changed"):
+            sending.start_sending(settings, store, read, actor="api mine", version=version)
+        with pytest.raises(sending.IssueChanged):  # a version that was never this issue's
+            sending.start_sending(settings, store, read, actor="api mine", version="0" * 24)
+        now = store.get_issue(1)
+        assert now is not None and now.status == "draft" and now.subject == "In between"
+        assert not any(store.delivery_counts(read.id).values())
+        assert [e.action for e in store.issue_history(1)] == ["build", "edit"]
+
+        added = sending.start_sending(settings, store, now, actor="api mine",
+                                      version=f'"{editing.version_of(now)}"')
+        assert added == 2 and store.get_issue(1).status == "sending"  # type: ignore[union-attr]
+    finally:
+        store.close()

@@ -127,15 +127,30 @@ def newcomers(settings: Settings, store: Store, number: int) -> int:
     return store.ledger.count_unqueued(issue.id)
 
 
+class IssueChanged(NewsletterError):
+    """A send that named the version it meant found the issue edited since."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"issue {number} was not sent: it was changed since that version "
+                         f"was read; read the latest, then send again")
+
+
 def start_sending(settings: Settings, store: Store, issue: Issue, *,
-                  actor: str = "unknown", new_subscribers: bool = False) -> int:
+                  actor: str = "unknown", new_subscribers: bool = False,
+                  version: str | None = None) -> int:
     """Mark the issue as sending and fill its ledger (one row per active subscriber). In
     review mode ([newsletter] review) an issue nobody approved is refused: whoever calls,
     nothing unapproved goes out. A sent issue goes to those who joined since only when
-    `new_subscribers` says so (AlreadySent otherwise)."""
+    `new_subscribers` says so (AlreadySent otherwise). With `version` (editing.version_of)
+    it goes only while the issue is still that version, an edit committed a moment before
+    included: the status moves only if the edit time read with `issue` is still the row's."""
     now = now_utc()
     assert issue.id is not None
+    from newsletter.pipeline.editing import version_of
     from newsletter.pipeline.maintenance import check_resendable
+
+    if version is not None and version.strip().strip('"') != version_of(issue):
+        raise IssueChanged(issue.number)
 
     check_resendable(settings, store, issue)  # its ledger may be pruned: all would get it
     if issue.status == "sent":
@@ -149,9 +164,12 @@ def start_sending(settings: Settings, store: Store, issue: Issue, *,
         raise NewsletterError(f"issue {issue.number} awaits approval (review mode): "
                               f"`newsletter issue approve {issue.number}` sends it")
     # A sent issue is sending again while its newcomers' rows are delivered (and retried).
-    store.set_issue_status(issue.number, "sending", now,
-                           expect=SENDABLE + (("sent",) if new_subscribers else ()),
-                           send_at=now if first else False)
+    moved = store.set_issue_status(issue.number, "sending", now,
+                                   expect=SENDABLE + (("sent",) if new_subscribers else ()),
+                                   send_at=now if first else False,
+                                   was_edited_at=issue.edited_at if version else False)
+    if version is not None and not moved and issue.status != "sending":
+        raise IssueChanged(issue.number)
     added = store.enqueue(issue.id, now)
     log.event("issue.enqueued", number=issue.number, rows=added)
     if issue.status != "sending":  # started or resumed now, not a worker joining in

@@ -104,12 +104,13 @@ def _admin_routes(settings: Settings, store: Store, scheduler: Any,
         return personalize(issue.html, unsubscribe_url=site + "unsubscribe?preview",
                            preferences_url=site + "preferences?preview", name="Reader")
 
-    def send_issue(number: int, actor: str, new_subscribers: bool = False) -> int:
+    def send_issue(number: int, actor: str, new_subscribers: bool = False,
+                   version: str | None = None) -> int:
         """Fill the ledger now (the dashboard shows the total at once); deliver elsewhere.
-        The rows added: whom it goes to."""
+        The rows added: whom it goes to. With `version`, only if the issue is still that."""
         issue = sending.get_sendable(store, number)
         added = sending.start_sending(settings, store, issue, actor=actor,
-                                      new_subscribers=new_subscribers)
+                                      new_subscribers=new_subscribers, version=version)
         if scheduler is not None and scheduler.scheduler is not None:
             scheduler.send_now(number)
         else:  # `newsletter serve`, or a standby process: this process delivers it

@@ -189,14 +189,21 @@ class IssueQueries:
 
     def set_issue_status(self, number: int, status: str, now: datetime, *,
                          expect: tuple[str, ...] = (),
-                         send_at: datetime | None | bool = False) -> bool:
-        """Move an issue to `status` only from one of `expect` (any if empty); False if not."""
+                         send_at: datetime | None | bool = False,
+                         was_edited_at: datetime | None | bool = False) -> bool:
+        """Move an issue to `status` only from one of `expect` (any if empty) and, with
+        `was_edited_at`, only while its edited_at is still that (None: never edited); False
+        if not."""
         values: dict[str, Any] = {"status": status, "updated_at": now}
         if send_at is not False:
             values["send_at"] = send_at
         q = s.issues.update().where(s.issues.c.number == number).values(values)
         if expect:
             q = q.where(s.issues.c.status.in_(expect))
+        if was_edited_at is None:
+            q = q.where(s.issues.c.edited_at.is_(None))
+        elif isinstance(was_edited_at, datetime):
+            q = q.where(s.issues.c.edited_at == was_edited_at)
         with self.engine.begin() as conn:
             return conn.execute(q).rowcount == 1
 

@@ -175,6 +175,8 @@ class _Api:
                     raise HttpError(400, '"version" must be a string (GET\'s "version")')
                 if version:
                     await run_in_threadpool(self.same_version, number, version, verb)
+                    if verb == "send":  # checked again as it starts: an edit in between
+                        kwargs["version"] = version
             # send_issue returns at once, the delivery goes on: 202, poll the issue. So does
             # approve when the issue is due now (else it is scheduled: 200).
             act: Callable[..., Any] = getattr(self.deps, f"{verb}_issue")

@@ -46,9 +46,11 @@ class IssueActions:
         actor = request.state.actor
         await run_in_threadpool(load_issue, self.deps, number)
         if verb == "send":
-            if fields.get("version"):  # the dashboard's Send: what the page showed, or nothing
-                await run_in_threadpool(self.same_version, number, fields["version"], "send")
-            return await self.send(number, actor, again=fields.get("new_subscribers") == "1")
+            version = fields.get("version") or None  # the dashboard's Send: what it showed
+            if version:  # who changed it, if anyone did (the send checks again, atomically)
+                await run_in_threadpool(self.same_version, number, version, "send")
+            return await self.send(number, actor, again=fields.get("new_subscribers") == "1",
+                                   version=version)
         if verb == "test":
             return await self.send_test(number, fields.get("to", ""), actor)
         if verb == "approve":
@@ -86,12 +88,15 @@ class IssueActions:
         except NewsletterError as exc:
             return {latest.number: (0, str(exc))}
 
-    async def send(self, number: int, actor: str, *, again: bool) -> str:
+    async def send(self, number: int, actor: str, *, again: bool,
+                   version: str | None = None) -> str:
         """Send the issue; `again`: a sent one to those who joined since (only when the
-        form says so, as the CLI's --to-new-subscribers)."""
+        form says so, as the CLI's --to-new-subscribers); `version`: only if still that."""
+        kwargs: dict[str, Any] = {"new_subscribers": True} if again else {}
+        if version:
+            kwargs["version"] = version
         try:
-            added = await run_in_threadpool(self.deps.send_issue, number, actor,
-                                            **({"new_subscribers": True} if again else {}))
+            added = await run_in_threadpool(self.deps.send_issue, number, actor, **kwargs)
         except AlreadySent as exc:  # the pipeline's words name the CLI; these the button
             late = plural(exc.newcomers, "subscriber")
             raise NewsletterError(f"Issue {number} was sent already: nothing was sent. " + (

@@ -37,7 +37,7 @@ TOKEN = "admin-test-token-0123456789abcdef"
 WRONG = "admin-test-token-0123456789abcdeX"
 
 
-def thread_sender(settings: Settings, store: Store) -> Callable[[int, str], None]:
+def thread_sender(settings: Settings, store: Store) -> Callable[..., None]:
     """Fill the ledger now, deliver in a daemon thread; one thread per issue at a time."""
     threads: dict[int, threading.Thread] = {}
     lock = threading.Lock()
@@ -48,12 +48,14 @@ def thread_sender(settings: Settings, store: Store) -> Callable[[int, str], None
         except Exception as exc:  # a thread has nobody to raise to: log it
             log.event("admin.send_failed", number=number, error=f"{type(exc).__name__}: {exc}")
 
-    def send(number: int, actor: str = "api") -> None:
+    def send(number: int, actor: str = "api", new_subscribers: bool = False,
+             version: str | None = None) -> None:
         issue = sending.get_sendable(store, number)  # NewsletterError: the API's 409
         with lock:
             if number in threads and threads[number].is_alive():
                 return
-            sending.start_sending(settings, store, issue, actor=actor)
+            sending.start_sending(settings, store, issue, actor=actor,
+                                  new_subscribers=new_subscribers, version=version)
             threads[number] = threading.Thread(target=work, args=(number,), daemon=True)
             threads[number].start()
 
