@@ -96,6 +96,10 @@ def test_build_send_and_watch(make_settings: Callable[..., Settings], tmp_path: 
                 assert page.locator("tr[data-issue='1'] progress").evaluate(
                     "p => [p.value, p.max]") == [READERS, READERS]
                 assert len(list(site.outbox.glob("*.eml"))) == READERS
+                # The page reloads itself when the row turns "sent": what the Send said stays
+                # (it showed for a second and was gone, with nothing to tell it was sent).
+                page.wait_for_load_state()
+                assert page.locator(".flash").inner_text() == "Issue 1: sending started."
                 assert problems == []  # no CSP violation, no script error
 
                 # The page shows today's times: refresh the README's copy only when asked.
