@@ -456,3 +456,20 @@ def test_a_past_send_time_is_refused_by_the_api_and_the_dashboard(admin: Admin) 
             "csrf": csrf_of(page, "/admin/issues/1/schedule"), "at": past})
         assert r.status_code == 303 and "is in the past" in client.get("/admin/").text
     assert admin.store.get_issue(1).status == "paused"  # type: ignore[union-attr]
+
+
+def test_opening_a_buttons_address_does_nothing_and_says_so(admin: Admin) -> None:
+    # A bookmark, a pasted link, a reload after Back: a page with the way back, never a bare
+    # "Method Not Allowed"; nothing is built, sent or logged out.
+    seed(admin.store, 2)
+    with login(admin) as client:
+        for path in ("/admin/build", "/admin/collect", "/admin/subscribers", "/admin/logout",
+                     "/admin/logout-everywhere", "/admin/issues/1/send",
+                     "/admin/issues/1/approve"):
+            r = client.get(path)
+            assert r.status_code == 405 and r.headers["allow"] == "POST", path
+            assert "Nothing was done" in r.text and 'href="/admin/"' in r.text, path
+        assert client.get("/admin/issues/1/frobnicate").status_code == 404
+        assert client.get("/admin/issues/1/edit").status_code == 404  # no issue 1: its own page
+        assert client.get("/admin/").status_code == 200  # still logged in
+    assert admin.store.list_issues() == []

@@ -322,6 +322,22 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
             return await not_an_action(request)
         return await issue_action(request)
 
+    async def opened(request: Request) -> Response:
+        """A button's address opened (a bookmark, a pasted link, a reload after Back): a page
+        that says nothing was done, never a bare "Method Not Allowed"."""
+        if not deps.enabled:
+            return d.disabled()
+        if "action" in request.path_params and request.path_params["action"] not in ACTIONS:
+            return await not_an_action(request)
+        response = d.page("message.html", 405, title="Nothing was done", text=(
+            "This address is a dashboard button's: it acts only when the button is pressed, "
+            "and opening it does nothing. Go back to the dashboard and press the button there."))
+        response.headers["allow"] = "POST"
+        return response
+
+    buttons = ["/admin/logout", "/admin/logout-everywhere", "/admin/collect", "/admin/build",
+               "/admin/subscribers", "/admin/issues/{number:int}/{action}"]
+
     return [
         Route("/admin/", d.dashboard, methods=["GET"], name="admin"),
         Route("/admin/login", d.login, methods=["GET", "POST"], name="admin_login"),
@@ -336,4 +352,5 @@ def admin_routes(deps: AdminDeps) -> list[BaseRoute]:
         *editor_routes(d),
         Route("/admin/issues/{number:int}/{action}", dispatch, methods=["POST"]),
         *people_routes(d),
+        *(Route(path, opened, methods=["GET"]) for path in buttons),
     ]
