@@ -69,6 +69,12 @@ def version_of(issue: Issue) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
+def is_version(issue: Issue, version: str) -> bool:
+    """Whether `version` (as a client sends it: spaces or ETag quotes around it) names what
+    the issue holds now."""
+    return version.strip().strip('"') == version_of(issue)
+
+
 def generated_preheader(settings: Settings, sections: Sequence[IssueSection]) -> str:
     """The preheader a build computes for these sections when none is configured ("This
     issue: 2 articles in Economy and Technology."), through compose's own function."""
@@ -121,7 +127,7 @@ def edit_issue(settings: Settings, store: Store, number: int, changes: Mapping[s
     if issue is None:
         raise NewsletterError(f"issue {number}: no such issue (see `newsletter issue list`)")
     _check_editable(store, issue)
-    if version is not None and version.strip().strip('"') != version_of(issue):
+    if version is not None and not is_version(issue, version):
         raise conflict(store, issue, now)
     edited = replace(issue)
     detail: dict[str, Any] = {}

@@ -146,10 +146,10 @@ def start_sending(settings: Settings, store: Store, issue: Issue, *,
     included: the status moves only if the edit time read with `issue` is still the row's."""
     now = now_utc()
     assert issue.id is not None
-    from newsletter.pipeline.editing import version_of
+    from newsletter.pipeline.editing import is_version
     from newsletter.pipeline.maintenance import check_resendable
 
-    if version is not None and version.strip().strip('"') != version_of(issue):
+    if version is not None and not is_version(issue, version):
         raise IssueChanged(issue.number)
 
     check_resendable(settings, store, issue)  # its ledger may be pruned: all would get it

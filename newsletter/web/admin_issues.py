@@ -12,7 +12,7 @@ from starlette.requests import Request
 from newsletter.errors import NewsletterError
 from newsletter.models import now_utc
 from newsletter.pipeline.control import Overview
-from newsletter.pipeline.editing import conflict, version_of
+from newsletter.pipeline.editing import conflict, is_version, version_of
 from newsletter.pipeline.sending import AlreadySent
 from newsletter.web.admin_http import AdminDeps, load_issue, parse_when
 from newsletter.words import plural
@@ -28,7 +28,7 @@ def changed_since(deps: AdminDeps, number: int, version: str) -> str | None:
     """None while issue `number` is still `version` (editing.version_of); else who changed
     it since, from its history (" by dashboard 127.0.0.1 at 23:41 UTC", or "")."""
     issue = load_issue(deps, number, with_articles=True)
-    if version == version_of(issue):
+    if is_version(issue, version):
         return None
     return conflict(deps.store, issue, now_utc()).by
 
